@@ -1,0 +1,55 @@
+// Package insights is the battery insights engine: the built-in rules
+// analytics and the LLM providers that build on it.
+package insights
+
+import (
+	"context"
+	"time"
+
+	"github.com/bmsview/insights/internal/bms"
+)
+
+// Request is what the process-insights step asks of an engine.
+type Request struct {
+	SystemID          string
+	Snapshot          bms.Snapshot
+	CustomPrompt      string
+	ContextWindowDays int
+	MaxIterations     int
+	FullContextMode   bool
+	// Now is the end of the context window; zero means time.Now().
+	Now time.Time
+}
+
+// Finding is one observation with its severity.
+type Finding struct {
+	Severity  string  `json:"severity" bson:"severity"` // critical | warning | info
+	Code      string  `json:"code" bson:"code"`
+	Message   string  `json:"message" bson:"message"`
+	Value     float64 `json:"value" bson:"value"`
+	Threshold float64 `json:"threshold" bson:"threshold"`
+}
+
+// ContextSummary says what history was analysed.
+type ContextSummary struct {
+	Records    int       `json:"records" bson:"records"`
+	WindowDays int       `json:"windowDays" bson:"windowDays"`
+	From       time.Time `json:"from" bson:"from"`
+	To         time.Time `json:"to" bson:"to"`
+}
+
+// Result is the output of an engine, stored as the job's result.
+type Result struct {
+	HealthScore    float64        `json:"healthScore" bson:"healthScore"`
+	Status         string         `json:"status" bson:"status"` // Normal | Warning | Critical
+	Findings       []Finding      `json:"findings" bson:"findings"`
+	Metrics        map[string]any `json:"metrics" bson:"metrics"`
+	ContextSummary ContextSummary `json:"contextSummary" bson:"contextSummary"`
+	Provider       string         `json:"provider" bson:"provider"` // rules | gemini
+	Markdown       string         `json:"markdown" bson:"markdown"`
+}
+
+// Engine produces insights for one request.
+type Engine interface {
+	Generate(ctx context.Context, req Request) (*Result, error)
+}

@@ -1,0 +1,157 @@
+// Package store is the MongoDB side of the service: the insights_jobs
+// documents with their step checkpoints, the systems and their history.
+//
+// It uses only what both MongoDB and FerretDB v1 support. FerretDB's updates
+// are not atomic under concurrency, so every job document has one writer
+// (the worker holding its task) and every claim is a unique insert.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
+)
+
+// Collection names (contract).
+const (
+	JobsCollection    = "insights_jobs"
+	SystemsCollection = "systems"
+	HistoryCollection = "history"
+	claimsCollection  = "run_claims"
+)
+
+// DefaultOpTimeout bounds every store call that has no earlier deadline, so
+// an unreachable MongoDB surfaces as an error, never a hang.
+const DefaultOpTimeout = 10 * time.Second
+
+// Store is the MongoDB store. It is safe for concurrent use.
+type Store struct {
+	client    *mongo.Client
+	db        *mongo.Database
+	jobs      *mongo.Collection
+	systems   *mongo.Collection
+	history   *mongo.Collection
+	claims    *mongo.Collection
+	opTimeout time.Duration
+}
+
+// Config configures Open.
+type Config struct {
+	URI string
+	// Database name. Empty: "bmsview".
+	Database string
+	// OpTimeout bounds each call. 0: DefaultOpTimeout.
+	OpTimeout time.Duration
+}
+
+// Open connects to MongoDB, checks it answers and creates the indexes.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Database == "" {
+		cfg.Database = "bmsview"
+	}
+	if cfg.OpTimeout == 0 {
+		cfg.OpTimeout = DefaultOpTimeout
+	}
+	opts := options.Client().ApplyURI(cfg.URI).
+		SetBSONOptions(&options.BSONOptions{DefaultDocumentMap: true}).
+		SetServerSelectionTimeout(cfg.OpTimeout).
+		SetConnectTimeout(cfg.OpTimeout)
+	if opts.WriteConcern == nil {
+		// A checkpoint is durable when a majority holds it: a replica-set
+		// failover never loses a completed step. On a single node (and
+		// FerretDB) majority is the one node.
+		opts.SetWriteConcern(writeconcern.Majority())
+	}
+	client, err := mongo.Connect(opts)
+	if err != nil {
+		return nil, fmt.Errorf("store: connect: %w", err)
+	}
+	db := client.Database(cfg.Database)
+	s := &Store{
+		client:    client,
+		db:        db,
+		jobs:      db.Collection(JobsCollection),
+		systems:   db.Collection(SystemsCollection),
+		history:   db.Collection(HistoryCollection),
+		claims:    db.Collection(claimsCollection),
+		opTimeout: cfg.OpTimeout,
+	}
+	pctx, cancel := s.ctx(ctx)
+	defer cancel()
+	if err := client.Ping(pctx, nil); err != nil {
+		_ = client.Disconnect(context.Background())
+		return nil, fmt.Errorf("store: ping %s: %w", redactURI(cfg.URI), err)
+	}
+	if err := s.ensureIndexes(ctx); err != nil {
+		_ = client.Disconnect(context.Background())
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close disconnects.
+func (s *Store) Close(ctx context.Context) error { return s.client.Disconnect(ctx) }
+
+// Ping checks MongoDB answers (readiness).
+func (s *Store) Ping(ctx context.Context) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	return s.client.Ping(ctx, nil)
+}
+
+// Database is the underlying database, for tests and tools.
+func (s *Store) Database() *mongo.Database { return s.db }
+
+func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < s.opTimeout {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, s.opTimeout)
+}
+
+func (s *Store) ensureIndexes(ctx context.Context) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	// Indexes only where a query uses them: the job list (status, system,
+	// newest first), the reconciler (status, updatedAt) and history ranges.
+	idx := []struct {
+		c *mongo.Collection
+		m mongo.IndexModel
+	}{
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "updatedAt", Value: 1}}}},
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "createdAt", Value: -1}}}},
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "createdAt", Value: -1}}}},
+		{s.history, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "timestamp", Value: 1}}}},
+	}
+	for _, i := range idx {
+		if _, err := i.c.Indexes().CreateOne(ctx, i.m); err != nil {
+			return fmt.Errorf("store: create index on %s: %w", i.c.Name(), err)
+		}
+	}
+	return nil
+}
+
+// ErrNotFound is returned when a job or system does not exist.
+var ErrNotFound = errors.New("not found")
+
+func redactURI(uri string) string {
+	// Never print credentials: keep scheme and host part only.
+	for i := 0; i+2 < len(uri); i++ {
+		if uri[i:i+3] == "://" {
+			rest := uri[i+3:]
+			for j := 0; j < len(rest); j++ {
+				if rest[j] == '@' {
+					return uri[:i+3] + "***@" + rest[j+1:]
+				}
+			}
+			break
+		}
+	}
+	return uri
+}

@@ -1,0 +1,119 @@
+package tasks
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// ErrDoNotRetry marks an error that retrying cannot fix (bad input, a
+// missing job, HTTP 400/401/403/404): the task is archived at once and the
+// job is failed. Wrap the cause: fmt.Errorf("...: %w", tasks.ErrDoNotRetry)
+// or DoNotRetry(cause).
+var ErrDoNotRetry = errors.New("do not retry")
+
+// DoNotRetry wraps cause so that errors.Is(err, ErrDoNotRetry) holds and the
+// cause stays reachable with errors.Is/As.
+func DoNotRetry(cause error) error {
+	if cause == nil {
+		return ErrDoNotRetry
+	}
+	return &doNotRetry{cause}
+}
+
+type doNotRetry struct{ err error }
+
+func (e *doNotRetry) Error() string   { return e.err.Error() }
+func (e *doNotRetry) Unwrap() []error { return []error{ErrDoNotRetry, e.err} }
+
+// RetryAfterError asks for the next attempt after exactly Delay.
+type RetryAfterError struct {
+	Delay time.Duration
+	Err   error
+}
+
+func (e *RetryAfterError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("retry after %v", e.Delay)
+	}
+	return e.Err.Error()
+}
+func (e *RetryAfterError) Unwrap() error { return e.Err }
+
+// RetryAfter returns an error that makes the task run again after d.
+func RetryAfter(d time.Duration, cause error) error {
+	if d < 0 {
+		d = 0
+	}
+	return &RetryAfterError{Delay: d, Err: cause}
+}
+
+// SleepError is returned by a sleeping step: the task is rescheduled for
+// Until, which is not a failure and uses no retry.
+type SleepError struct {
+	Step  string
+	Until time.Time
+}
+
+func (e *SleepError) Error() string {
+	return fmt.Sprintf("step %s sleeping until %s", e.Step, e.Until.UTC().Format(time.RFC3339))
+}
+
+// Error kinds stored on a job's failures.
+const (
+	KindTransient = "transient"
+	KindRateLimit = "rate_limit"
+	KindBusiness  = "business"
+	KindInternal  = "internal"
+)
+
+// IsFailure is asynq.Config.IsFailure: a sleep, or a revoke, is no failure.
+func IsFailure(err error) bool {
+	var s *SleepError
+	if errors.As(err, &s) {
+		return false
+	}
+	return err != nil && !errors.Is(err, asynq.RevokeTask)
+}
+
+// RetryPolicy is the delay before the next attempt.
+type RetryPolicy struct {
+	// Schedule is BACKOFF_SCHEDULE: Schedule[n] is the delay after the
+	// (n+1)th failure; the last one repeats. Empty means 5s,10s,30s,60s.
+	Schedule []time.Duration
+}
+
+// DefaultBackoff is BACKOFF_SCHEDULE unset.
+var DefaultBackoff = []time.Duration{5 * time.Second, 10 * time.Second, 30 * time.Second, 60 * time.Second}
+
+// Backoff returns the delay after failure number n+1 (n counts from 0).
+func (p RetryPolicy) Backoff(n int) time.Duration {
+	s := p.Schedule
+	if len(s) == 0 {
+		s = DefaultBackoff
+	}
+	if n < 0 {
+		n = 0
+	}
+	if n >= len(s) {
+		n = len(s) - 1
+	}
+	return s[n]
+}
+
+// RetryDelayFunc is asynq.Config.RetryDelayFunc: a sleep until its time, a
+// RetryAfter after exactly its delay, anything else after the schedule's
+// delay for asynq's retry count n.
+func (p RetryPolicy) RetryDelayFunc(n int, err error, _ *asynq.Task) time.Duration {
+	var s *SleepError
+	if errors.As(err, &s) {
+		return max(time.Until(s.Until), 0)
+	}
+	var ra *RetryAfterError
+	if errors.As(err, &ra) {
+		return ra.Delay
+	}
+	return p.Backoff(n)
+}

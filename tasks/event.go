@@ -1,0 +1,273 @@
+package tasks
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// EventData is the `eventData` of a generate-insights event as producers
+// send it (DESIGN.md section 5). Pointers tell "absent" from a zero value so
+// that defaults apply only to what was left out.
+type EventData struct {
+	JobID             string        `json:"jobId,omitempty"`
+	SystemID          string        `json:"systemId,omitempty"`
+	AnalysisData      *AnalysisData `json:"analysisData,omitempty"`
+	CustomPrompt      string        `json:"customPrompt,omitempty"`
+	ContextWindowDays *int          `json:"contextWindowDays,omitempty"`
+	MaxIterations     *int          `json:"maxIterations,omitempty"`
+	FullContextMode   *bool         `json:"fullContextMode,omitempty"`
+}
+
+// FieldError is a refused value; Field names it as the producer wrote it
+// ("eventData.contextWindowDays").
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+// ErrInvalidEvent is wrapped by every refusal of the event filter or a
+// range check.
+var ErrInvalidEvent = errors.New("invalid event")
+
+// Is lets errors.Is(err, ErrInvalidEvent) match a FieldError.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidEvent }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+// ValidID reports whether s is a valid jobId or systemId.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// Validate applies the event filter and every range check. It names the
+// field at fault with prefix (for example "eventData.").
+func (d *EventData) Validate(prefix string) error {
+	if d.JobID == "" && (d.AnalysisData == nil || d.SystemID == "") {
+		switch {
+		case d.AnalysisData == nil && d.SystemID == "":
+			return fieldErr(prefix+"jobId", "required unless both systemId and analysisData are given")
+		case d.SystemID == "":
+			return fieldErr(prefix+"systemId", "required with analysisData when there is no jobId")
+		default:
+			return fieldErr(prefix+"analysisData", "required with systemId when there is no jobId")
+		}
+	}
+	if d.JobID != "" && !ValidID(d.JobID) {
+		return fieldErr(prefix+"jobId", "must match [A-Za-z0-9._:-]{1,128}")
+	}
+	if d.SystemID != "" && !ValidID(d.SystemID) {
+		return fieldErr(prefix+"systemId", "must match [A-Za-z0-9._:-]{1,128}")
+	}
+	if n := len([]rune(d.CustomPrompt)); n > MaxCustomPromptLen {
+		return fieldErr(prefix+"customPrompt", "at most %d characters, got %d", MaxCustomPromptLen, n)
+	}
+	if v := d.ContextWindowDays; v != nil && (*v < minContextWindow || *v > maxContextWindow) {
+		return fieldErr(prefix+"contextWindowDays", "must be %d–%d, got %d", minContextWindow, maxContextWindow, *v)
+	}
+	if v := d.MaxIterations; v != nil && (*v < minIterations || *v > maxIterations) {
+		return fieldErr(prefix+"maxIterations", "must be %d–%d, got %d", minIterations, maxIterations, *v)
+	}
+	return nil
+}
+
+// HasRequest reports whether the event carries its own request (rather than
+// only a jobId whose stored request is to be used).
+func (d *EventData) HasRequest() bool { return d.AnalysisData != nil }
+
+// Request returns the request fields with defaults applied.
+func (d *EventData) Request() *Request {
+	r := &Request{
+		AnalysisData:      d.AnalysisData,
+		CustomPrompt:      d.CustomPrompt,
+		ContextWindowDays: DefaultContextWindow,
+		MaxIterations:     DefaultMaxIterations,
+	}
+	if d.ContextWindowDays != nil {
+		r.ContextWindowDays = *d.ContextWindowDays
+	}
+	if d.MaxIterations != nil {
+		r.MaxIterations = *d.MaxIterations
+	}
+	if d.FullContextMode != nil {
+		r.FullContextMode = *d.FullContextMode
+	}
+	return r
+}
+
+// ValidateRequest checks a request as the validate step sees it: the
+// snapshot is there and every range holds.
+func ValidateRequest(systemID string, r *Request) error {
+	if r == nil || r.AnalysisData == nil {
+		return fieldErr("analysisData", "required")
+	}
+	if !ValidID(systemID) {
+		return fieldErr("systemId", "must match [A-Za-z0-9._:-]{1,128}")
+	}
+	if r.ContextWindowDays < minContextWindow || r.ContextWindowDays > maxContextWindow {
+		return fieldErr("contextWindowDays", "must be %d–%d, got %d", minContextWindow, maxContextWindow, r.ContextWindowDays)
+	}
+	if r.MaxIterations < minIterations || r.MaxIterations > maxIterations {
+		return fieldErr("maxIterations", "must be %d–%d, got %d", minIterations, maxIterations, r.MaxIterations)
+	}
+	if n := len([]rune(r.CustomPrompt)); n > MaxCustomPromptLen {
+		return fieldErr("customPrompt", "at most %d characters, got %d", MaxCustomPromptLen, n)
+	}
+	soc := r.AnalysisData.StateOfCharge
+	if soc < 0 || soc > 100 {
+		return fieldErr("analysisData.stateOfCharge", "must be 0–100 %%, got %g", soc)
+	}
+	return nil
+}
+
+// Envelope is the body of POST /api/events.
+type Envelope struct {
+	EventName  string          `json:"eventName"`
+	EventData  json.RawMessage `json:"eventData"`
+	Priority   *int            `json:"priority,omitempty"`
+	DelayUntil json.RawMessage `json:"delayUntil,omitempty"`
+}
+
+// ErrMalformed marks a body that is not the JSON the contract asks for
+// (HTTP 400); ErrUnknownEvent an eventName this service does not run.
+var (
+	ErrMalformed    = errors.New("malformed JSON")
+	ErrUnknownEvent = errors.New("unknown event name")
+)
+
+// Send is a parsed, validated event ready to be sent.
+type Send struct {
+	Data     EventData
+	Priority int
+	// At is when the run is due; zero means now.
+	At time.Time
+}
+
+// ParseEnvelope reads and checks an event as the HTTP API receives it.
+// Errors wrap ErrMalformed, ErrUnknownEvent or ErrInvalidEvent (a
+// *FieldError naming the field).
+func ParseEnvelope(body []byte) (*Send, error) {
+	var env Envelope
+	if err := strictDecode(body, &env, ""); err != nil {
+		return nil, err
+	}
+	if env.EventName == "" {
+		return nil, &malformed{field: "eventName", msg: "required"}
+	}
+	if env.EventName != EventGenerateInsights {
+		return nil, fmt.Errorf("%w %q (this service accepts %q)", ErrUnknownEvent, env.EventName, EventGenerateInsights)
+	}
+	if len(env.EventData) == 0 || string(env.EventData) == "null" {
+		return nil, fieldErr("eventData", "required")
+	}
+	s := &Send{Priority: DefaultPriority}
+	if err := strictDecode(env.EventData, &s.Data, "eventData."); err != nil {
+		return nil, err
+	}
+	if err := s.Data.Validate("eventData."); err != nil {
+		return nil, err
+	}
+	if env.Priority != nil {
+		if *env.Priority < minPriority || *env.Priority > maxPriorty {
+			return nil, fieldErr("priority", "must be an integer 0–10, got %d", *env.Priority)
+		}
+		s.Priority = *env.Priority
+	}
+	if len(env.DelayUntil) > 0 && string(env.DelayUntil) != "null" {
+		at, err := ParseDelayUntil(env.DelayUntil)
+		if err != nil {
+			return nil, err
+		}
+		s.At = at
+	}
+	return s, nil
+}
+
+// ParseDelayUntil reads an RFC 3339 string, or Unix milliseconds as a JSON
+// number or numeric string.
+func ParseDelayUntil(raw json.RawMessage) (time.Time, error) {
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return time.Time{}, fieldErr("delayUntil", "not JSON: %v", err)
+	}
+	switch x := v.(type) {
+	case json.Number:
+		return unixMillis(x.String())
+	case string:
+		if t, err := time.Parse(time.RFC3339Nano, x); err == nil {
+			return t, nil
+		}
+		if t, err := unixMillis(x); err == nil {
+			return t, nil
+		}
+		return time.Time{}, fieldErr("delayUntil", "want RFC 3339 or Unix milliseconds, got %q", x)
+	}
+	return time.Time{}, fieldErr("delayUntil", "want RFC 3339 string or Unix milliseconds")
+}
+
+func unixMillis(s string) (time.Time, error) {
+	ms, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return time.Time{}, fieldErr("delayUntil", "want Unix milliseconds as an integer, got %s", s)
+	}
+	return time.UnixMilli(ms), nil
+}
+
+type malformed struct{ field, msg string }
+
+func (m *malformed) Error() string {
+	if m.field == "" {
+		return ErrMalformed.Error() + ": " + m.msg
+	}
+	return ErrMalformed.Error() + ": " + m.field + ": " + m.msg
+}
+func (m *malformed) Unwrap() error { return ErrMalformed }
+
+// Field names the field at fault ("" when it is the body as a whole).
+func (m *malformed) Field() string { return m.field }
+
+// strictDecode decodes one JSON value with nothing after it. A wrong type is
+// a FieldError (422) naming the field; broken JSON is malformed (400).
+func strictDecode(b []byte, v any, prefix string) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			field := te.Field
+			if field == "" {
+				return &malformed{field: strings.TrimSuffix(prefix, "."), msg: "must be a JSON object"}
+			}
+			return fieldErr(prefix+field, "must be %s, got %s", te.Type.String(), te.Value)
+		}
+		return &malformed{msg: err.Error()}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return &malformed{msg: "unexpected data after the JSON value"}
+	}
+	return nil
+}
+
+// FieldOf returns the field an error names, or "".
+func FieldOf(err error) string {
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return fe.Field
+	}
+	var m *malformed
+	if errors.As(err, &m) {
+		return m.field
+	}
+	return ""
+}

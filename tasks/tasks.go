@@ -1,0 +1,102 @@
+// Package tasks is the wire contract of the insights workloads: event names,
+// payloads, the event filter, priorities and queues, task constructors, the
+// Go producer client, the error values handlers return and the retry policy.
+//
+// It imports nothing of this module but the leaf type package bms, so a Go
+// producer can depend on it alone.
+package tasks
+
+import (
+	"time"
+
+	"github.com/bmsview/insights/internal/bms"
+)
+
+// Event names. The asynq task type is the event name.
+const (
+	EventGenerateInsights   = "generate-insights"
+	EventInsightsCompleted  = "insights-completed"
+	FollowUpTaskIDPrefix    = "insights-completed:"
+	DefaultContextWindow    = 90
+	DefaultMaxIterations    = 10
+	DefaultPriority         = 5
+	UrgentPriority          = 10
+	MaxCustomPromptLen      = 5000
+	MaxPayloadBytes         = 500 * 1024
+	followUpQueue           = QueueLow
+	maxIDLen                = 128
+	minContextWindow        = 1
+	maxContextWindow        = 365
+	minIterations           = 1
+	maxIterations           = 50
+	minPriority, maxPriorty = 0, 10
+)
+
+// Step names of generate-insights, in order.
+const (
+	StepInitialize      = "initialize"
+	StepFetchJob        = "fetch-job"
+	StepValidate        = "validate"
+	StepProcessInsights = "process-insights"
+	StepStoreResults    = "store-results"
+	StepSendCompletion  = "send-completion"
+)
+
+// Steps lists the workflow's steps in the order they run.
+var Steps = []string{StepInitialize, StepFetchJob, StepValidate, StepProcessInsights, StepStoreResults, StepSendCompletion}
+
+// AnalysisData is one BMS snapshot (DESIGN.md section 7).
+type AnalysisData = bms.Snapshot
+
+// Request is what a run analyses: the event's request fields with defaults
+// applied. It is stored as the job's `request`.
+type Request struct {
+	AnalysisData      *AnalysisData `json:"analysisData,omitempty" bson:"analysisData,omitempty"`
+	CustomPrompt      string        `json:"customPrompt" bson:"customPrompt"`
+	ContextWindowDays int           `json:"contextWindowDays" bson:"contextWindowDays"`
+	MaxIterations     int           `json:"maxIterations" bson:"maxIterations"`
+	FullContextMode   bool          `json:"fullContextMode" bson:"fullContextMode"`
+}
+
+// Payload is the asynq task payload of generate-insights.
+type Payload struct {
+	EventID  string `json:"eventId"`
+	JobID    string `json:"jobId"`
+	SystemID string `json:"systemId,omitempty"`
+	// Request is nil when the event carried only a jobId: the fetch-job step
+	// then loads it from the job document.
+	Request  *Request `json:"request,omitempty"`
+	Priority int      `json:"priority"`
+	Queue    string   `json:"queue"`
+}
+
+// CompletedPayload is the asynq task payload of insights-completed.
+type CompletedPayload struct {
+	EventID     string    `json:"eventId"`
+	JobID       string    `json:"jobId"`
+	SystemID    string    `json:"systemId"`
+	CompletedAt time.Time `json:"completedAt"`
+	HealthScore float64   `json:"healthScore"`
+	Status      string    `json:"status"`
+}
+
+// Job statuses (the job document's `status`).
+const (
+	StatusQueued     = "queued"
+	StatusScheduled  = "scheduled"
+	StatusProcessing = "processing"
+	StatusRetrying   = "retrying"
+	StatusCompleted  = "completed"
+	StatusFailed     = "failed"
+	StatusCancelled  = "cancelled"
+)
+
+// Live reports whether a job in this status still has a run under way, so a
+// new event with its jobId is a duplicate.
+func Live(status string) bool {
+	switch status {
+	case StatusQueued, StatusScheduled, StatusProcessing, StatusRetrying:
+		return true
+	}
+	return false
+}
