@@ -4,6 +4,7 @@ package insights
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/bmsview/insights/internal/bms"
@@ -53,3 +54,23 @@ type Result struct {
 type Engine interface {
 	Generate(ctx context.Context, req Request) (*Result, error)
 }
+
+// ProviderError is a failure of an LLM provider's API. StatusCode is the
+// HTTP status (0 when none was received); RetryAfter is the delay the
+// provider asked for (Retry-After header or google.rpc.RetryInfo), 0 when
+// none. The workload classifies it: 429 rate limit, 5xx transient,
+// 400/401/403/404 no retry.
+type ProviderError struct {
+	StatusCode int
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *ProviderError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("provider: HTTP %d", e.StatusCode)
+	}
+	return fmt.Sprintf("provider: HTTP %d: %v", e.StatusCode, e.Err)
+}
+
+func (e *ProviderError) Unwrap() error { return e.Err }
