@@ -1,0 +1,51 @@
+package handlers
+
+import (
+	"time"
+
+	"github.com/bmsview/insights/tasks"
+	"github.com/hibiken/asynq"
+)
+
+// Register adds the workload and follow-up handlers to mux.
+func Register(mux *asynq.ServeMux, rn *Runner, w *Insights, c *Completed) {
+	mux.Handle(tasks.EventGenerateInsights, rn.Handler(w.Workflow))
+	mux.Handle(tasks.EventInsightsCompleted, c)
+}
+
+// ServerOptions are the settings of ServerConfig.
+type ServerOptions struct {
+	// Concurrency is WORKER_CONCURRENCY. 0: 10.
+	Concurrency int
+	// Queues are QUEUE_WEIGHTS. Nil: critical=6,high=4,default=2,low=1.
+	Queues map[string]int
+	// Backoff is BACKOFF_SCHEDULE. Nil: tasks.DefaultBackoff.
+	Backoff []time.Duration
+	// ShutdownTimeout is SHUTDOWN_TIMEOUT. 0: 25s.
+	ShutdownTimeout time.Duration
+}
+
+// ServerConfig returns the asynq server settings the workload needs: the
+// retry policy (the job's backoff, exact RetryAfter delays, sleeps that are
+// no failures) and a 1 s delayed-task check so that delays hold to the
+// second.
+func ServerConfig(o ServerOptions) asynq.Config {
+	if o.Concurrency == 0 {
+		o.Concurrency = 10
+	}
+	if o.Queues == nil {
+		o.Queues, _ = tasks.ParseQueueWeights(tasks.DefaultQueueWeights)
+	}
+	if o.ShutdownTimeout == 0 {
+		o.ShutdownTimeout = 25 * time.Second
+	}
+	p := tasks.RetryPolicy{Schedule: o.Backoff}
+	return asynq.Config{
+		Concurrency:              o.Concurrency,
+		Queues:                   o.Queues,
+		RetryDelayFunc:           p.RetryDelayFunc,
+		IsFailure:                tasks.IsFailure,
+		DelayedTaskCheckInterval: time.Second,
+		ShutdownTimeout:          o.ShutdownTimeout,
+	}
+}

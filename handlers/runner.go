@@ -1,0 +1,261 @@
+// Package handlers holds the asynq handlers: the durable step runner
+// (checkpoint per step, skip on resume, sleep, retry budget) and the
+// workflows built on it.
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/tasks"
+	"github.com/hibiken/asynq"
+	"go.mongodb.org/mongo-driver/v2/bson"
+)
+
+// JobStore is what the runner needs of the store.
+type JobStore interface {
+	StartAttempt(ctx context.Context, a store.Attempt) (*store.Job, string, error)
+	SaveCheckpoint(ctx context.Context, c store.Checkpoint) error
+}
+
+// Sealer encrypts step outputs that hold insights. Nil stores them in clear.
+type Sealer interface {
+	Seal(v any) (any, error)
+	// Open decodes stored (as read from MongoDB) into out; it reports false
+	// when stored was not sealed.
+	Open(stored any, out any) (bool, error)
+}
+
+// Observer is told about step and job outcomes (metrics). Nil is fine.
+type Observer interface {
+	StepDone(step, outcome string, d time.Duration)
+	JobDone(status, kind string)
+}
+
+// StepHook runs inside every step body before the step's own work; an
+// error it returns is the step's failure. Tests inject failures and crashes
+// with it.
+type StepHook func(ctx context.Context, r *Run, step string) error
+
+// RunnerConfig configures the step runner. Zero fields take the stated
+// default.
+type RunnerConfig struct {
+	Store JobStore
+	// MaxRetries is the job's retry budget: failures of the current run
+	// before it is archived. 0 means none: the first failure archives.
+	MaxRetries int
+	// Backoff is BACKOFF_SCHEDULE. Nil: tasks.DefaultBackoff.
+	Backoff []time.Duration
+	// TransientDelay follows a timeout, connection error, 5xx or store
+	// failure. 0: 30s.
+	TransientDelay time.Duration
+	// RateLimitDelay follows a rate limit without its own delay. 0: 5m.
+	RateLimitDelay time.Duration
+	// Sealer encrypts insights-bearing outputs. Nil: stored in clear.
+	Sealer Sealer
+	// Observer receives outcomes. Nil: none.
+	Observer Observer
+	// Hook runs in every step body. Nil: none.
+	Hook StepHook
+	// Logger. Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// Runner runs workflows durably.
+type Runner struct {
+	cfg    RunnerConfig
+	policy tasks.RetryPolicy
+	log    *slog.Logger
+}
+
+// NewRunner returns a runner.
+func NewRunner(cfg RunnerConfig) *Runner {
+	if cfg.TransientDelay == 0 {
+		cfg.TransientDelay = 30 * time.Second
+	}
+	if cfg.RateLimitDelay == 0 {
+		cfg.RateLimitDelay = 5 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Runner{cfg: cfg, policy: tasks.RetryPolicy{Schedule: cfg.Backoff}, log: cfg.Logger}
+}
+
+// Run is one attempt of a job's run, handed to the workflow's steps.
+type Run struct {
+	Job     *store.Job
+	Payload tasks.Payload
+	Attempt int
+	Log     *slog.Logger
+
+	r *Runner
+	// set is merged into the next checkpoint write: fields that change with
+	// a step's outcome, written in the same update.
+	set bson.D
+	// step is the step running now and stepStart when its body began (for
+	// failure records).
+	step      string
+	stepStart time.Time
+}
+
+// AlsoSet adds a top-level job field to the next checkpoint write.
+func (r *Run) AlsoSet(key string, v any) { r.set = append(r.set, bson.E{Key: key, Value: v}) }
+
+// Workflow is the body of a durable task: a sequence of Step and Sleep
+// calls.
+type Workflow func(ctx context.Context, r *Run) error
+
+// Handler returns the asynq handler that runs wf durably for tasks whose
+// payload is a tasks.Payload.
+func (rn *Runner) Handler(wf Workflow) asynq.Handler {
+	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
+		return rn.process(ctx, t, wf)
+	})
+}
+
+func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error {
+	taskID, _ := asynq.GetTaskID(ctx)
+	log := rn.log.With("eventId", taskID, "type", t.Type())
+	if len(t.Payload()) > tasks.MaxPayloadBytes {
+		log.Error("payload over the size limit: archived", "bytes", len(t.Payload()))
+		return fmt.Errorf("payload of %d bytes is over the %d byte limit: %w", len(t.Payload()), tasks.MaxPayloadBytes, asynq.SkipRetry)
+	}
+	var p tasks.Payload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil {
+		log.Error("payload is not a valid event: archived", "err", err)
+		return fmt.Errorf("decode payload: %v: %w", err, asynq.SkipRetry)
+	}
+	if p.EventID == "" {
+		p.EventID = taskID
+	}
+	if !tasks.ValidID(p.JobID) {
+		log.Error("payload has no valid jobId: archived", "jobId", p.JobID)
+		return fmt.Errorf("payload jobId %q invalid: %w", p.JobID, asynq.SkipRetry)
+	}
+	if p.Queue == "" {
+		p.Queue, _ = asynq.GetQueueName(ctx)
+	}
+	job, previous, err := rn.cfg.Store.StartAttempt(ctx, store.Attempt{JobID: p.JobID, EventID: p.EventID,
+		SystemID: p.SystemID, Request: p.Request, Priority: p.Priority, Queue: p.Queue})
+	switch {
+	case errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent):
+		log.Info("task revoked", "jobId", p.JobID, "reason", err)
+		return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
+	case err != nil:
+		log.Warn("store unavailable at attempt start: retry", "jobId", p.JobID, "err", err)
+		return tasks.RetryAfter(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
+	}
+	run := &Run{Job: job, Payload: p, Attempt: job.Attempts, r: rn}
+	run.Log = log.With("jobId", p.JobID, "attempt", job.Attempts)
+	if previous == tasks.StatusFailed {
+		// Run again from the archive: the run gets its full budget back.
+		job.Failures = 0
+		run.AlsoSet("failures", 0)
+	}
+	run.Log.Debug("attempt started", "previous", previous)
+	err = wf(ctx, run)
+	if err == nil {
+		return nil
+	}
+	return rn.fail(ctx, run, err)
+}
+
+// stepErr is a failure inside a step body.
+type stepErr struct {
+	step string
+	err  error
+}
+
+func (e *stepErr) Error() string { return e.err.Error() }
+func (e *stepErr) Unwrap() error { return e.err }
+
+// storeErr is a checkpoint that could not be written.
+type storeErr struct{ err error }
+
+func (e *storeErr) Error() string { return "checkpoint not saved: " + e.err.Error() }
+func (e *storeErr) Unwrap() error { return e.err }
+
+// fail turns a workflow error into what asynq should do, recording it on
+// the job first.
+func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
+	var sleep *tasks.SleepError
+	if errors.As(err, &sleep) {
+		return err
+	}
+	if errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent) {
+		run.Log.Info("task revoked", "reason", err)
+		return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
+	}
+	var se *storeErr
+	if errors.As(err, &se) {
+		// The store's outage is not the job's fault: no budget used.
+		run.Log.Warn("checkpoint write failed: retry", "step", run.step, "err", err)
+		return tasks.RetryAfter(rn.cfg.TransientDelay, err)
+	}
+	kind, delay, final := rn.classify(err)
+	job := run.Job
+	failures := job.Failures + 1
+	if !final && failures > rn.cfg.MaxRetries {
+		final = true
+	}
+	now := time.Now().UTC()
+	step := run.step
+	var stepState store.StepState
+	if es := (*stepErr)(nil); errors.As(err, &es) {
+		step = es.step
+	}
+	cp := store.Checkpoint{JobID: job.ID, EventID: job.EventID, Step: step, Set: run.set}
+	run.set = nil
+	if step != "" {
+		prev := job.Steps[step]
+		stepState = store.StepState{Status: store.StepFailed, Runs: prev.Runs + 1, Attempt: run.Attempt,
+			StartedAt: run.stepStart, FinishedAt: now, DurationMs: now.Sub(run.stepStart).Milliseconds(), Error: err.Error()}
+		cp.State = stepState
+	}
+	cp.Set = append(cp.Set,
+		bson.E{Key: "error", Value: store.JobError{Kind: kind, Message: err.Error(), Step: step, At: now}},
+		bson.E{Key: "failures", Value: failures})
+	status := tasks.StatusRetrying
+	if final {
+		status = tasks.StatusFailed
+	}
+	if job.Status == tasks.StatusCompleted {
+		// Only the follow-up is left: the job's own status stays completed.
+		status = tasks.StatusCompleted
+	} else {
+		cp.Set = append(cp.Set, bson.E{Key: "status", Value: status})
+	}
+	if werr := rn.cfg.Store.SaveCheckpoint(context.WithoutCancel(ctx), cp); werr != nil {
+		if errors.Is(werr, store.ErrCancelled) || errors.Is(werr, store.ErrStaleEvent) {
+			run.Log.Info("task revoked", "step", step, "reason", werr)
+			return fmt.Errorf("%w: %w", asynq.RevokeTask, werr)
+		}
+		run.Log.Warn("failure not recorded, store unavailable: retry", "step", step, "err", werr, "cause", err)
+		return tasks.RetryAfter(rn.cfg.TransientDelay, errors.Join(err, werr))
+	}
+	if step != "" {
+		job.Steps[step] = stepState
+	}
+	job.Failures = failures
+	if rn.cfg.Observer != nil && step != "" {
+		rn.cfg.Observer.StepDone(step, "failed", now.Sub(run.stepStart))
+	}
+	if final {
+		if rn.cfg.Observer != nil && status == tasks.StatusFailed {
+			rn.cfg.Observer.JobDone(tasks.StatusFailed, kind)
+		}
+		run.Log.Error("job failed for good: archived", "step", step, "kind", kind, "failures", failures, "err", err)
+		return fmt.Errorf("%w: %w", asynq.SkipRetry, err)
+	}
+	if delay == 0 {
+		delay = rn.policy.Backoff(failures - 1)
+	}
+	run.Log.Warn("step failed: retry", "step", step, "kind", kind, "failures", failures, "retryIn", delay, "err", err)
+	return tasks.RetryAfter(delay, err)
+}

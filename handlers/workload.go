@@ -1,0 +1,169 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/tasks"
+	"github.com/hibiken/asynq"
+)
+
+// Enqueuer sends the follow-up event (an *asynq.Client).
+type Enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// InsightsConfig configures the generate-insights workload.
+type InsightsConfig struct {
+	Engine insights.Engine
+	// FollowUps enqueues insights-completed.
+	FollowUps Enqueuer
+	// FollowUpMaxRetry is the follow-up's retry budget. 0: 15.
+	FollowUpMaxRetry int
+	// Retention keeps the follow-up visible once done. 0: 168h.
+	Retention time.Duration
+}
+
+// Insights is the generate-insights workload.
+type Insights struct {
+	cfg InsightsConfig
+}
+
+// NewInsights returns the workload.
+func NewInsights(cfg InsightsConfig) *Insights {
+	if cfg.FollowUpMaxRetry == 0 {
+		cfg.FollowUpMaxRetry = 15
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = 168 * time.Hour
+	}
+	return &Insights{cfg: cfg}
+}
+
+type initOutput struct {
+	EventID  string `bson:"eventId"`
+	Queue    string `bson:"queue"`
+	Priority int    `bson:"priority"`
+}
+
+type fetchOutput struct {
+	SystemID string `bson:"systemId"`
+	Source   string `bson:"source"` // job | event
+}
+
+type validateOutput struct {
+	Valid bool `bson:"valid"`
+}
+
+type storeOutput struct {
+	HealthScore float64   `bson:"healthScore"`
+	Status      string    `bson:"status"`
+	StoredAt    time.Time `bson:"storedAt"`
+}
+
+type completionOutput struct {
+	FollowUpEventID string `bson:"followUpEventId"`
+	Duplicate       bool   `bson:"duplicate"`
+}
+
+// Workflow is the six steps of generate-insights.
+func (w *Insights) Workflow(ctx context.Context, r *Run) error {
+	job, p := r.Job, r.Payload
+	if _, err := Step(ctx, r, tasks.StepInitialize, func(ctx context.Context) (initOutput, error) {
+		r.AlsoSet("queue", p.Queue)
+		r.AlsoSet("priority", p.Priority)
+		if job.Request == nil && p.Request != nil {
+			r.AlsoSet("request", p.Request)
+			job.Request = p.Request
+			if p.SystemID != "" {
+				r.AlsoSet("systemId", p.SystemID)
+				job.SystemID = p.SystemID
+			}
+		}
+		return initOutput{EventID: p.EventID, Queue: p.Queue, Priority: p.Priority}, nil
+	}); err != nil {
+		return err
+	}
+	fetched, err := Step(ctx, r, tasks.StepFetchJob, func(ctx context.Context) (fetchOutput, error) {
+		switch {
+		case job.Request != nil && job.Request.AnalysisData != nil:
+			return fetchOutput{SystemID: job.SystemID, Source: "job"}, nil
+		case p.Request != nil:
+			return fetchOutput{SystemID: p.SystemID, Source: "event"}, nil
+		}
+		return fetchOutput{}, tasks.DoNotRetry(fmt.Errorf("job %s has no request (no analysisData was ever sent for it)", job.ID))
+	})
+	if err != nil {
+		return err
+	}
+	req := job.Request
+	if req == nil || req.AnalysisData == nil {
+		req = p.Request
+	}
+	systemID := fetched.SystemID
+	if _, err := Step(ctx, r, tasks.StepValidate, func(ctx context.Context) (validateOutput, error) {
+		if err := tasks.ValidateRequest(systemID, req); err != nil {
+			return validateOutput{}, tasks.DoNotRetry(err)
+		}
+		return validateOutput{Valid: true}, nil
+	}); err != nil {
+		return err
+	}
+	result, err := SealedStep(ctx, r, tasks.StepProcessInsights, func(ctx context.Context) (*insights.Result, error) {
+		return w.cfg.Engine.Generate(ctx, insights.Request{
+			SystemID: systemID, Snapshot: *req.AnalysisData, CustomPrompt: req.CustomPrompt,
+			ContextWindowDays: req.ContextWindowDays, MaxIterations: req.MaxIterations, FullContextMode: req.FullContextMode,
+		})
+	})
+	if err != nil {
+		return err
+	}
+	stored, err := SealedStep(ctx, r, tasks.StepStoreResults, func(ctx context.Context) (storeOutput, error) {
+		res := any(result)
+		if s := r.r.cfg.Sealer; s != nil {
+			var err error
+			if res, err = s.Seal(result); err != nil {
+				return storeOutput{}, fmt.Errorf("seal result: %w", err)
+			}
+		}
+		now := time.Now().UTC()
+		r.AlsoSet("result", res)
+		r.AlsoSet("status", tasks.StatusCompleted)
+		r.AlsoSet("completedAt", now)
+		r.AlsoSet("error", nil)
+		return storeOutput{HealthScore: result.HealthScore, Status: result.Status, StoredAt: now}, nil
+	})
+	if err != nil {
+		return err
+	}
+	if job.Status != tasks.StatusCompleted {
+		job.Status = tasks.StatusCompleted
+		if o := r.r.cfg.Observer; o != nil {
+			o.JobDone(tasks.StatusCompleted, "")
+		}
+	}
+	_, err = Step(ctx, r, tasks.StepSendCompletion, func(ctx context.Context) (completionOutput, error) {
+		task, opts, err := tasks.NewCompletedTask(tasks.CompletedPayload{
+			EventID: p.EventID, JobID: job.ID, SystemID: systemID, CompletedAt: stored.StoredAt,
+			HealthScore: stored.HealthScore, Status: stored.Status,
+		}, w.cfg.Retention)
+		if err != nil {
+			return completionOutput{}, err
+		}
+		opts = append(opts, asynq.MaxRetry(w.cfg.FollowUpMaxRetry))
+		id := tasks.FollowUpTaskIDPrefix + p.EventID
+		out := completionOutput{FollowUpEventID: id}
+		if _, err := w.cfg.FollowUps.EnqueueContext(ctx, task, opts...); err != nil {
+			if !errors.Is(err, asynq.ErrTaskIDConflict) {
+				return out, fmt.Errorf("enqueue %s: %w", tasks.EventInsightsCompleted, err)
+			}
+			out.Duplicate = true // sent by an earlier attempt
+		}
+		r.AlsoSet("followUp", map[string]any{"eventId": id, "enqueuedAt": time.Now().UTC()})
+		return out, nil
+	})
+	return err
+}

@@ -1,0 +1,265 @@
+// Package config reads the service's configuration from the environment
+// (DESIGN.md section 4). A bad value stops start-up with an error that
+// names the variable.
+package config
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/bmsview/insights/tasks"
+	"github.com/hibiken/asynq"
+)
+
+// Config is the whole configuration. Every field is documented with the
+// variable it comes from and what happens when that is unset.
+type Config struct {
+	RedisURL          string   // REDIS_URL; "" → embedded miniredis
+	RedisClusterAddrs []string // REDIS_CLUSTER_ADDRS; takes precedence over REDIS_URL
+	MongoURI          string   // MONGODB_URI; "" → embedded FerretDB under DataDir
+	MongoDB           string   // MONGODB_DB_NAME; "bmsview"
+	DataDir           string   // DATA_DIR; "./data"
+	HTTPAddr          string   // HTTP_ADDR; ":8080"
+
+	APIToken      string // API_TOKEN; random, printed once at start
+	AdminPassword string // ADMIN_PASSWORD; random, printed once at start
+	// Generated lists the credentials that were generated, to print them.
+	Generated []string
+
+	WorkerConcurrency   int            // WORKER_CONCURRENCY; 10
+	QueueWeights        map[string]int // QUEUE_WEIGHTS; critical=6,high=4,default=2,low=1
+	MaxRetries          int            // MAX_RETRIES; 15
+	BackoffSchedule     []time.Duration
+	RetryTransientDelay time.Duration // RETRY_TRANSIENT_DELAY; 30s
+	RetryRateLimitDelay time.Duration // RETRY_RATE_LIMIT_DELAY; 5m
+	TaskTimeout         time.Duration // TASK_TIMEOUT; 24h
+	TaskRetention       time.Duration // TASK_RETENTION; 168h
+	EncryptionKey       string        // DATA_ENCRYPTION_KEY; "" → stored in clear
+	InsightsProvider    string        // INSIGHTS_PROVIDER; "rules"
+	GeminiAPIKey        string        // GEMINI_API_KEY
+	GeminiModel         string        // GEMINI_MODEL; gemini-2.5-flash
+	GeminiBaseURL       string        // GEMINI_BASE_URL; Google's
+	WebhookURL          string        // COMPLETION_WEBHOOK_URL; "" → no webhook
+	WebhookSecret       string        // WEBHOOK_SECRET
+	ShutdownTimeout     time.Duration // SHUTDOWN_TIMEOUT; 25s
+	CORSOrigins         []string      // CORS_ORIGINS; none
+}
+
+// Embedded reports whether Redis or MongoDB runs in process.
+func (c *Config) EmbeddedRedis() bool { return c.RedisURL == "" && len(c.RedisClusterAddrs) == 0 }
+
+// EmbeddedMongo reports whether MongoDB is the embedded FerretDB.
+func (c *Config) EmbeddedMongo() bool { return c.MongoURI == "" }
+
+// Load reads the configuration from getenv (os.Getenv when nil).
+func Load(getenv func(string) string) (*Config, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	p := parser{getenv: getenv}
+	c := &Config{
+		RedisURL:            p.url("REDIS_URL", "redis", "rediss", "redis-sentinel"),
+		RedisClusterAddrs:   p.list("REDIS_CLUSTER_ADDRS"),
+		MongoURI:            p.url("MONGODB_URI", "mongodb", "mongodb+srv"),
+		MongoDB:             p.str("MONGODB_DB_NAME", "bmsview"),
+		DataDir:             p.str("DATA_DIR", "./data"),
+		HTTPAddr:            p.str("HTTP_ADDR", ":8080"),
+		APIToken:            getenv("API_TOKEN"),
+		AdminPassword:       getenv("ADMIN_PASSWORD"),
+		WorkerConcurrency:   p.intRange("WORKER_CONCURRENCY", 10, 1, 10000),
+		MaxRetries:          p.intRange("MAX_RETRIES", 15, 0, 1000),
+		BackoffSchedule:     p.durations("BACKOFF_SCHEDULE", tasks.DefaultBackoff),
+		RetryTransientDelay: p.duration("RETRY_TRANSIENT_DELAY", 30*time.Second),
+		RetryRateLimitDelay: p.duration("RETRY_RATE_LIMIT_DELAY", 5*time.Minute),
+		TaskTimeout:         p.duration("TASK_TIMEOUT", 24*time.Hour),
+		TaskRetention:       p.duration("TASK_RETENTION", 168*time.Hour),
+		EncryptionKey:       getenv("DATA_ENCRYPTION_KEY"),
+		InsightsProvider:    p.oneOf("INSIGHTS_PROVIDER", "rules", "rules", "gemini"),
+		GeminiAPIKey:        getenv("GEMINI_API_KEY"),
+		GeminiModel:         p.str("GEMINI_MODEL", "gemini-2.5-flash"),
+		GeminiBaseURL:       p.url("GEMINI_BASE_URL", "http", "https"),
+		WebhookURL:          p.url("COMPLETION_WEBHOOK_URL", "http", "https"),
+		WebhookSecret:       getenv("WEBHOOK_SECRET"),
+		ShutdownTimeout:     p.duration("SHUTDOWN_TIMEOUT", 25*time.Second),
+		CORSOrigins:         p.list("CORS_ORIGINS"),
+	}
+	weights := p.str("QUEUE_WEIGHTS", tasks.DefaultQueueWeights)
+	if w, err := tasks.ParseQueueWeights(weights); err != nil {
+		p.fail("QUEUE_WEIGHTS", err.Error())
+	} else {
+		c.QueueWeights = w
+	}
+	if c.EncryptionKey != "" && len(c.EncryptionKey) < 32 {
+		p.fail("DATA_ENCRYPTION_KEY", "must be at least 32 characters")
+	}
+	if c.InsightsProvider == "gemini" && c.GeminiAPIKey == "" {
+		p.fail("GEMINI_API_KEY", "required when INSIGHTS_PROVIDER=gemini")
+	}
+	if c.RedisURL != "" {
+		if _, err := asynq.ParseRedisURI(c.RedisURL); err != nil {
+			p.fail("REDIS_URL", err.Error())
+		}
+	}
+	if p.err != nil {
+		return nil, p.err
+	}
+	return c, nil
+}
+
+// EnsureCredentials fills API_TOKEN and ADMIN_PASSWORD when unset. In
+// embedded mode they are kept in DATA_DIR (mode 0600) so they stay the same
+// across restarts; otherwise they are new for each start.
+func (c *Config) EnsureCredentials() error {
+	for _, cred := range []struct {
+		name string
+		dst  *string
+	}{{"API_TOKEN", &c.APIToken}, {"ADMIN_PASSWORD", &c.AdminPassword}} {
+		if *cred.dst != "" {
+			continue
+		}
+		var path string
+		if c.EmbeddedMongo() {
+			path = filepath.Join(c.DataDir, strings.ToLower(cred.name))
+			if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+				*cred.dst = strings.TrimSpace(string(b))
+				c.Generated = append(c.Generated, cred.name)
+				continue
+			}
+		}
+		buf := make([]byte, 24)
+		if _, err := rand.Read(buf); err != nil {
+			return err
+		}
+		*cred.dst = hex.EncodeToString(buf)
+		c.Generated = append(c.Generated, cred.name)
+		if path != "" {
+			if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+				return fmt.Errorf("DATA_DIR: %w", err)
+			}
+			if err := os.WriteFile(path, []byte(*cred.dst+"\n"), 0o600); err != nil {
+				return fmt.Errorf("DATA_DIR: keep %s: %w", cred.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// RedisConnOpt returns asynq's connection options.
+func (c *Config) RedisConnOpt() (asynq.RedisConnOpt, error) {
+	if len(c.RedisClusterAddrs) > 0 {
+		return asynq.RedisClusterClientOpt{Addrs: c.RedisClusterAddrs}, nil
+	}
+	opt, err := asynq.ParseRedisURI(c.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	return opt, nil
+}
+
+type parser struct {
+	getenv func(string) string
+	err    error
+}
+
+func (p *parser) fail(name, msg string) {
+	if p.err == nil {
+		p.err = fmt.Errorf("config: %s: %s", name, msg)
+	}
+}
+
+func (p *parser) str(name, def string) string {
+	if v := strings.TrimSpace(p.getenv(name)); v != "" {
+		return v
+	}
+	return def
+}
+
+func (p *parser) list(name string) []string {
+	var out []string
+	for _, s := range strings.Split(p.getenv(name), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (p *parser) url(name string, schemes ...string) string {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return ""
+	}
+	u, err := url.Parse(v)
+	if err != nil {
+		p.fail(name, "not a URL: "+err.Error())
+		return ""
+	}
+	for _, s := range schemes {
+		if u.Scheme == s {
+			return v
+		}
+	}
+	p.fail(name, fmt.Sprintf("scheme %q not supported (want %s)", u.Scheme, strings.Join(schemes, ", ")))
+	return ""
+}
+
+func (p *parser) intRange(name string, def, lo, hi int) int {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		p.fail(name, fmt.Sprintf("want an integer %d–%d, got %q", lo, hi, v))
+		return def
+	}
+	return n
+}
+
+func (p *parser) duration(name string, def time.Duration) time.Duration {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		p.fail(name, fmt.Sprintf("want a duration such as 30s or 5m, got %q", v))
+		return def
+	}
+	return d
+}
+
+func (p *parser) durations(name string, def []time.Duration) []time.Duration {
+	v := strings.TrimSpace(p.getenv(name))
+	if v == "" {
+		return def
+	}
+	var out []time.Duration
+	for _, s := range strings.Split(v, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil || d < 0 {
+			p.fail(name, fmt.Sprintf("want comma-separated durations such as 5s,10s,30s, got %q", s))
+			return def
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func (p *parser) oneOf(name, def string, allowed ...string) string {
+	v := p.str(name, def)
+	for _, a := range allowed {
+		if v == a {
+			return v
+		}
+	}
+	p.fail(name, fmt.Sprintf("want one of %s, got %q", strings.Join(allowed, ", "), v))
+	return def
+}
