@@ -101,7 +101,9 @@ func Sleep(ctx context.Context, r *Run, name string, d time.Duration) error {
 		done.Attempt = r.Attempt
 		return r.checkpoint(ctx, name, done)
 	}
-	until := now.Add(d)
+	// asynq keeps due times in whole seconds (it may run a task up to a
+	// second before a fractional due time), so wake on a whole second.
+	until := now.Add(d).Truncate(time.Second).Add(time.Second)
 	sleeping := store.StepState{Status: store.StepSleeping, Runs: st.Runs, Attempt: r.Attempt, StartedAt: now, SleepUntil: &until}
 	r.step, r.stepStart = name, now
 	r.AlsoSet("status", tasks.StatusScheduled)
