@@ -346,8 +346,10 @@ func TestComposeServices(t *testing.T) {
 
 	t.Run("worker replicas", func(t *testing.T) {
 		s := service(t, p, "worker")
-		if s.Deploy == nil || s.Deploy.Replicas == nil || *s.Deploy.Replicas != 2 {
-			t.Errorf("worker deploy %+v: want replicas: 2", s.Deploy)
+		if s.Deploy == nil || s.Deploy.Replicas == nil {
+			t.Errorf("worker has no deploy.replicas; want 2")
+		} else if *s.Deploy.Replicas != 2 {
+			t.Errorf("worker deploy.replicas %d, want 2", *s.Deploy.Replicas)
 		}
 		if len(s.Ports) != 0 {
 			t.Errorf("worker publishes %+v: replicas cannot share a host port", s.Ports)
