@@ -1,0 +1,121 @@
+package tasks
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseEnvelopeRefusesNamingTheField(t *testing.T) {
+	big := strings.Repeat("x", MaxCustomPromptLen+1)
+	for _, tc := range []struct {
+		name, body string
+		sentinel   error
+		field      string
+	}{
+		{"no id, no data", `{"eventName":"generate-insights","eventData":{}}`, ErrInvalidEvent, "eventData.jobId"},
+		{"data without system", `{"eventName":"generate-insights","eventData":{"analysisData":{}}}`, ErrInvalidEvent, "eventData.systemId"},
+		{"system without data", `{"eventName":"generate-insights","eventData":{"systemId":"s1"}}`, ErrInvalidEvent, "eventData.analysisData"},
+		{"empty jobId", `{"eventName":"generate-insights","eventData":{"jobId":""}}`, ErrInvalidEvent, "eventData.jobId"},
+		{"bad jobId", `{"eventName":"generate-insights","eventData":{"jobId":"a b"}}`, ErrInvalidEvent, "eventData.jobId"},
+		{"long jobId", `{"eventName":"generate-insights","eventData":{"jobId":"` + strings.Repeat("a", 129) + `"}}`, ErrInvalidEvent, "eventData.jobId"},
+		{"bad systemId", `{"eventName":"generate-insights","eventData":{"systemId":"s/1","analysisData":{}}}`, ErrInvalidEvent, "eventData.systemId"},
+		{"window 0", `{"eventName":"generate-insights","eventData":{"jobId":"j","contextWindowDays":0}}`, ErrInvalidEvent, "eventData.contextWindowDays"},
+		{"window 366", `{"eventName":"generate-insights","eventData":{"jobId":"j","contextWindowDays":366}}`, ErrInvalidEvent, "eventData.contextWindowDays"},
+		{"window string", `{"eventName":"generate-insights","eventData":{"jobId":"j","contextWindowDays":"5"}}`, ErrInvalidEvent, "eventData.contextWindowDays"},
+		{"window float", `{"eventName":"generate-insights","eventData":{"jobId":"j","contextWindowDays":5.5}}`, ErrInvalidEvent, "eventData.contextWindowDays"},
+		{"iterations 51", `{"eventName":"generate-insights","eventData":{"jobId":"j","maxIterations":51}}`, ErrInvalidEvent, "eventData.maxIterations"},
+		{"iterations 0", `{"eventName":"generate-insights","eventData":{"jobId":"j","maxIterations":0}}`, ErrInvalidEvent, "eventData.maxIterations"},
+		{"prompt too long", `{"eventName":"generate-insights","eventData":{"jobId":"j","customPrompt":"` + big + `"}}`, ErrInvalidEvent, "eventData.customPrompt"},
+		{"soc as string", `{"eventName":"generate-insights","eventData":{"systemId":"s","analysisData":{"stateOfCharge":"80"}}}`, ErrInvalidEvent, "eventData.analysisData.stateOfCharge"},
+		{"fullContext as string", `{"eventName":"generate-insights","eventData":{"jobId":"j","fullContextMode":"yes"}}`, ErrInvalidEvent, "eventData.fullContextMode"},
+		{"priority 11", `{"eventName":"generate-insights","eventData":{"jobId":"j"},"priority":11}`, ErrInvalidEvent, "priority"},
+		{"priority -1", `{"eventName":"generate-insights","eventData":{"jobId":"j"},"priority":-1}`, ErrInvalidEvent, "priority"},
+		{"priority string", `{"eventName":"generate-insights","eventData":{"jobId":"j"},"priority":"5"}`, ErrInvalidEvent, "priority"},
+		{"bad delayUntil", `{"eventName":"generate-insights","eventData":{"jobId":"j"},"delayUntil":"tomorrow"}`, ErrInvalidEvent, "delayUntil"},
+		{"no eventData", `{"eventName":"generate-insights"}`, ErrInvalidEvent, "eventData"},
+		{"unknown event", `{"eventName":"make-coffee","eventData":{"jobId":"j"}}`, ErrUnknownEvent, ""},
+		{"no event name", `{"eventData":{"jobId":"j"}}`, ErrMalformed, "eventName"},
+		{"not json", `{"eventName":`, ErrMalformed, ""},
+		{"trailing data", `{"eventName":"generate-insights","eventData":{"jobId":"j"}} {}`, ErrMalformed, ""},
+		{"array body", `[1]`, ErrMalformed, ""},
+		{"eventData array", `{"eventName":"generate-insights","eventData":[1]}`, ErrMalformed, "eventData"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseEnvelope([]byte(tc.body))
+			if !errors.Is(err, tc.sentinel) {
+				t.Fatalf("err = %v, want %v", err, tc.sentinel)
+			}
+			if got := FieldOf(err); got != tc.field {
+				t.Errorf("field = %q, want %q (err %v)", got, tc.field, err)
+			}
+			if tc.field != "" && !strings.Contains(err.Error(), tc.field) {
+				t.Errorf("message %q does not name %q", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestParseEnvelopeAccepts(t *testing.T) {
+	s, err := ParseEnvelope([]byte(`{"eventName":"generate-insights","eventData":{"systemId":"sys-1","analysisData":{"stateOfCharge":55.5},"contextWindowDays":30},"priority":9,"delayUntil":1893456000000}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.Data.Request()
+	if s.Priority != 9 || r.ContextWindowDays != 30 || r.MaxIterations != DefaultMaxIterations || r.AnalysisData.StateOfCharge != 55.5 {
+		t.Errorf("parsed %+v %+v", s, r)
+	}
+	if !s.At.Equal(time.UnixMilli(1893456000000)) {
+		t.Errorf("at %v", s.At)
+	}
+	for _, raw := range []string{`"2030-01-01T00:00:00Z"`, `"1893456000000"`, `1893456000000`} {
+		at, err := ParseDelayUntil([]byte(raw))
+		if err != nil || !at.Equal(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) {
+			t.Errorf("delayUntil %s → %v %v", raw, at, err)
+		}
+	}
+	s, err = ParseEnvelope([]byte(`{"eventName":"generate-insights","eventData":{"jobId":"only-id"}}`))
+	if err != nil || s.Data.HasRequest() || s.Priority != DefaultPriority {
+		t.Errorf("jobId only: %+v %v", s, err)
+	}
+}
+
+func TestQueueFor(t *testing.T) {
+	want := map[int]string{0: "low", 3: "low", 4: "default", 6: "default", 7: "high", 8: "high", 9: "critical", 10: "critical"}
+	for p, q := range want {
+		if got := QueueFor(p); got != q {
+			t.Errorf("QueueFor(%d) = %s, want %s", p, got, q)
+		}
+	}
+}
+
+func TestBackoffAndDelays(t *testing.T) {
+	p := RetryPolicy{Schedule: []time.Duration{5 * time.Second, 10 * time.Second, 30 * time.Second, 60 * time.Second}}
+	for n, want := range []time.Duration{5 * time.Second, 10 * time.Second, 30 * time.Second, 60 * time.Second, 60 * time.Second, 60 * time.Second} {
+		if got := p.RetryDelayFunc(n, errors.New("x"), nil); got != want {
+			t.Errorf("n=%d: %v, want %v", n, got, want)
+		}
+	}
+	if got := p.RetryDelayFunc(0, RetryAfter(42*time.Second, errors.New("x")), nil); got != 42*time.Second {
+		t.Errorf("RetryAfter: %v", got)
+	}
+	if IsFailure(&SleepError{Until: time.Now()}) || !IsFailure(errors.New("x")) {
+		t.Error("IsFailure: a sleep is no failure, an error is")
+	}
+	if !errors.Is(DoNotRetry(errors.New("bad")), ErrDoNotRetry) {
+		t.Error("DoNotRetry does not wrap ErrDoNotRetry")
+	}
+}
+
+func TestParseQueueWeights(t *testing.T) {
+	w, err := ParseQueueWeights(DefaultQueueWeights)
+	if err != nil || w["critical"] != 6 || w["low"] != 1 {
+		t.Errorf("%v %v", w, err)
+	}
+	for _, bad := range []string{"critical=6", "critical=x,high=4,default=2,low=1", "urgent=1,critical=6,high=4,default=2,low=1", "critical=0,high=4,default=2,low=1"} {
+		if _, err := ParseQueueWeights(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
