@@ -3,6 +3,8 @@ package deploy
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -208,5 +210,37 @@ func TestDockerignore(t *testing.T) {
 		if slices.Contains(lines, kept) || slices.Contains(lines, "/"+kept) {
 			t.Errorf(".dockerignore drops %q, which the build needs", kept)
 		}
+	}
+}
+
+// TestStaticBuild: the Dockerfile builds with CGO_ENABLED=0 for a static
+// binary on distroless/static; every package ./cmd/insights imports (the
+// embedded FerretDB's SQLite is modernc's pure Go) must build without cgo.
+// go list is enough to see that, and fast: it compiles nothing.
+func TestStaticBuild(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command in PATH")
+	}
+	if m, _ := filepath.Glob("../cmd/insights/*.go"); len(m) == 0 {
+		t.Skip("cmd/insights has no Go files yet")
+	}
+	cmd := exec.Command(goBin, "list", "-e", "-deps", "-f", "{{.ImportPath}}\t{{if .Error}}{{.Error}}{{end}}{{range .DepsErrors}}{{.}}; {{end}}", "./cmd/insights")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("CGO_ENABLED=0 go list ./cmd/insights: %v\n%s", err, out)
+	}
+	var n int
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		pkg, perr, _ := strings.Cut(line, "\t")
+		n++
+		if perr != "" {
+			t.Errorf("with CGO_ENABLED=0, %s: %s", pkg, perr)
+		}
+	}
+	if n < 10 {
+		t.Errorf("go list found only %d packages:\n%s", n, out)
 	}
 }
