@@ -1,0 +1,408 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/tasks"
+	"go.mongodb.org/mongo-driver/v2/bson"
+)
+
+// postEvent is POST /api/events and POST …/async-workloads/send.
+func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Client == nil {
+		s.writeErr(w, r, errNoClient)
+		return
+	}
+	tooLarge := func() {
+		writeError(w, http.StatusRequestEntityTooLarge, "request body is over the limit of "+strconv.Itoa(maxBodyBytes)+" bytes (500 KB)", "")
+	}
+	if r.ContentLength > maxBodyBytes {
+		// Refused before a byte of the body is read.
+		tooLarge()
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			tooLarge()
+			return
+		}
+		writeError(w, http.StatusBadRequest, "read body: "+err.Error(), "")
+		return
+	}
+	send, err := tasks.ParseEnvelope(body)
+	if err != nil {
+		writeSendError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), sendTimeout)
+	defer cancel()
+	res, err := s.cfg.Client.Send(ctx, send)
+	if err != nil {
+		if errors.Is(err, tasks.ErrInvalidEvent) {
+			writeSendError(w, err)
+			return
+		}
+		s.log.Warn("send failed", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "the event could not be recorded and was not accepted: "+err.Error(), "")
+		return
+	}
+	code := http.StatusAccepted
+	if res.SendStatus == "duplicate" {
+		code = http.StatusOK
+	}
+	writeJSON(w, code, res)
+}
+
+func writeSendError(w http.ResponseWriter, err error) {
+	field := tasks.FieldOf(err)
+	switch {
+	case errors.Is(err, tasks.ErrMalformed):
+		writeError(w, http.StatusBadRequest, err.Error(), field)
+	case errors.Is(err, tasks.ErrUnknownEvent):
+		writeError(w, http.StatusBadRequest, err.Error(), "eventName")
+	default:
+		writeError(w, http.StatusUnprocessableEntity, err.Error(), field)
+	}
+}
+
+// EventStatus is the answer of GET /api/events/{eventId}.
+type EventStatus struct {
+	EventID   string `json:"eventId"`
+	EventName string `json:"eventName,omitempty"`
+	JobID     string `json:"jobId,omitempty"`
+	// State is the asynq task state (pending, scheduled, active, retry,
+	// archived, completed); null when Redis no longer has the task.
+	State *string `json:"state"`
+	Queue string  `json:"queue,omitempty"`
+	// Retried counts the failures of the current run (the job's retry
+	// budget used); MaxRetry is that budget (MAX_RETRIES).
+	Retried       int        `json:"retried"`
+	MaxRetry      int        `json:"maxRetry"`
+	NextProcessAt *time.Time `json:"nextProcessAt"`
+	LastError     *string    `json:"lastError"`
+	LastFailedAt  *time.Time `json:"lastFailedAt,omitempty"`
+	CompletedAt   *time.Time `json:"completedAt,omitempty"`
+	// Job is the job whose current run this event is, with its steps.
+	Job *store.Job `json:"job"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+func (s *Server) eventStatus(ev *event) *EventStatus {
+	st := &EventStatus{EventID: ev.ID, JobID: ev.JobID, MaxRetry: s.maxRetry}
+	if ev.Job != nil {
+		st.Job = s.view(ev.Job)
+		st.EventName = ev.Job.EventName
+		st.Queue = ev.Job.Queue
+		st.Retried = ev.Job.Failures
+		if ev.Job.Error != nil && ev.Job.Status != tasks.StatusCompleted {
+			msg := ev.Job.Error.Message
+			st.LastError = &msg
+			st.LastFailedAt = timePtr(ev.Job.Error.At)
+		}
+		if ev.Job.ProcessAt != nil && (ev.Job.Status == tasks.StatusScheduled || ev.Job.Status == tasks.StatusQueued) {
+			st.NextProcessAt = timePtr(*ev.Job.ProcessAt)
+		}
+		if ev.Job.CompletedAt != nil {
+			st.CompletedAt = timePtr(*ev.Job.CompletedAt)
+		}
+	}
+	if t := ev.Task; t != nil {
+		state := t.State.String()
+		st.State = &state
+		st.EventName = t.Type
+		st.Queue = t.Queue
+		st.NextProcessAt = timePtr(t.NextProcessAt)
+		if t.LastErr != "" {
+			msg := t.LastErr
+			st.LastError = &msg
+			st.LastFailedAt = timePtr(t.LastFailedAt)
+		}
+		if !t.CompletedAt.IsZero() {
+			st.CompletedAt = timePtr(t.CompletedAt)
+		}
+		if t.Type != tasks.EventGenerateInsights || ev.Job == nil {
+			// The follow-up's budget is asynq's own.
+			st.Retried, st.MaxRetry = t.Retried, t.MaxRetry
+		}
+	}
+	return st
+}
+
+// getEvent is GET /api/events/{eventId} and GET …/async-workloads/events/{eventId}.
+func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
+	ev, err := s.lookupEvent(r.Context(), r.PathValue("eventId"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.eventStatus(ev))
+}
+
+// retryEvent is POST /api/events/{eventId}/retry.
+func (s *Server) retryEvent(w http.ResponseWriter, r *http.Request) {
+	res, err := s.retry(r.Context(), r.PathValue("eventId"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// cancelEvent is DELETE /api/events/{eventId}.
+func (s *Server) cancelEvent(w http.ResponseWriter, r *http.Request) {
+	res, err := s.cancel(r.Context(), r.PathValue("eventId"))
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// getJob is GET /api/jobs/{jobId}.
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Store == nil {
+		s.writeErr(w, r, errNoStore)
+		return
+	}
+	id := r.PathValue("jobId")
+	job, err := s.cfg.Store.GetJob(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "job "+id+" not found", "")
+		return
+	}
+	if err != nil {
+		s.writeErr(w, r, storeErr(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.view(job))
+}
+
+// JobList is the answer of GET /api/jobs.
+type JobList struct {
+	Jobs  []*store.Job `json:"jobs"`
+	Count int          `json:"count"`
+	Limit int          `json:"limit"`
+}
+
+const (
+	defaultLimit = 50
+	maxLimit     = 500
+)
+
+var jobStatuses = []string{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying,
+	tasks.StatusCompleted, tasks.StatusFailed, tasks.StatusCancelled}
+
+// parseJobFilter reads status, systemId and limit; a bad value is a 422
+// naming the parameter.
+func parseJobFilter(r *http.Request) (store.JobFilter, error) {
+	q := r.URL.Query()
+	f := store.JobFilter{Status: q.Get("status"), SystemID: q.Get("systemId"), Limit: defaultLimit}
+	if f.Status != "" && !contains(jobStatuses, f.Status) {
+		return f, &httpError{code: http.StatusUnprocessableEntity, field: "status",
+			msg: "status must be one of queued, scheduled, processing, retrying, completed, failed, cancelled"}
+	}
+	if f.SystemID != "" && !tasks.ValidID(f.SystemID) {
+		return f, &httpError{code: http.StatusUnprocessableEntity, field: "systemId", msg: "systemId must match [A-Za-z0-9._:-]{1,128}"}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return f, &httpError{code: http.StatusUnprocessableEntity, field: "limit", msg: "limit must be an integer 1–500, got " + strconv.Quote(v)}
+		}
+		f.Limit = min(n, maxLimit)
+	}
+	return f, nil
+}
+
+func contains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// listJobs is GET /api/jobs?status=&systemId=&limit=.
+func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Store == nil {
+		s.writeErr(w, r, errNoStore)
+		return
+	}
+	f, err := parseJobFilter(r)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	jobs, err := s.cfg.Store.ListJobs(r.Context(), f)
+	if err != nil {
+		s.writeErr(w, r, storeErr(err))
+		return
+	}
+	out := JobList{Jobs: make([]*store.Job, 0, len(jobs)), Limit: f.Limit}
+	for _, j := range jobs {
+		out.Jobs = append(out.Jobs, s.view(j))
+	}
+	out.Count = len(out.Jobs)
+	writeJSON(w, http.StatusOK, out)
+}
+
+// FailureGroup is failed jobs with one error kind and message.
+type FailureGroup struct {
+	Kind     string           `json:"kind"`
+	Message  string           `json:"message"`
+	Step     string           `json:"step,omitempty"`
+	Count    int              `json:"count"`
+	NewestAt time.Time        `json:"newestAt"`
+	Examples []FailureExample `json:"examples"`
+}
+
+// FailureExample is one failed job of a group.
+type FailureExample struct {
+	JobID    string    `json:"jobId"`
+	EventID  string    `json:"eventId"`
+	SystemID string    `json:"systemId"`
+	Queue    string    `json:"queue"`
+	Step     string    `json:"step,omitempty"`
+	FailedAt time.Time `json:"failedAt"`
+}
+
+// Failures is the answer of GET /api/failures.
+type Failures struct {
+	Total  int            `json:"total"`
+	Groups []FailureGroup `json:"groups"`
+	// Truncated: only the newest failed jobs were grouped.
+	Truncated bool `json:"truncated"`
+}
+
+const failureExamples = 5
+
+// failureGroups groups failed jobs by error kind and message, the largest
+// groups first, each with its newest examples.
+func (s *Server) failureGroups(ctx context.Context) (*Failures, error) {
+	if s.cfg.Store == nil {
+		return nil, errNoStore
+	}
+	jobs, err := s.cfg.Store.ListJobs(ctx, store.JobFilter{Status: tasks.StatusFailed, Limit: maxLimit})
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	type key struct{ kind, msg string }
+	idx := map[key]int{}
+	out := &Failures{Groups: []FailureGroup{}, Truncated: len(jobs) >= maxLimit}
+	sort.SliceStable(jobs, func(a, b int) bool { return failedAt(jobs[a]).After(failedAt(jobs[b])) })
+	for _, j := range jobs {
+		k := key{kind: tasks.KindInternal, msg: "(no error recorded)"}
+		step := ""
+		if j.Error != nil {
+			k = key{kind: j.Error.Kind, msg: j.Error.Message}
+			step = j.Error.Step
+		}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out.Groups)
+			idx[k] = i
+			out.Groups = append(out.Groups, FailureGroup{Kind: k.kind, Message: k.msg, Step: step, NewestAt: failedAt(j), Examples: []FailureExample{}})
+		}
+		g := &out.Groups[i]
+		g.Count++
+		if len(g.Examples) < failureExamples {
+			g.Examples = append(g.Examples, FailureExample{JobID: j.ID, EventID: j.EventID, SystemID: j.SystemID,
+				Queue: j.Queue, Step: step, FailedAt: failedAt(j)})
+		}
+		out.Total++
+	}
+	sort.SliceStable(out.Groups, func(a, b int) bool {
+		if out.Groups[a].Count != out.Groups[b].Count {
+			return out.Groups[a].Count > out.Groups[b].Count
+		}
+		return out.Groups[a].NewestAt.After(out.Groups[b].NewestAt)
+	})
+	return out, nil
+}
+
+func failedAt(j *store.Job) time.Time {
+	if j.Error != nil && !j.Error.At.IsZero() {
+		return j.Error.At.UTC()
+	}
+	return j.UpdatedAt.UTC()
+}
+
+// failures is GET /api/failures.
+func (s *Server) failures(w http.ResponseWriter, r *http.Request) {
+	out, err := s.failureGroups(r.Context())
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// view returns a copy of job with its result and step outputs decrypted.
+func (s *Server) view(job *store.Job) *store.Job {
+	if job == nil {
+		return nil
+	}
+	v := *job
+	if v.Steps == nil {
+		v.Steps = map[string]store.StepState{}
+	}
+	if s.cfg.Decrypt == nil {
+		return &v
+	}
+	v.Result = s.open(job.ID, "result", job.Result)
+	steps := make(map[string]store.StepState, len(job.Steps))
+	for name, st := range job.Steps {
+		st.Output = s.open(job.ID, "steps."+name+".output", st.Output)
+		steps[name] = st
+	}
+	v.Steps = steps
+	return &v
+}
+
+// open decrypts stored when it is an encrypted envelope; on failure it is
+// left as stored.
+func (s *Server) open(jobID, what string, stored any) any {
+	if !isEncrypted(stored) {
+		return stored
+	}
+	v, err := s.cfg.Decrypt(stored)
+	if err != nil {
+		s.log.Warn("cannot decrypt stored value", "jobId", jobID, "field", what, "err", err)
+		return stored
+	}
+	return v
+}
+
+func isEncrypted(v any) bool {
+	var b bool
+	switch m := v.(type) {
+	case map[string]any:
+		b, _ = m["encrypted"].(bool)
+	case bson.M:
+		b, _ = m["encrypted"].(bool)
+	case bson.D:
+		for _, e := range m {
+			if e.Key == "encrypted" {
+				b, _ = e.Value.(bool)
+			}
+		}
+	}
+	return b
+}

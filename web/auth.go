@@ -1,0 +1,185 @@
+package web
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// AdminUser is the HTTP Basic user name.
+const AdminUser = "admin"
+
+type credKind int
+
+const (
+	credNone credKind = iota
+	credBearer
+	credBasic
+)
+
+// authenticate checks the request's Authorization header against the
+// configured credentials in constant time.
+func (s *Server) authenticate(r *http.Request) (credKind, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, value, _ := strings.Cut(h, " ")
+	value = strings.TrimSpace(value)
+	switch strings.ToLower(scheme) {
+	case "bearer":
+		return credBearer, s.cfg.APIToken != "" && equal(value, s.cfg.APIToken)
+	case "basic":
+		raw, err := base64.StdEncoding.DecodeString(value)
+		if err != nil {
+			return credBasic, false
+		}
+		user, pass, ok := strings.Cut(string(raw), ":")
+		if !ok || s.cfg.AdminPassword == "" {
+			return credBasic, false
+		}
+		// Both compared, always, so timing does not tell which was wrong.
+		u := equal(user, AdminUser)
+		p := equal(pass, s.cfg.AdminPassword)
+		return credBasic, u && p
+	}
+	return credNone, false
+}
+
+// equal compares in constant time; hashing first hides the lengths.
+func equal(a, b string) bool {
+	ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
+}
+
+// auth lets a request through only with valid credentials; otherwise it
+// answers 401 with a Basic challenge, so browsers ask for the password.
+func (s *Server) auth(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := s.authenticate(r); ok {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="BMS insights", charset="UTF-8"`)
+		msg := "authentication required: Authorization: Bearer <API_TOKEN> or HTTP Basic admin:<ADMIN_PASSWORD>"
+		if r.Header.Get("Authorization") != "" {
+			msg = "invalid credentials"
+		}
+		writeError(w, http.StatusUnauthorized, msg, "")
+	})
+}
+
+// sameOriginUnsafe refuses a state-changing request (anything but GET,
+// HEAD, OPTIONS) that a browser sent from another site: browsers attach
+// cached Basic credentials to cross-site form posts, so without this check
+// another page could press the dashboard's buttons. Requests without
+// Origin and Sec-Fetch-Site (curl, scripts) are not from a browser page and
+// pass.
+func (s *Server) sameOriginUnsafe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+			next.ServeHTTP(w, r)
+			return
+		}
+		if !sameOrigin(r) {
+			writeError(w, http.StatusForbidden, "cross-site request refused", "")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func sameOrigin(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "same-origin", "none":
+		return true
+	case "cross-site", "same-site":
+		return false
+	}
+	origin := r.Header.Get("Origin")
+	switch origin {
+	case "":
+		return true // browsers send Origin with every cross-origin POST
+	case "null":
+		return false
+	}
+	u, err := url.Parse(origin)
+	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+// csrfToken is tied to the credentials the request carries, so a token
+// seen by one user is useless with other credentials, and to this
+// server's random key.
+func (s *Server) csrfToken(r *http.Request, action string) string {
+	m := hmac.New(sha256.New, s.csrfKey)
+	m.Write([]byte(action))
+	m.Write([]byte{0})
+	m.Write([]byte(r.Header.Get("Authorization")))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+func (s *Server) checkCSRF(r *http.Request, action string) bool {
+	got := r.PostFormValue("csrf")
+	want := s.csrfToken(r, action)
+	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}
+
+// corsMiddleware adds CORS headers for the configured origins on the API
+// routes and answers their preflights (which carry no credentials).
+func (s *Server) corsMiddleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin == "" || !corsPath(r.URL.Path) || !(s.corsAny || s.cors[origin]) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		h := w.Header()
+		h.Add("Vary", "Origin")
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Set("Access-Control-Expose-Headers", "WWW-Authenticate")
+		if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+			h.Add("Vary", "Access-Control-Request-Method")
+			h.Add("Vary", "Access-Control-Request-Headers")
+			h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+			h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
+			h.Set("Access-Control-Max-Age", "600")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func corsPath(p string) bool {
+	return strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, netlifyBase+"/")
+}
+
+// apiError is the JSON body of every error answer.
+type apiError struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+func writeError(w http.ResponseWriter, code int, msg, field string) {
+	writeJSON(w, code, apiError{Error: msg, Field: field})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code = http.StatusInternalServerError
+		b = []byte(`{"error":"encode response: ` + strings.ReplaceAll(err.Error(), `"`, `'`) + `"}`)
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,350 @@
+package web
+
+import (
+	"bytes"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/tasks"
+	"github.com/yuin/goldmark"
+	"github.com/yuin/goldmark/extension"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed assets
+var assetFS embed.FS
+
+type pageTemplates struct {
+	index, job, message *template.Template
+}
+
+var funcs = template.FuncMap{
+	"time":     fmtTime,
+	"timep":    fmtTimePtr,
+	"duration": fmtDuration,
+	"monitorQueue": func(queue, state string) string {
+		u := monitorRoot + "/queues/" + url.PathEscape(queue)
+		if state != "" {
+			u += "?status=" + url.QueryEscape(state)
+		}
+		return u
+	},
+	"monitorTask": func(queue, id string) string {
+		return monitorRoot + "/queues/" + url.PathEscape(queue) + "/tasks/" + url.PathEscape(id)
+	},
+	"jobURL": func(id string) string { return "/jobs/" + url.PathEscape(id) },
+	"deref": func(s *string) string {
+		if s == nil {
+			return ""
+		}
+		return *s
+	},
+}
+
+func mustParsePages() *pageTemplates {
+	parse := func(name string) *template.Template {
+		return template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name))
+	}
+	return &pageTemplates{index: parse("index.html"), job: parse("job.html"), message: parse("message.html")}
+}
+
+func assetHandler() http.Handler {
+	sub, _ := fs.Sub(assetFS, "assets")
+	files := http.StripPrefix("/assets/", http.FileServer(http.FS(sub)))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "private, max-age=3600")
+		files.ServeHTTP(w, r)
+	})
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "–"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+func fmtTimePtr(t *time.Time) string {
+	if t == nil {
+		return "–"
+	}
+	return fmtTime(*t)
+}
+
+func fmtDuration(ms int64) string {
+	d := time.Duration(ms) * time.Millisecond
+	switch {
+	case d < time.Second:
+		return fmt.Sprintf("%d ms", ms)
+	case d < time.Minute:
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	}
+	return d.Round(time.Second).String()
+}
+
+// render writes a page; a template error is logged and answered 500.
+func (s *Server) render(w http.ResponseWriter, code int, t *template.Template, data any) {
+	var buf bytes.Buffer
+	if err := t.ExecuteTemplate(&buf, "layout", data); err != nil {
+		s.log.Error("render page", "err", err)
+		http.Error(w, "page could not be rendered", http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'")
+	w.WriteHeader(code)
+	_, _ = buf.WriteTo(w)
+}
+
+type messagePage struct {
+	Title, Message string
+}
+
+func (s *Server) pageError(w http.ResponseWriter, code int, title, msg string) {
+	s.render(w, code, s.pages.message, messagePage{Title: title, Message: msg})
+}
+
+func (s *Server) notFoundPage(w http.ResponseWriter, r *http.Request) {
+	s.pageError(w, http.StatusNotFound, "Not found", "There is no page at "+r.URL.Path+".")
+}
+
+type statusCount struct {
+	Status string
+	Count  int64
+	Active bool
+}
+
+type indexPage struct {
+	Title    string
+	Jobs     []*store.Job
+	Counts   []statusCount
+	Total    int64
+	Status   string
+	SystemID string
+	Limit    int
+	Statuses []string
+	Error    string
+}
+
+// indexPage is GET /: recent jobs, filters and counts by status.
+func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Store == nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		return
+	}
+	data := indexPage{Title: "Recent jobs", Statuses: jobStatuses}
+	f, err := parseJobFilter(r)
+	if err != nil {
+		data.Error = err.Error()
+		f = store.JobFilter{Limit: defaultLimit}
+	}
+	data.Status, data.SystemID, data.Limit = f.Status, f.SystemID, f.Limit
+	counts, err := s.cfg.Store.CountByStatus(r.Context())
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		return
+	}
+	for _, st := range jobStatuses {
+		data.Counts = append(data.Counts, statusCount{Status: st, Count: counts[st], Active: st == f.Status})
+		data.Total += counts[st]
+	}
+	jobs, err := s.cfg.Store.ListJobs(r.Context(), f)
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		return
+	}
+	data.Jobs = jobs
+	code := http.StatusOK
+	if data.Error != "" {
+		code = http.StatusUnprocessableEntity
+	}
+	s.render(w, code, s.pages.index, data)
+}
+
+type stepRow struct {
+	Name    string
+	Present bool
+	State   store.StepState
+	Output  string
+}
+
+type jobPage struct {
+	Title       string
+	Job         *store.Job
+	Steps       []stepRow
+	Event       *EventStatus
+	EventError  string
+	ResultHTML  template.HTML
+	ResultJSON  string
+	RequestJSON string
+	Live        bool
+	CanRetry    bool
+	CanCancel   bool
+	RetryCSRF   string
+	CancelCSRF  string
+	Notice      string
+	Error       string
+}
+
+var markdown = goldmark.New(goldmark.WithExtensions(extension.GFM))
+
+// renderMarkdown turns the result's markdown into HTML; goldmark leaves out
+// raw HTML (it is not configured WithUnsafe), so the output is safe.
+func renderMarkdown(md string) template.HTML {
+	var buf bytes.Buffer
+	if err := markdown.Convert([]byte(md), &buf); err != nil {
+		return template.HTML("<pre>" + template.HTMLEscapeString(md) + "</pre>")
+	}
+	return template.HTML(buf.String()) //nolint:gosec // goldmark escapes and drops raw HTML
+}
+
+func prettyJSON(v any) string {
+	if v == nil {
+		return ""
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return shorten(string(b))
+}
+
+// jobPage is GET /jobs/{jobId}: the steps as a timeline, the result and the
+// event's asynq state.
+func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Store == nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		return
+	}
+	id := r.PathValue("jobId")
+	raw, err := s.cfg.Store.GetJob(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		s.pageError(w, http.StatusNotFound, "Job not found", "There is no job "+id+".")
+		return
+	}
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		return
+	}
+	job := s.view(raw)
+	data := jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status),
+		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error")}
+	for _, name := range tasks.Steps {
+		st, ok := job.Steps[name]
+		data.Steps = append(data.Steps, stepRow{Name: name, Present: ok, State: st, Output: prettyJSON(st.Output)})
+	}
+	if job.Result != nil {
+		data.ResultJSON = prettyJSON(job.Result)
+		if md := markdownOf(job.Result); md != "" {
+			data.ResultHTML = renderMarkdown(md)
+		}
+	}
+	if job.Request != nil {
+		data.RequestJSON = prettyJSON(job.Request)
+	}
+	if job.EventID != "" && s.cfg.Inspector != nil {
+		if ev, err := s.lookupEvent(r.Context(), job.EventID); err == nil {
+			data.Event = s.eventStatus(ev)
+			data.Event.Job = nil
+		} else {
+			data.EventError = err.Error()
+		}
+	}
+	state := ""
+	if data.Event != nil && data.Event.State != nil {
+		state = *data.Event.State
+	}
+	data.CanRetry = job.Status == tasks.StatusFailed || state == "archived" || state == "retry"
+	data.CanCancel = tasks.Live(job.Status)
+	if data.CanRetry {
+		data.RetryCSRF = s.csrfToken(r, "retry:"+job.ID)
+	}
+	if data.CanCancel {
+		data.CancelCSRF = s.csrfToken(r, "cancel:"+job.ID)
+	}
+	s.render(w, http.StatusOK, s.pages.job, data)
+}
+
+func markdownOf(result any) string {
+	switch m := result.(type) {
+	case map[string]any:
+		s, _ := m["markdown"].(string)
+		return s
+	case interface{ Map() map[string]any }:
+		s, _ := m.Map()["markdown"].(string)
+		return s
+	}
+	b, err := json.Marshal(result)
+	if err != nil {
+		return ""
+	}
+	var v struct {
+		Markdown string `json:"markdown"`
+	}
+	_ = json.Unmarshal(b, &v)
+	return v.Markdown
+}
+
+// retryPage is POST /jobs/{jobId}/retry (the Retry button).
+func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
+	s.pageAction(w, r, "retry", func(job *store.Job) (string, error) {
+		res, err := s.retry(r.Context(), job.EventID)
+		if err != nil {
+			return "", err
+		}
+		return "Event " + res.EventID + " " + res.Action + " (" + res.State + ").", nil
+	})
+}
+
+// cancelPage is POST /jobs/{jobId}/cancel (the Cancel button).
+func (s *Server) cancelPage(w http.ResponseWriter, r *http.Request) {
+	s.pageAction(w, r, "cancel", func(job *store.Job) (string, error) {
+		if _, err := s.cancel(r.Context(), job.EventID); err != nil {
+			return "", err
+		}
+		return "Job cancelled.", nil
+	})
+}
+
+func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action string, do func(*store.Job) (string, error)) {
+	id := r.PathValue("jobId")
+	if !s.checkCSRF(r, action+":"+id) {
+		s.pageError(w, http.StatusForbidden, "Refused", "The form's token is missing or stale: reload the job page and try again.")
+		return
+	}
+	if s.cfg.Store == nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		return
+	}
+	job, err := s.cfg.Store.GetJob(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		s.pageError(w, http.StatusNotFound, "Job not found", "There is no job "+id+".")
+		return
+	}
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		return
+	}
+	target := "/jobs/" + url.PathEscape(id)
+	msg, err := do(job)
+	if err != nil {
+		http.Redirect(w, r, target+"?error="+url.QueryEscape(strings.TrimSpace(err.Error())), http.StatusSeeOther)
+		return
+	}
+	http.Redirect(w, r, target+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
+}

@@ -1,0 +1,342 @@
+// Package web is the HTTP side of the service (DESIGN.md section 8): the
+// REST API for events and jobs, the Netlify-compatible aliases, the asynqmon
+// dashboard at /monitoring/, the job pages, health, readiness and
+// Prometheus metrics, all behind one authentication check.
+package web
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/tasks"
+	"github.com/hibiken/asynq"
+	"github.com/hibiken/asynqmon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Registry is where metrics are registered and what /metrics serves; a
+// *prometheus.Registry is one.
+type Registry interface {
+	prometheus.Registerer
+	prometheus.Gatherer
+}
+
+// Config holds the server's dependencies. Each field says what happens
+// when it is left unset.
+type Config struct {
+	// Store is the MongoDB store: job documents for the API and the pages.
+	// Nil: every route that reads or writes jobs answers 503.
+	Store *store.Store
+	// Client sends events (POST /api/events and its alias) and re-enqueues
+	// a failed job whose task Redis no longer has. It must be built with
+	// Store as its JobStore so that the job is recorded before its task is
+	// enqueued. Nil: those routes answer 503.
+	Client *tasks.Client
+	// Inspector reads and changes asynq tasks (event state, retry, cancel,
+	// queue metrics). Nil: those routes answer 503 and /metrics has no
+	// queue gauges.
+	Inspector *asynq.Inspector
+	// RedisConnOpt is the Redis of asynqmon. Nil: /monitoring/ answers 503.
+	RedisConnOpt asynq.RedisConnOpt
+	// APIToken is accepted as "Authorization: Bearer <token>". Empty: no
+	// bearer token is accepted.
+	APIToken string
+	// AdminPassword is the HTTP Basic password of user "admin". Empty: no
+	// Basic credentials are accepted. With both credentials empty every
+	// route but /healthz and /readyz answers 401.
+	AdminPassword string
+	// CORSOrigins are the browser origins allowed to call /api/ and the
+	// Netlify aliases ("*" allows any). Empty: no CORS headers at all.
+	CORSOrigins []string
+	// MaxRetries is MAX_RETRIES, the job's retry budget, reported as an
+	// event's maxRetry (asynq's own MaxRetry is only a backstop, see
+	// tasks.AsynqMaxRetry). 0: 15, the default of MAX_RETRIES; negative: 0.
+	MaxRetries int
+	// Decrypt opens a stored encrypted value ({encrypted: true, ...}) of a
+	// result or step output for the API and the pages. Nil: values are
+	// returned as stored.
+	Decrypt func(stored any) (any, error)
+	// Metrics is the registry /metrics serves; the queue collector (tasks
+	// per queue and state, dead-lettered tasks) and the HTTP request
+	// counter are registered on it. Pass the registry given to NewMetrics
+	// so the worker's step and job metrics are served too. Nil: a new
+	// registry with the Go and process collectors.
+	Metrics Registry
+	// Ready reports readiness for /readyz. Nil: MongoDB answers a ping
+	// (Store) and Redis answers (Inspector).
+	Ready func(ctx context.Context) error
+	// Logger. Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is the HTTP server's handler set. It is safe for concurrent use.
+type Server struct {
+	cfg       Config
+	log       *slog.Logger
+	mux       *http.ServeMux
+	handler   http.Handler
+	monitor   *asynqmon.HTTPHandler
+	csrfKey   []byte
+	requests  *prometheus.CounterVec
+	pages     *pageTemplates
+	maxRetry  int
+	cors      map[string]bool
+	corsAny   bool
+	authReady bool
+}
+
+// maxBodyBytes is the largest POST /api/events body (500 KB).
+const maxBodyBytes = tasks.MaxPayloadBytes
+
+// sendTimeout bounds a send so that an unreachable MongoDB gives a 503
+// well within 15 s.
+const sendTimeout = 12 * time.Second
+
+// New builds the server from cfg.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg, log: cfg.Logger, cors: map[string]bool{}}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	switch {
+	case cfg.MaxRetries == 0:
+		s.maxRetry = 15
+	case cfg.MaxRetries < 0:
+		s.maxRetry = 0
+	default:
+		s.maxRetry = cfg.MaxRetries
+	}
+	for _, o := range cfg.CORSOrigins {
+		o = strings.TrimRight(strings.TrimSpace(o), "/")
+		switch o {
+		case "":
+		case "*":
+			s.corsAny = true
+		default:
+			s.cors[o] = true
+		}
+	}
+	s.csrfKey = make([]byte, 32)
+	_, _ = rand.Read(s.csrfKey)
+	if s.cfg.Metrics == nil {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		s.cfg.Metrics = reg
+	}
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "insights_http_requests_total",
+		Help: "HTTP requests answered, by route pattern and status code.",
+	}, []string{"route", "code"})
+	registerOrReuse(s.cfg.Metrics, &s.requests)
+	if cfg.Inspector != nil {
+		if err := s.cfg.Metrics.Register(&queueCollector{inspector: cfg.Inspector, log: s.log}); err != nil {
+			s.log.Warn("queue metrics not registered", "err", err)
+		}
+	}
+	s.pages = mustParsePages()
+	if cfg.RedisConnOpt != nil {
+		s.monitor = asynqmon.New(asynqmon.Options{
+			RootPath:         monitorRoot,
+			RedisConnOpt:     cfg.RedisConnOpt,
+			PayloadFormatter: asynqmon.PayloadFormatterFunc(FormatPayload),
+			ResultFormatter:  asynqmon.ResultFormatterFunc(FormatResult),
+		})
+	}
+	s.routes()
+	return s
+}
+
+// registerOrReuse registers *c on reg, or takes the collector already
+// registered under the same description (a second Server on one registry).
+func registerOrReuse(reg prometheus.Registerer, c **prometheus.CounterVec) {
+	if err := reg.Register(*c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+				*c = existing
+			}
+		}
+	}
+}
+
+// Handler is the http.Handler of every route.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Close releases asynqmon's Redis connections. The dependencies in Config
+// are the caller's to close.
+func (s *Server) Close() error {
+	if s.monitor != nil {
+		return s.monitor.Close()
+	}
+	return nil
+}
+
+const monitorRoot = "/monitoring"
+
+func (s *Server) routes() {
+	mux := http.NewServeMux()
+	s.mux = mux
+
+	// Open routes.
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+
+	// API.
+	mux.Handle("POST /api/events", s.auth(http.HandlerFunc(s.postEvent)))
+	mux.Handle("GET /api/events/{eventId}", s.auth(http.HandlerFunc(s.getEvent)))
+	mux.Handle("POST /api/events/{eventId}/retry", s.auth(http.HandlerFunc(s.retryEvent)))
+	mux.Handle("DELETE /api/events/{eventId}", s.auth(http.HandlerFunc(s.cancelEvent)))
+	mux.Handle("GET /api/jobs/{jobId}", s.auth(http.HandlerFunc(s.getJob)))
+	mux.Handle("GET /api/jobs", s.auth(http.HandlerFunc(s.listJobs)))
+	mux.Handle("GET /api/failures", s.auth(http.HandlerFunc(s.failures)))
+	mux.Handle("/api/", s.auth(http.HandlerFunc(s.apiNotFound)))
+
+	// Netlify Async Workloads aliases.
+	mux.Handle("POST "+netlifyBase+"/send", s.auth(http.HandlerFunc(s.postEvent)))
+	mux.Handle("GET "+netlifyBase+"/events/{eventId}", s.auth(http.HandlerFunc(s.getEvent)))
+	mux.Handle(netlifyBase+"/", s.auth(http.HandlerFunc(s.apiNotFound)))
+
+	// Metrics.
+	mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{})))
+
+	// Dashboard.
+	mux.Handle(monitorRoot+"/", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.monitoring))))
+	mux.Handle("GET "+monitorRoot, s.auth(http.RedirectHandler(monitorRoot+"/", http.StatusMovedPermanently)))
+
+	// Pages.
+	mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.indexPage)))
+	mux.Handle("GET /jobs/{jobId}", s.auth(http.HandlerFunc(s.jobPage)))
+	mux.Handle("POST /jobs/{jobId}/retry", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.retryPage))))
+	mux.Handle("POST /jobs/{jobId}/cancel", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.cancelPage))))
+	mux.Handle("GET /assets/", s.auth(assetHandler()))
+	mux.Handle("/", s.auth(http.HandlerFunc(s.notFoundPage)))
+
+	s.handler = s.recoverer(s.count(s.corsMiddleware(mux)))
+}
+
+const netlifyBase = "/.netlify/functions/async-workloads"
+
+func (s *Server) monitoring(w http.ResponseWriter, r *http.Request) {
+	if s.monitor == nil {
+		writeError(w, http.StatusServiceUnavailable, "the dashboard is not configured (no Redis connection)", "")
+		return
+	}
+	s.monitor.ServeHTTP(w, r)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	check := s.cfg.Ready
+	if check == nil {
+		check = s.defaultReady
+	}
+	if err := check(ctx); err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func (s *Server) defaultReady(ctx context.Context) error {
+	var errs []error
+	if s.cfg.Store == nil {
+		errs = append(errs, errors.New("mongodb: not configured"))
+	} else if err := s.cfg.Store.Ping(ctx); err != nil {
+		errs = append(errs, errors.New("mongodb: "+err.Error()))
+	}
+	if s.cfg.Inspector == nil {
+		errs = append(errs, errors.New("redis: not configured"))
+	} else {
+		done := make(chan error, 1)
+		go func() { _, err := s.cfg.Inspector.Queues(); done <- err }()
+		select {
+		case err := <-done:
+			if err != nil {
+				errs = append(errs, errors.New("redis: "+err.Error()))
+			}
+		case <-ctx.Done():
+			errs = append(errs, errors.New("redis: no answer"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) apiNotFound(w http.ResponseWriter, r *http.Request) {
+	writeError(w, http.StatusNotFound, "no route "+r.Method+" "+r.URL.Path, "")
+}
+
+// recoverer turns a panic into a 500 with a JSON error (http.ErrAbortHandler
+// is passed on).
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic in handler", "path", r.URL.Path, "panic", v)
+				writeError(w, http.StatusInternalServerError, "internal error", "")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// statusRecorder remembers the status code for the request counter.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (s *Server) count(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			_, route = s.mux.Handler(r)
+		}
+		if strings.HasPrefix(route, monitorRoot) {
+			route = monitorRoot + "/"
+		}
+		if rec.code == 0 {
+			rec.code = http.StatusOK
+		}
+		s.requests.WithLabelValues(route, itoa(rec.code)).Inc()
+	})
+}
