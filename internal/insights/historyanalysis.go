@@ -77,27 +77,28 @@ type DayStats struct {
 
 // HistoryAnalysis is what the history of the window shows.
 type HistoryAnalysis struct {
-	Mode          string           `json:"mode" bson:"mode"` // rollups | raw
-	Records       int              `json:"records" bson:"records"`
-	Hours         int              `json:"hours" bson:"hours"`
-	Days          int              `json:"days" bson:"days"`
-	First         time.Time        `json:"first" bson:"first"`
-	Last          time.Time        `json:"last" bson:"last"`
-	AvgSOC        float64          `json:"avgSoc" bson:"avgSoc"`
-	AvgTempMax    float64          `json:"avgTemperature" bson:"avgTemperature"`
-	MaxHourlyTemp float64          `json:"maxHourlyTemperature" bson:"maxHourlyTemperature"`
-	AvgImbalance  float64          `json:"avgImbalanceMv" bson:"avgImbalanceMv"`
-	CapacityAh    float64          `json:"estimatedCapacityAh" bson:"estimatedCapacityAh"` // mean over SOC ≥ 80 % samples
-	HighSOCCount  int              `json:"highSocSamples" bson:"highSocSamples"`
-	Energy        EnergyBalance    `json:"energy" bson:"energy"`
-	Load          LoadProfile      `json:"load" bson:"load"`
-	Trends        map[string]Trend `json:"trends" bson:"trends"`
-	Anomalies     []Anomaly        `json:"anomalies,omitempty" bson:"anomalies,omitempty"` // at most 50 listed
-	AnomalyCount  int              `json:"anomalyCount" bson:"anomalyCount"`
-	SOCJumps      []SOCJump        `json:"socJumps,omitempty" bson:"socJumps,omitempty"` // at most 50 listed
-	SOCJumpCount  int              `json:"socJumpCount" bson:"socJumpCount"`
-	Daily         []DayStats       `json:"-" bson:"-"`
-	HourlySeries  []Rollup         `json:"-" bson:"-"`
+	Mode            string           `json:"mode" bson:"mode"` // rollups | raw
+	Records         int              `json:"records" bson:"records"`
+	Hours           int              `json:"hours" bson:"hours"`
+	Days            int              `json:"days" bson:"days"`
+	First           time.Time        `json:"first" bson:"first"`
+	Last            time.Time        `json:"last" bson:"last"`
+	AvgSOC          float64          `json:"avgSoc" bson:"avgSoc"`
+	AvgTempMax      float64          `json:"avgTemperature" bson:"avgTemperature"`
+	MaxHourlyTemp   float64          `json:"maxHourlyTemperature" bson:"maxHourlyTemperature"`
+	AvgImbalance    float64          `json:"avgImbalanceMv" bson:"avgImbalanceMv"`
+	CapacityAh      float64          `json:"estimatedCapacityAh" bson:"estimatedCapacityAh"` // mean over SOC ≥ 80 % samples
+	HighSOCCount    int              `json:"highSocSamples" bson:"highSocSamples"`
+	Energy          EnergyBalance    `json:"energy" bson:"energy"`
+	Load            LoadProfile      `json:"load" bson:"load"`
+	Trends          map[string]Trend `json:"trends" bson:"trends"`
+	Anomalies       []Anomaly        `json:"anomalies,omitempty" bson:"anomalies,omitempty"` // at most 50 listed
+	AnomalyCount    int              `json:"anomalyCount" bson:"anomalyCount"`
+	AnomalyByMetric map[string]int   `json:"anomalyByMetric,omitempty" bson:"anomalyByMetric,omitempty"`
+	SOCJumps        []SOCJump        `json:"socJumps,omitempty" bson:"socJumps,omitempty"` // at most 50 listed
+	SOCJumpCount    int              `json:"socJumpCount" bson:"socJumpCount"`
+	Daily           []DayStats       `json:"-" bson:"-"`
+	HourlySeries    []Rollup         `json:"-" bson:"-"`
 }
 
 const maxListed = 50
@@ -437,6 +438,10 @@ func (b *HistoryBuilder) anomalies(h *HistoryAnalysis) {
 	}
 	sort.SliceStable(all, func(i, j int) bool { return math.Abs(all[i].Sigmas) > math.Abs(all[j].Sigmas) })
 	h.AnomalyCount = len(all)
+	h.AnomalyByMetric = map[string]int{}
+	for _, an := range all {
+		h.AnomalyByMetric[an.Metric]++
+	}
 	if len(all) > maxListed {
 		all = all[:maxListed]
 	}

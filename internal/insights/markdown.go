@@ -173,6 +173,9 @@ func (a *Analysis) recommendations() []string {
 		case "SOC_JUMPS":
 			yellow = append(yellow, fmt.Sprintf("🟡 %.0f SOC jumps seen: recalibrate the BMS SOC with a full charge to 100 %% and check the shunt wiring.", f.Value))
 		case "ANOMALIES":
+			if f.Severity != SeverityWarning {
+				continue
+			}
 			yellow = append(yellow, fmt.Sprintf("🟡 Inspect the %.0f anomalous readings (beyond 3σ): check connections, sensors and unusual loads at those times.", f.Value))
 		case "IMBALANCE_RISING":
 			yellow = append(yellow, fmt.Sprintf("🟡 Cell imbalance is rising %.2f mV/day: balance before it reaches %.0f mV.", f.Value, ImbalanceFairMV))

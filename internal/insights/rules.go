@@ -307,11 +307,13 @@ func findings(a *Analysis, s bms.Snapshot) []Finding {
 		add(SeverityWarning, "SOC_JUMPS", float64(h.SOCJumpCount), SOCJumpPct, "%d SOC jumps of more than %.0f points within an hour (SOC calibration or BMS resets)", h.SOCJumpCount, SOCJumpPct)
 	}
 	if h.AnomalyCount > 0 {
-		byMetric := map[string]int{}
+		sev := SeverityInfo
 		for _, an := range h.Anomalies {
-			byMetric[an.Metric]++
+			if an.Metric == "temperature" && an.Sigmas > 0 {
+				sev = SeverityWarning // unexplained heat is a risk
+			}
 		}
-		add(SeverityWarning, "ANOMALIES", float64(h.AnomalyCount), AnomalySigma, "%d hourly readings beyond %.0fσ of normal (%s)", h.AnomalyCount, AnomalySigma, metricCounts(byMetric))
+		add(sev, "ANOMALIES", float64(h.AnomalyCount), AnomalySigma, "%d hourly readings beyond %.0fσ of normal (%s)", h.AnomalyCount, AnomalySigma, metricCounts(h.AnomalyByMetric))
 	}
 	if t, ok := h.Trends["imbalanceMv"]; ok && t.Slope > 0 && t.R2 >= 0.4 {
 		if d, ok := t.DaysUntil(ImbalanceFairMV); ok && d <= 180 && t.Last < ImbalanceFairMV {
