@@ -319,7 +319,7 @@ func Snapshot(sys bms.System, seed int64, at time.Time) bms.Snapshot {
 	var last bms.Record
 	for !s.t.After(at) {
 		last, _ = s.Next(5 * time.Minute)
-		if s.t.Add(5 * time.Minute).After(at.Add(time.Nanosecond)) && !s.t.After(at) {
+		if s.t.Add(5*time.Minute).After(at.Add(time.Nanosecond)) && !s.t.After(at) {
 			s.t = at
 		}
 	}
