@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"unicode/utf8"
-
-	"github.com/bmsview/insights/tasks"
 )
 
 // Limits of what the dashboard shows of a payload or result.
@@ -18,24 +16,17 @@ const (
 
 // FormatPayload is asynqmon's PayloadFormatter: the event as readable
 // JSON, with long arrays of the BMS snapshot (cellVoltages, temperatures…)
-// cut to their first values and a note of how many there were, and
-// anything over 8 KB cut. A payload that is not JSON is shown as text.
-func FormatPayload(taskType string, payload []byte) string {
+// cut to their first values and a note of how many there were, long
+// strings (customPrompt) cut at 500 bytes and anything over 8 KB cut. A
+// payload that is not JSON is shown as text.
+func FormatPayload(_ string, payload []byte) string {
 	var v any
 	dec := json.NewDecoder(bytes.NewReader(payload))
 	dec.UseNumber()
 	if err := dec.Decode(&v); err != nil {
 		return shorten(fmt.Sprintf("(not JSON, %d bytes) %s", len(payload), payload))
 	}
-	if taskType == tasks.EventGenerateInsights {
-		if m, ok := v.(map[string]any); ok {
-			if req, ok := m["request"].(map[string]any); ok {
-				if ad, ok := req["analysisData"]; ok {
-					req["analysisData"] = shortenValue(ad, 0)
-				}
-			}
-		}
-	}
+	v = shortenValue(v, 0)
 	return indent(v)
 }
 

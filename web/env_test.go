@@ -1,0 +1,411 @@
+package web
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/internal/bms"
+	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/internal/testenv"
+	"github.com/bmsview/insights/tasks"
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// redisDB is this package's own Redis database index.
+const redisDB = 3
+
+const (
+	testToken    = "test-token-0123456789"
+	testPassword = "test-password-9876"
+	testRetries  = 3
+)
+
+func quietLogger() *slog.Logger {
+	if os.Getenv("TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// engine is a tiny deterministic insights engine.
+type engine struct{}
+
+func (engine) Generate(_ context.Context, req insights.Request) (*insights.Result, error) {
+	return &insights.Result{HealthScore: 92, Status: "Normal", Provider: "rules",
+		Markdown: "## KEY FINDINGS\n\n- 🟢 Cell imbalance **20 mV** (excellent)\n\n## RECOMMENDATIONS\n\n- Keep SOC above 20 %\n",
+		Metrics:  map[string]any{"soc": req.Snapshot.StateOfCharge}}, nil
+}
+
+// systems records follow-ups.
+type systems struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (s *systems) SetLastInsights(_ context.Context, _ string, v map[string]any) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id, ok := v["jobId"].(string); ok {
+		s.n[id]++
+	}
+	return nil
+}
+
+// failSwitch fails process-insights with tasks.DoNotRetry while set (for
+// the jobs it names, or all when the set is empty), and can block a step
+// until its context ends.
+type failSwitch struct {
+	on    atomic.Bool
+	block atomic.Bool
+	mu    sync.Mutex
+	jobs  map[string]bool
+}
+
+func (f *failSwitch) set(on bool, jobIDs ...string) {
+	f.mu.Lock()
+	f.jobs = map[string]bool{}
+	for _, j := range jobIDs {
+		f.jobs[j] = true
+	}
+	f.mu.Unlock()
+	f.on.Store(on)
+}
+
+func (f *failSwitch) hook(ctx context.Context, r *handlers.Run, step string) error {
+	if step != tasks.StepProcessInsights {
+		return nil
+	}
+	if f.block.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	if !f.on.Load() {
+		return nil
+	}
+	f.mu.Lock()
+	hit := len(f.jobs) == 0 || f.jobs[r.Job.ID]
+	f.mu.Unlock()
+	if hit {
+		return tasks.DoNotRetry(errors.New("analysis refused: the snapshot's cell data is inconsistent"))
+	}
+	return nil
+}
+
+type env struct {
+	t         *testing.T
+	redis     asynq.RedisConnOpt
+	store     *store.Store
+	client    *tasks.Client
+	inspector *asynq.Inspector
+	registry  *prometheus.Registry
+	metrics   *Metrics
+	server    *Server
+	ts        *httptest.Server
+	fail      *failSwitch
+	systems   *systems
+	// bodyRead counts the bytes handlers read of request bodies.
+	bodyRead atomic.Int64
+}
+
+type envOptions struct {
+	worker  bool
+	decrypt func(any) (any, error)
+	cors    []string
+	ready   func(context.Context) error
+	store   *store.Store
+}
+
+func newEnv(t *testing.T, o envOptions) *env {
+	t.Helper()
+	e := &env{t: t, redis: testenv.Redis(t, redisDB), store: o.store, fail: &failSwitch{}, systems: &systems{n: map[string]int{}}}
+	if e.store == nil {
+		e.store = testenv.Store(t)
+	}
+	e.client = tasks.NewClient(e.redis, tasks.ClientConfig{Jobs: e.store, MaxRetry: testRetries})
+	e.inspector = asynq.NewInspector(e.redis)
+	t.Cleanup(func() { e.client.Close(); e.inspector.Close() })
+	e.registry = prometheus.NewRegistry()
+	e.metrics = NewMetrics(e.registry)
+	e.server = New(Config{Store: e.store, Client: e.client, Inspector: e.inspector, RedisConnOpt: e.redis,
+		APIToken: testToken, AdminPassword: testPassword, CORSOrigins: o.cors, MaxRetries: testRetries,
+		Decrypt: o.decrypt, Metrics: e.registry, Ready: o.ready, Logger: quietLogger()})
+	t.Cleanup(func() { e.server.Close() })
+	h := e.server.Handler()
+	e.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cr := &countingReader{r: r.Body}
+		r.Body = cr
+		defer func() { e.bodyRead.Add(cr.n) }()
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(e.ts.Close)
+	if o.worker {
+		e.startWorker()
+	}
+	return e
+}
+
+func (e *env) startWorker() {
+	t := e.t
+	runner := handlers.NewRunner(handlers.RunnerConfig{Store: e.store, MaxRetries: testRetries,
+		Backoff: []time.Duration{time.Second}, TransientDelay: time.Second, RateLimitDelay: time.Second,
+		Observer: e.metrics, Hook: e.fail.hook, Logger: quietLogger()})
+	fu := asynq.NewClient(e.redis)
+	t.Cleanup(func() { fu.Close() })
+	mux := asynq.NewServeMux()
+	handlers.Register(mux, runner, handlers.NewInsights(handlers.InsightsConfig{Engine: engine{}, FollowUps: fu}),
+		handlers.NewCompleted(handlers.CompletedConfig{Systems: e.systems, Logger: quietLogger()}))
+	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: 4, Backoff: []time.Duration{time.Second}, ShutdownTimeout: 3 * time.Second})
+	cfg.LogLevel = asynq.FatalLevel
+	srv := asynq.NewServer(e.redis, cfg)
+	if err := srv.Start(mux); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+}
+
+type countingReader struct {
+	r io.ReadCloser
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingReader) Close() error { return c.r.Close() }
+
+type auth int
+
+const (
+	authNone auth = iota
+	authBearer
+	authBasic
+)
+
+type resp struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+func (r *resp) json(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("response is not a JSON object (%d): %v\n%s", r.code, err, r.body)
+	}
+	return m
+}
+
+func (e *env) do(method, path string, body any, a auth, hdr ...string) *resp {
+	e.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	case io.Reader:
+		rd = b
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, e.ts.URL+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	switch a {
+	case authBearer:
+		req.Header.Set("Authorization", "Bearer "+testToken)
+	case authBasic:
+		req.SetBasicAuth(AdminUser, testPassword)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	if body != nil && req.Header.Get("Content-Type") == "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	res, err := client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return &resp{code: res.StatusCode, header: res.Header, body: b}
+}
+
+func (e *env) expect(r *resp, code int) {
+	e.t.Helper()
+	if r.code != code {
+		e.t.Fatalf("status %d, want %d: %s", r.code, code, r.body)
+	}
+}
+
+// expectError checks an error answer: its code, JSON {error, field}.
+func (e *env) expectError(r *resp, code int, field string) map[string]any {
+	e.t.Helper()
+	e.expect(r, code)
+	m := r.json(e.t)
+	if s, _ := m["error"].(string); s == "" {
+		e.t.Fatalf("error answer without an error message: %s", r.body)
+	}
+	if got, _ := m["field"].(string); got != field {
+		e.t.Fatalf("field %q, want %q: %s", got, field, r.body)
+	}
+	return m
+}
+
+func snapshot() *bms.Snapshot {
+	return &bms.Snapshot{StateOfCharge: 80, OverallVoltage: 53.2, Current: -12, RemainingCapacity: 160, FullCapacity: 200,
+		CellVoltageDifference: 0.02, CellVoltages: []float64{3.32, 3.33, 3.34, 3.32}, Temperatures: []float64{25, 26}}
+}
+
+func eventBody(jobID string, extra ...any) map[string]any {
+	data := map[string]any{"systemId": "sys-1", "analysisData": snapshot()}
+	if jobID != "" {
+		data["jobId"] = jobID
+	}
+	b := map[string]any{"eventName": tasks.EventGenerateInsights, "eventData": data}
+	for i := 0; i+1 < len(extra); i += 2 {
+		b[extra[i].(string)] = extra[i+1]
+	}
+	return b
+}
+
+// send posts an event and returns the answer's fields.
+func (e *env) send(jobID string, extra ...any) map[string]any {
+	e.t.Helper()
+	r := e.do("POST", "/api/events", eventBody(jobID, extra...), authBearer)
+	e.expect(r, http.StatusAccepted)
+	return r.json(e.t)
+}
+
+func (e *env) job(jobID string) *store.Job {
+	e.t.Helper()
+	j, err := e.store.GetJob(context.Background(), jobID)
+	if err != nil {
+		e.t.Fatalf("get job %s: %v", jobID, err)
+	}
+	return j
+}
+
+func (e *env) waitStatus(jobID, status string, within time.Duration) *store.Job {
+	e.t.Helper()
+	var j *store.Job
+	testenv.WaitFor(e.t, within, fmt.Sprintf("job %s %s", jobID, status), func() (bool, error) {
+		var err error
+		j, err = e.store.GetJob(context.Background(), jobID)
+		return err == nil && j.Status == status, err
+	})
+	return j
+}
+
+// waitDone waits for a job's run to end completed, follow-up sent.
+func (e *env) waitDone(jobID string) *store.Job {
+	e.t.Helper()
+	var j *store.Job
+	testenv.WaitFor(e.t, 20*time.Second, "job "+jobID+" done", func() (bool, error) {
+		var err error
+		j, err = e.store.GetJob(context.Background(), jobID)
+		return err == nil && j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted, err
+	})
+	return j
+}
+
+func (e *env) waitTask(queue, id string, within time.Duration, state asynq.TaskState) {
+	e.t.Helper()
+	testenv.WaitFor(e.t, within, fmt.Sprintf("task %s %s", id, state), func() (bool, error) {
+		info, err := e.inspector.GetTaskInfo(queue, id)
+		return err == nil && info.State == state, nil
+	})
+}
+
+func (e *env) waitGone(queue, id string, within time.Duration) {
+	e.t.Helper()
+	testenv.WaitFor(e.t, within, "task "+id+" gone", func() (bool, error) {
+		_, err := e.inspector.GetTaskInfo(queue, id)
+		return errors.Is(err, asynq.ErrTaskNotFound), nil
+	})
+}
+
+func runs(j *store.Job) map[string]int {
+	out := map[string]int{}
+	for name, st := range j.Steps {
+		out[name] = st.Runs
+	}
+	return out
+}
+
+// proxy forwards TCP connections to target until closed; closing it
+// drops every connection, which is how a test takes MongoDB away.
+type proxy struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
