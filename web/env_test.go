@@ -368,6 +368,32 @@ type proxy struct {
 	ln    net.Listener
 	mu    sync.Mutex
 	conns []net.Conn
+	// hung: bytes are no longer forwarded and new connections go nowhere,
+	// like a server that stopped answering.
+	hung atomic.Bool
+}
+
+// hang stops forwarding without closing anything.
+func (p *proxy) hang() { p.hung.Store(true) }
+
+func (p *proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if p.hung.Load() {
+			return // dropped on the floor; the conns are closed at cleanup
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				dst.Close()
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -382,16 +408,22 @@ func newProxy(t *testing.T, target string) *proxy {
 			if err != nil {
 				return
 			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			p.mu.Unlock()
+			if p.hung.Load() {
+				continue // accepted, never answered
+			}
 			u, err := net.Dial("tcp", target)
 			if err != nil {
 				c.Close()
 				continue
 			}
 			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
+			p.conns = append(p.conns, u)
 			p.mu.Unlock()
-			go func() { _, _ = io.Copy(u, c); u.Close() }()
-			go func() { _, _ = io.Copy(c, u); c.Close() }()
+			go p.pipe(u, c)
+			go p.pipe(c, u)
 		}
 	}()
 	t.Cleanup(p.close)
