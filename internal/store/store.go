@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
@@ -48,6 +49,9 @@ type Config struct {
 	Database string
 	// OpTimeout bounds each call. 0: DefaultOpTimeout.
 	OpTimeout time.Duration
+	// Monitor observes every command sent (benchmarks count round trips).
+	// Nil: none.
+	Monitor *event.CommandMonitor
 }
 
 // Open connects to MongoDB, checks it answers and creates the indexes.
@@ -62,6 +66,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		SetBSONOptions(&options.BSONOptions{DefaultDocumentMap: true}).
 		SetServerSelectionTimeout(cfg.OpTimeout).
 		SetConnectTimeout(cfg.OpTimeout)
+	if cfg.Monitor != nil {
+		opts.SetMonitor(cfg.Monitor)
+	}
 	if opts.WriteConcern == nil {
 		// A checkpoint is durable when a majority holds it: a replica-set
 		// failover never loses a completed step. On a single node (and

@@ -1,0 +1,88 @@
+// Command insights is the BMS insights workloads service: serve (API,
+// dashboard and worker), trigger, status and demo.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// usageError is bad input: exit 2 with a message naming the flag.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+const usage = `usage: insights <command> [flags]
+
+commands:
+  serve [--role all|api|worker] [--demo]   run the API, dashboard and worker
+  trigger --system-id ID --data FILE|- [...] send generate-insights
+  status EVENT_ID [--server URL]           show an event's state and its job
+  demo [--server URL]                      seed demo systems and send demo events
+  healthcheck                              GET /healthz of the local server (container HEALTHCHECK)
+
+Run "insights <command> -h" for the flags of a command.
+`
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], stdout, stderr)
+	case "trigger":
+		err = trigger(ctx, args[1:], stdin, stdout, stderr)
+	case "status":
+		err = status(ctx, args[1:], stdout, stderr)
+	case "demo":
+		err = demo(ctx, args[1:], stdout, stderr)
+	case "healthcheck":
+		err = healthcheck(ctx)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "insights: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err == nil {
+		return 0
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, "insights:", err)
+		return 2
+	}
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	fmt.Fprintln(stderr, "insights:", err)
+	return 1
+}
+
+var errHelp = errors.New("help")
+
+func newLogger(w io.Writer) *slog.Logger {
+	level := slog.LevelInfo
+	if strings.EqualFold(os.Getenv("LOG_LEVEL"), "debug") {
+		level = slog.LevelDebug
+	}
+	if strings.EqualFold(os.Getenv("LOG_FORMAT"), "json") {
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bmsview/insights/internal/app"
+	"github.com/bmsview/insights/internal/config"
+	"github.com/bmsview/insights/web"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// reconcileEvery is how often live jobs are checked against Redis.
+const reconcileEvery = time.Minute
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	role := fs.String("role", "all", "all (API + dashboard + worker), api or worker")
+	withDemo := fs.Bool("demo", false, "seed demo systems with history and send demo events")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	switch *role {
+	case "all", "api", "worker":
+	default:
+		return usagef("--role: want all, api or worker, got %q", *role)
+	}
+	cfg, err := config.Load(nil)
+	if err != nil {
+		return err
+	}
+	if err := cfg.EnsureCredentials(); err != nil {
+		return err
+	}
+	log := newLogger(stderr)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	a, err := app.Open(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := web.NewMetrics(reg)
+
+	runAPI, runWorker := *role != "worker", *role != "api"
+	if cfg.EmbeddedRedis() && !(runAPI && runWorker) {
+		return usagef("--role %s needs a shared Redis: set REDIS_URL (the embedded one lives in one process)", *role)
+	}
+	var worker *app.Worker
+	if runWorker {
+		engine, err := a.NewEngine()
+		if err != nil {
+			return err
+		}
+		worker = a.NewWorker(app.WorkerOptions{Engine: engine, Observer: metrics})
+		if err := worker.Start(); err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		go a.RunReconciler(ctx, reconcileEvery)
+		log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "queues", cfg.QueueWeights)
+	}
+
+	srv := &http.Server{Addr: cfg.HTTPAddr, ReadHeaderTimeout: 10 * time.Second}
+	var ws *web.Server
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR: %w", err)
+	}
+	if runAPI {
+		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
+			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
+			Decrypt: a.Decrypt, Metrics: reg, Ready: a.Ready, Logger: log})
+		srv.Handler = ws.Handler()
+	} else {
+		// A worker serves health, readiness and (behind the same auth)
+		// its step and job metrics; it has no API of its own.
+		ws = web.New(web.Config{APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, Metrics: reg, Ready: a.Ready, Logger: log})
+		srv.Handler = ws.Handler()
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "err", err)
+			stop()
+		}
+	}()
+	printBanner(stdout, cfg, ln.Addr().String(), *role)
+	if *withDemo {
+		go func() {
+			if err := runDemo(ctx, a, stdout); err != nil {
+				log.Error("demo", "err", err)
+			}
+		}()
+	}
+
+	<-ctx.Done()
+	log.Info("shutting down: no new tasks; running steps get SHUTDOWN_TIMEOUT", "timeout", cfg.ShutdownTimeout)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if worker != nil {
+		worker.Shutdown()
+	}
+	_ = srv.Shutdown(shutdownCtx)
+	if ws != nil {
+		_ = ws.Close()
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func printBanner(w io.Writer, cfg *config.Config, addr, role string) {
+	host := addr
+	if h, p, err := net.SplitHostPort(addr); err == nil && (h == "::" || h == "0.0.0.0" || h == "") {
+		host = "localhost:" + p
+	}
+	fmt.Fprintf(w, "insights %s listening on http://%s/ (dashboard: http://%s/monitoring/)\n", role, host, host)
+	for _, name := range cfg.Generated {
+		switch name {
+		case "API_TOKEN":
+			fmt.Fprintf(w, "API_TOKEN=%s   (generated; set API_TOKEN to choose one)\n", cfg.APIToken)
+		case "ADMIN_PASSWORD":
+			fmt.Fprintf(w, "ADMIN_PASSWORD=%s   (generated; browser login user: admin)\n", cfg.AdminPassword)
+		}
+	}
+	if cfg.EmbeddedMongo() && len(cfg.Generated) > 0 {
+		fmt.Fprintf(w, "generated credentials are kept in %s\n", cfg.DataDir)
+	}
+}
+
+func healthcheck(ctx context.Context) error {
+	addr := os.Getenv("HTTP_ADDR")
+	if addr == "" {
+		addr = ":8080"
+	}
+	if strings.HasPrefix(addr, ":") {
+		addr = "127.0.0.1" + addr
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthz: %s", resp.Status)
+	}
+	return nil
+}

@@ -1,0 +1,65 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bmsview/insights/tasks"
+	"github.com/hibiken/asynq"
+)
+
+// Reconcile re-enqueues, with the same eventId, every live job (queued,
+// scheduled, processing, retrying) unchanged for at least quiet whose task
+// Redis no longer has: MongoDB is the source of truth, so an accepted event
+// is never lost to a Redis restart, a Redis without persistence or a task
+// deleted by hand. It returns how many it re-enqueued.
+func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
+	jobs, err := a.Store.Stale(ctx, time.Now().Add(-quiet), 1000)
+	if err != nil {
+		return 0, err
+	}
+	announced := false
+	n := 0
+	var errs []error
+	for _, j := range jobs {
+		_, err := a.Inspector.GetTaskInfo(j.Queue, j.EventID)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+			errs = append(errs, err)
+			continue
+		}
+		if !announced {
+			// asynq's long-lived Client announces a queue once per process;
+			// after Redis lost its data, announce them again or the tasks
+			// run but stay invisible to the Inspector and the dashboard.
+			if err := a.rdb.SAdd(ctx, "asynq:queues", toAny(tasks.Queues)...).Err(); err != nil {
+				return n, fmt.Errorf("announce queues: %w", err)
+			}
+			announced = true
+		}
+		run := tasks.Run{JobID: j.ID, EventID: j.EventID, SystemID: j.SystemID, Request: j.Request, Priority: j.Priority, Queue: j.Queue}
+		if j.ProcessAt != nil && j.ProcessAt.After(time.Now()) {
+			run.ProcessAt, run.Scheduled = *j.ProcessAt, true
+		}
+		if _, err := a.Client.Enqueue(ctx, run); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+			errs = append(errs, fmt.Errorf("re-enqueue %s: %w", j.ID, err))
+			continue
+		}
+		_ = a.Store.Touch(ctx, j.ID, j.EventID)
+		a.Log.Info("re-enqueued a job whose task was gone from Redis", "jobId", j.ID, "eventId", j.EventID, "queue", j.Queue)
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+func toAny(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
