@@ -26,7 +26,7 @@ commands:
   trigger --system-id ID --data FILE|- [...] send generate-insights
   status EVENT_ID [--server URL]           show an event's state and its job
   demo [--server URL]                      seed demo systems and send demo events
-  healthcheck                              GET /healthz of the local server (container HEALTHCHECK)
+  healthcheck [--path /readyz]             GET /healthz of the local server (container HEALTHCHECK)
 
 Run "insights <command> -h" for the flags of a command.
 `
@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "demo":
 		err = demo(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
-		err = healthcheck(ctx)
+		err = healthcheck(ctx, args[1:], stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -139,7 +139,12 @@ func printBanner(w io.Writer, cfg *config.Config, addr, role string) {
 	}
 }
 
-func healthcheck(ctx context.Context) error {
+func healthcheck(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("healthcheck", stderr)
+	path := fs.String("path", "/healthz", "path to GET (/healthz: alive; /readyz: Redis and MongoDB reachable)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
 	addr := os.Getenv("HTTP_ADDR")
 	if addr == "" {
 		addr = ":8080"
@@ -149,14 +154,14 @@ func healthcheck(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+*path, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("healthz: %s", resp.Status)
+		return fmt.Errorf("%s: %s", *path, resp.Status)
 	}
 	return nil
 }
