@@ -152,6 +152,9 @@ func newEnv(t *testing.T, o envOptions) *env {
 		cr := &countingReader{r: r.Body}
 		r.Body = cr
 		defer func() { e.bodyRead.Add(cr.n) }()
+		if os.Getenv("TEST_LOG") != "" && r.Method != "GET" {
+			t.Logf("request %s %s origin=%q sec-fetch-site=%q", r.Method, r.URL.Path, r.Header.Get("Origin"), r.Header.Get("Sec-Fetch-Site"))
+		}
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(e.ts.Close)
