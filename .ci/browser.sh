@@ -7,6 +7,6 @@ set -euo pipefail
 if ! command -v chromium >/dev/null 2>&1; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update
-  apt-get install -y --no-install-recommends chromium
+  apt-get install -y chromium
 fi
 chromium --version 2>/dev/null | head -n1 || true
