@@ -90,7 +90,6 @@ type Server struct {
 	maxRetry  int
 	cors      map[string]bool
 	corsAny   bool
-	authReady bool
 }
 
 // maxBodyBytes is the largest POST /api/events body (500 KB).
