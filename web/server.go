@@ -79,17 +79,17 @@ type Config struct {
 
 // Server is the HTTP server's handler set. It is safe for concurrent use.
 type Server struct {
-	cfg       Config
-	log       *slog.Logger
-	mux       *http.ServeMux
-	handler   http.Handler
-	monitor   *asynqmon.HTTPHandler
-	csrfKey   []byte
-	requests  *prometheus.CounterVec
-	pages     *pageTemplates
-	maxRetry  int
-	cors      map[string]bool
-	corsAny   bool
+	cfg      Config
+	log      *slog.Logger
+	mux      *http.ServeMux
+	handler  http.Handler
+	monitor  *asynqmon.HTTPHandler
+	csrfKey  []byte
+	requests *prometheus.CounterVec
+	pages    *pageTemplates
+	maxRetry int
+	cors     map[string]bool
+	corsAny  bool
 }
 
 // maxBodyBytes is the largest POST /api/events body (500 KB).
