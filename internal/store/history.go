@@ -46,6 +46,22 @@ import (
 // EachRecord.
 const HistoryBatchSize = 1000
 
+// HistoryScanTimeout bounds the first round trip of a history read (the
+// find or aggregate that opens the cursor) when ctx has no deadline of its
+// own. It is longer than the per-call deadline because FerretDB v1's SQLite
+// backend pushes no filter but an _id equality down to SQLite: every
+// history query decodes the whole collection in Go before answering, which
+// takes seconds per hundred thousand documents. An unreachable server still
+// fails within the client's server selection timeout (the per-call one).
+const HistoryScanTimeout = 5 * time.Minute
+
+func (s *Store) scanCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, max(HistoryScanTimeout, s.opTimeout))
+}
+
 var _ insights.HistorySource = (*Store)(nil)
 
 // historyDoc is a history document as stored: the contract's fields plus
@@ -170,7 +186,7 @@ func historyRange(systemID string, from, to time.Time) bson.D {
 // whole stream is bounded only by ctx. An error of fn stops the stream and
 // is returned as is.
 func (s *Store) EachRecord(ctx context.Context, systemID string, from, to time.Time, fn func(bms.Record) error) error {
-	fctx, cancel := s.ctx(ctx)
+	fctx, cancel := s.scanCtx(ctx)
 	cur, err := s.history.Find(fctx, historyRange(systemID, from, to),
 		options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize).
 			SetProjection(bson.D{{Key: "hour", Value: 0}, {Key: "d", Value: 0}}))
@@ -254,7 +270,7 @@ var groupBroken sync.Map
 // rollupsByGroup is the server-side aggregation; ok is false when the
 // server dropped accumulators (the check count disagrees).
 func (s *Store) rollupsByGroup(ctx context.Context, systemID string, from, to time.Time) (out []insights.Rollup, ok bool, err error) {
-	ctx, cancel := s.ctx(ctx)
+	ctx, cancel := s.scanCtx(ctx)
 	defer cancel()
 	sum := func(path string) bson.D { return bson.D{{Key: "$sum", Value: path}} }
 	pipeline := mongo.Pipeline{
@@ -321,7 +337,7 @@ func (s *Store) rollupsByScan(ctx context.Context, systemID string, from, to tim
 	for _, f := range []string{"stateOfCharge", "overallVoltage", "current", "power", "remainingCapacity", "cycleCount", "mosTemperature"} {
 		proj = append(proj, bson.E{Key: "analysis." + f, Value: 1})
 	}
-	fctx, cancel := s.ctx(ctx)
+	fctx, cancel := s.scanCtx(ctx)
 	cur, err := s.history.Find(fctx, historyRange(systemID, from, to),
 		options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize).SetProjection(proj))
 	cancel()

@@ -1,0 +1,83 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/bmsview/insights/internal/bms"
+	"github.com/bmsview/insights/internal/bmsgen"
+	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/testenv"
+)
+
+// BenchmarkHistoryEngine100k: 100,000 history records (one a minute) in the
+// store (embedded FerretDB unless MONGODB_URI is set). "drain" only reads
+// the cursor of EachRecord; "raw" runs the engine in fullContextMode over
+// the same cursor; "rollups" runs it on HourlyRollups. x-drain is the time
+// of an analysis as a multiple of the drain time.
+func BenchmarkHistoryEngine100k(b *testing.B) {
+	s := testenv.Store(b)
+	ctx := context.Background()
+	sys := bmsgen.Systems()[0]
+	to := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+	from := to.Add(-100_000 * time.Minute)
+	if err := s.UpsertSystem(ctx, sys); err != nil {
+		b.Fatal(err)
+	}
+	var batch []bms.Record
+	n := 0
+	err := bmsgen.Stream(sys, 1, from, to, time.Minute, func(r bms.Record) error {
+		batch = append(batch, r)
+		n++
+		if len(batch) == 10_000 {
+			err := s.InsertHistory(ctx, batch)
+			batch = batch[:0]
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.InsertHistory(ctx, batch)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	days := int(to.Sub(from).Hours()/24) + 1
+	drain := func() time.Duration {
+		start := time.Now()
+		c := 0
+		if err := s.EachRecord(ctx, sys.ID, from, to, func(bms.Record) error { c++; return nil }); err != nil || c != n {
+			b.Fatalf("drain: %d of %d, %v", c, n, err)
+		}
+		return time.Since(start)
+	}
+	base := drain() // warm
+	base = min(base, drain())
+	for _, mode := range []struct {
+		name string
+		run  func() error
+	}{
+		{"drain", func() error { drain(); return nil }},
+		{"raw", func() error {
+			_, err := insights.NewRules(s).Generate(ctx, insights.Request{SystemID: sys.ID, ContextWindowDays: days, Now: to, FullContextMode: true})
+			return err
+		}},
+		{"rollups", func() error {
+			_, err := insights.NewRules(s).Generate(ctx, insights.Request{SystemID: sys.ID, ContextWindowDays: days, Now: to})
+			return err
+		}},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := mode.run(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			per := b.Elapsed() / time.Duration(b.N)
+			b.ReportMetric(float64(per)/float64(base), "x-drain")
+			b.ReportMetric(float64(n), "records")
+		})
+	}
+}
