@@ -198,6 +198,13 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 		run.Log.Warn("checkpoint write failed: retry", "step", run.step, "err", err)
 		return tasks.RetryAfter(rn.cfg.TransientDelay, err)
 	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// Cut off by a shutdown or a cancel, not by its own fault: asynq
+		// puts the task back (shutdown) or the cancel deletes it. Like a
+		// crash, the cut-off body is not counted and uses no budget.
+		run.Log.Warn("attempt cut off", "step", run.step, "err", err)
+		return tasks.RetryAfter(rn.cfg.TransientDelay, err)
+	}
 	kind, delay, final := rn.classify(err)
 	job := run.Job
 	failures := job.Failures + 1
