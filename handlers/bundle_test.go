@@ -111,7 +111,7 @@ func setup(t *testing.T, o options) *bundle {
 		hooks:     &hooks{fn: map[string]func(context.Context, *handlers.Run, string) error{}},
 		followUps: &followUps{n: map[string]int{}},
 	}
-	b.client = tasks.NewClient(b.redis, tasks.ClientConfig{Jobs: b.store, MaxRetry: o.maxRetries})
+	b.client = tasks.NewClient(b.redis, tasks.ClientConfig{Jobs: b.store})
 	b.inspector = asynq.NewInspector(b.redis)
 	t.Cleanup(func() { b.client.Close(); b.inspector.Close() })
 	b.runner = handlers.NewRunner(handlers.RunnerConfig{Store: b.store, MaxRetries: o.maxRetries, Backoff: o.backoff,

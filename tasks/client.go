@@ -47,9 +47,6 @@ type ClientConfig struct {
 	// is recorded; the worker creates the job when the task arrives, and a
 	// jobId sent twice may run twice.
 	Jobs JobStore
-	// MaxRetry is the job's retry budget, shown as the task's maxRetry.
-	// 0: 15.
-	MaxRetry int
 	// Timeout is the per-attempt limit. 0: 24h.
 	Timeout time.Duration
 	// Retention keeps completed tasks visible. 0: 168h.
@@ -65,9 +62,6 @@ type Client struct {
 
 // NewClient returns a producer on the given Redis connection.
 func NewClient(r asynq.RedisConnOpt, cfg ClientConfig) *Client {
-	if cfg.MaxRetry == 0 {
-		cfg.MaxRetry = 15
-	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 24 * time.Hour
 	}

@@ -138,7 +138,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if e.store == nil {
 		e.store = testenv.Store(t)
 	}
-	e.client = tasks.NewClient(e.redis, tasks.ClientConfig{Jobs: e.store, MaxRetry: testRetries})
+	e.client = tasks.NewClient(e.redis, tasks.ClientConfig{Jobs: e.store})
 	e.inspector = asynq.NewInspector(e.redis)
 	t.Cleanup(func() { e.client.Close(); e.inspector.Close() })
 	e.registry = prometheus.NewRegistry()

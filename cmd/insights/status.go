@@ -54,7 +54,7 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		// The same view as GET /api/events/{eventId}, served in process.
 		const token = "in-process"
 		ws := web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, APIToken: token,
-			MaxRetries: cfg.MaxRetries, Decrypt: a.Decrypt, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			MaxRetries: webMaxRetries(cfg.MaxRetries), Decrypt: a.Decrypt, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		defer ws.Close()
 		req := httptest.NewRequestWithContext(ctx, http.MethodGet, path, nil)
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -72,4 +72,13 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// webMaxRetries passes MAX_RETRIES to web.Config, where 0 means "default"
+// and a negative value means none.
+func webMaxRetries(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }

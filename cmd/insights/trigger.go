@@ -154,7 +154,7 @@ func sendDirect(ctx context.Context, data tasks.EventData, priority int, when ti
 	if err != nil {
 		return nil, err
 	}
-	cc := tasks.ClientConfig{MaxRetry: cfg.MaxRetries, Timeout: cfg.TaskTimeout, Retention: cfg.TaskRetention}
+	cc := tasks.ClientConfig{Timeout: cfg.TaskTimeout, Retention: cfg.TaskRetention}
 	if !cfg.EmbeddedMongo() {
 		st, err := store.Open(ctx, store.Config{URI: cfg.MongoURI, Database: cfg.MongoDB})
 		if err != nil {

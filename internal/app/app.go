@@ -86,7 +86,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 		}
 		a.Sealer = s
 	}
-	a.Client = tasks.NewClient(a.Redis, tasks.ClientConfig{Jobs: st, MaxRetry: cfg.MaxRetries, Timeout: cfg.TaskTimeout, Retention: cfg.TaskRetention})
+	a.Client = tasks.NewClient(a.Redis, tasks.ClientConfig{Jobs: st, Timeout: cfg.TaskTimeout, Retention: cfg.TaskRetention})
 	a.closers = append(a.closers, func() { _ = a.Client.Close() })
 	a.Inspector = asynq.NewInspector(a.Redis)
 	a.closers = append(a.closers, func() { _ = a.Inspector.Close() })

@@ -382,13 +382,14 @@ func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 	return out, nil
 }
 
-// MarkCancelled sets a live job cancelled. It returns the job as it was, or
-// ErrNotFound.
+// MarkCancelled sets the job's current run cancelled unless it completed
+// meanwhile. It returns ErrNotFound when no such run is left to cancel.
 func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	now := time.Now().UTC()
-	res, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID}},
+	res, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID},
+		{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCompleted}}}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "updatedAt", Value: now}}}})
 	if err != nil {
 		return fmt.Errorf("cancel job: %w", err)
