@@ -197,7 +197,11 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 		{Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}},
 	}
 	var before Job
-	err = s.jobs.FindOneAndUpdate(ctx, filter, update, options.FindOneAndUpdate().SetReturnDocument(options.Before)).Decode(&before)
+	if s.ferret {
+		err = s.startAttemptFerret(ctx, a, update, &before)
+	} else {
+		err = s.jobs.FindOneAndUpdate(ctx, filter, update, options.FindOneAndUpdate().SetReturnDocument(options.Before)).Decode(&before)
+	}
 	if err == nil {
 		previous = before.Status
 		before.Status, before.Attempts, before.UpdatedAt = tasks.StatusProcessing, before.Attempts+1, now
@@ -258,6 +262,9 @@ type Checkpoint struct {
 func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if s.ferret {
+		return s.saveCheckpointFerret(ctx, c)
+	}
 	res, err := s.jobs.UpdateOne(ctx, checkpointFilter(c), checkpointUpdate(c))
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
@@ -427,4 +434,60 @@ func (s *Store) Touch(ctx context.Context, jobID, eventID string) error {
 	_, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID}},
 		bson.D{{Key: "$set", Value: bson.D{{Key: "updatedAt", Value: time.Now().UTC()}}}})
 	return err
+}
+
+// startAttemptFerret is StartAttempt's first update on FerretDB: a read and
+// a write by _id (each pushed down to the index) instead of one filtered
+// update that would scan the collection. The worker holding the task is the
+// job's one writer, so nothing changes between the two.
+func (s *Store) startAttemptFerret(ctx context.Context, a Attempt, update bson.D, before *Job) error {
+	byID := bson.D{{Key: "_id", Value: a.JobID}}
+	if err := s.jobs.FindOne(ctx, byID).Decode(before); err != nil {
+		return err
+	}
+	if before.EventID != a.EventID || before.Status == tasks.StatusCompleted || before.Status == tasks.StatusCancelled {
+		return mongo.ErrNoDocuments // the rare paths of StartAttempt
+	}
+	if _, err := s.jobs.UpdateOne(ctx, byID, update); err != nil {
+		return err
+	}
+	return nil
+}
+
+// saveCheckpointFerret writes a checkpoint by _id. A checkpoint that changes
+// the job's status (completed, retrying, failed) first checks that the job
+// is still on this run and not cancelled; plain step checkpoints rely on the
+// attempt's own check at its start and on the cancel stopping the task.
+func (s *Store) saveCheckpointFerret(ctx context.Context, c Checkpoint) error {
+	byID := bson.D{{Key: "_id", Value: c.JobID}}
+	for _, e := range c.Set {
+		if e.Key != "status" {
+			continue
+		}
+		var cur struct {
+			EventID string `bson:"eventId"`
+			Status  string `bson:"status"`
+		}
+		if err := s.jobs.FindOne(ctx, byID).Decode(&cur); err != nil {
+			if errors.Is(err, mongo.ErrNoDocuments) {
+				return ErrStaleEvent
+			}
+			return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
+		}
+		switch {
+		case cur.EventID != c.EventID:
+			return ErrStaleEvent
+		case cur.Status == tasks.StatusCancelled:
+			return ErrCancelled
+		}
+		break
+	}
+	res, err := s.jobs.UpdateOne(ctx, byID, checkpointUpdate(c))
+	if err != nil {
+		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
+	}
+	if res.MatchedCount == 0 {
+		return ErrStaleEvent
+	}
+	return nil
 }

@@ -40,6 +40,13 @@ type Store struct {
 	history   *mongo.Collection
 	claims    *mongo.Collection
 	opTimeout time.Duration
+	// ferret is set when the server is FerretDB v1: its SQLite and
+	// PostgreSQL backends push only an _id equality down, so any filter
+	// with more fields scans the whole collection (measured: 12 ms instead
+	// of 2 ms per find at 100 jobs, growing with the collection), and its
+	// updates are not atomic anyway. Job writes then filter by _id alone
+	// and check the run in Go.
+	ferret bool
 }
 
 // Config configures Open.
@@ -94,6 +101,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := client.Ping(pctx, nil); err != nil {
 		_ = client.Disconnect(context.Background())
 		return nil, fmt.Errorf("store: ping %s: %w", redactURI(cfg.URI), err)
+	}
+	var info bson.M
+	if err := client.Database("admin").RunCommand(pctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err == nil {
+		_, s.ferret = info["ferretdbVersion"]
 	}
 	if err := s.ensureIndexes(ctx); err != nil {
 		_ = client.Disconnect(context.Background())
