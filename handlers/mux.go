@@ -21,6 +21,9 @@ type ServerOptions struct {
 	Queues map[string]int
 	// Backoff is BACKOFF_SCHEDULE. Nil: tasks.DefaultBackoff.
 	Backoff []time.Duration
+	// TransientDelay is RETRY_TRANSIENT_DELAY, used when an attempt hits
+	// TASK_TIMEOUT. 0: the backoff schedule.
+	TransientDelay time.Duration
 	// ShutdownTimeout is SHUTDOWN_TIMEOUT. 0: 25s.
 	ShutdownTimeout time.Duration
 }
@@ -39,7 +42,7 @@ func ServerConfig(o ServerOptions) asynq.Config {
 	if o.ShutdownTimeout == 0 {
 		o.ShutdownTimeout = 25 * time.Second
 	}
-	p := tasks.RetryPolicy{Schedule: o.Backoff}
+	p := tasks.RetryPolicy{Schedule: o.Backoff, TransientDelay: o.TransientDelay}
 	return asynq.Config{
 		Concurrency:              o.Concurrency,
 		Queues:                   o.Queues,

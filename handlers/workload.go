@@ -44,29 +44,29 @@ func NewInsights(cfg InsightsConfig) *Insights {
 }
 
 type initOutput struct {
-	EventID  string `bson:"eventId"`
-	Queue    string `bson:"queue"`
-	Priority int    `bson:"priority"`
+	EventID  string `bson:"eventId" json:"eventId"`
+	Queue    string `bson:"queue" json:"queue"`
+	Priority int    `bson:"priority" json:"priority"`
 }
 
 type fetchOutput struct {
-	SystemID string `bson:"systemId"`
-	Source   string `bson:"source"` // job | event
+	SystemID string `bson:"systemId" json:"systemId"`
+	Source   string `bson:"source" json:"source"` // job | event
 }
 
 type validateOutput struct {
-	Valid bool `bson:"valid"`
+	Valid bool `bson:"valid" json:"valid"`
 }
 
 type storeOutput struct {
-	HealthScore float64   `bson:"healthScore"`
-	Status      string    `bson:"status"`
-	StoredAt    time.Time `bson:"storedAt"`
+	HealthScore float64   `bson:"healthScore" json:"healthScore"`
+	Status      string    `bson:"status" json:"status"`
+	StoredAt    time.Time `bson:"storedAt" json:"storedAt"`
 }
 
 type completionOutput struct {
-	FollowUpEventID string `bson:"followUpEventId"`
-	Duplicate       bool   `bson:"duplicate"`
+	FollowUpEventID string `bson:"followUpEventId" json:"followUpEventId"`
+	Duplicate       bool   `bson:"duplicate" json:"duplicate"`
 }
 
 // Workflow is the six steps of generate-insights.

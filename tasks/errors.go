@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -83,6 +84,10 @@ type RetryPolicy struct {
 	// Schedule is BACKOFF_SCHEDULE: Schedule[n] is the delay after the
 	// (n+1)th failure; the last one repeats. Empty means 5s,10s,30s,60s.
 	Schedule []time.Duration
+	// TransientDelay follows an attempt cut off by its own deadline
+	// (TASK_TIMEOUT): asynq retries those before the handler's answer
+	// arrives. 0: the schedule.
+	TransientDelay time.Duration
 }
 
 // DefaultBackoff is BACKOFF_SCHEDULE unset.
@@ -114,6 +119,9 @@ func (p RetryPolicy) RetryDelayFunc(n int, err error, _ *asynq.Task) time.Durati
 	var ra *RetryAfterError
 	if errors.As(err, &ra) {
 		return ra.Delay
+	}
+	if p.TransientDelay > 0 && errors.Is(err, context.DeadlineExceeded) {
+		return p.TransientDelay
 	}
 	return p.Backoff(n)
 }

@@ -411,8 +411,7 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 	t.Run("store-results output names", func(t *testing.T) {
 		m := out.(map[string]any)
 		if m["healthScore"] == nil || m["status"] == nil || m["storedAt"] == nil {
-			knownBug(t, fmt.Sprintf("decrypted store-results output %v: handlers.storeOutput has bson tags only, so the "+
-				"sealed JSON holds Go field names (HealthScore, Status, StoredAt) while the clear output holds healthScore, status, storedAt", m))
+			t.Errorf("decrypted store-results output %v: want healthScore, status, storedAt as stored in clear", m)
 		}
 	})
 
@@ -454,11 +453,9 @@ func runsOf(j *store.Job) map[string]int {
 
 // TestE2ETaskTimeoutRetryDelay: a model call cut off by the per-attempt
 // limit (TASK_TIMEOUT) is a timeout: kind transient, and per DESIGN.md
-// section 6 retried after RETRY_TRANSIENT_DELAY. The job record holds; the
-// delay does not (asynq schedules the retry from ctx.Err() =
-// context.DeadlineExceeded before the handler returns its RetryAfter, so
-// the RetryDelayFunc gives BACKOFF_SCHEDULE). Known bug: the delay check
-// runs with E2E_KNOWN_BUGS=1.
+// section 6 retried after RETRY_TRANSIENT_DELAY (asynq schedules that
+// retry from ctx.Err() = context.DeadlineExceeded before the handler
+// answers, so the RetryDelayFunc itself must know the transient delay).
 func TestE2ETaskTimeoutRetryDelay(t *testing.T) {
 	release := make(chan struct{})
 	_, url := newFakeGemini(t, func(n int, w http.ResponseWriter, r *http.Request) {
@@ -488,15 +485,6 @@ func TestE2ETaskTimeoutRetryDelay(t *testing.T) {
 	got := info.NextProcessAt.Sub(info.LastFailedAt)
 	if d := got - 37*time.Second; d < -time.Second || d > time.Second {
 		msg := fmt.Sprintf("retry in %v after a TASK_TIMEOUT cut-off (last error %q), want RETRY_TRANSIENT_DELAY 37s", got, info.LastErr)
-		knownBug(t, msg)
+		t.Error(msg)
 	}
-}
-
-// knownBug skips the test with msg, or fails it with E2E_KNOWN_BUGS=1.
-func knownBug(t *testing.T, msg string) {
-	t.Helper()
-	if os.Getenv("E2E_KNOWN_BUGS") == "" {
-		t.Skip("known bug: " + msg)
-	}
-	t.Error(msg)
 }

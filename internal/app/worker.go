@@ -38,7 +38,7 @@ func (a *App) NewWorker(o WorkerOptions) *Worker {
 		handlers.NewInsights(handlers.InsightsConfig{Engine: o.Engine, FollowUps: fu, FollowUpMaxRetry: max(c.MaxRetries, 1), Retention: c.TaskRetention}),
 		handlers.NewCompleted(handlers.CompletedConfig{Systems: a.Store, WebhookURL: c.WebhookURL, WebhookSecret: c.WebhookSecret, Logger: a.Log}))
 	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: c.WorkerConcurrency, Queues: c.QueueWeights,
-		Backoff: c.BackoffSchedule, ShutdownTimeout: c.ShutdownTimeout})
+		Backoff: c.BackoffSchedule, TransientDelay: c.RetryTransientDelay, ShutdownTimeout: c.ShutdownTimeout})
 	cfg.Logger = asynqLogger{a.Log}
 	cfg.LogLevel = asynq.WarnLevel
 	return &Worker{Server: asynq.NewServer(a.Redis, cfg), Mux: mux, fu: fu}
