@@ -197,15 +197,7 @@ func (s *Store) EachRecord(ctx context.Context, systemID string, from, to time.T
 	defer cur.Close(context.WithoutCancel(ctx))
 	var rec bms.Record
 	for {
-		var ok bool
-		if cur.RemainingBatchLength() > 0 {
-			ok = cur.Next(ctx)
-		} else {
-			nctx, cancel := s.ctx(ctx)
-			ok = cur.Next(nctx)
-			cancel()
-		}
-		if !ok {
+		if !s.next(ctx, cur) {
 			break
 		}
 		rec = bms.Record{}
@@ -347,15 +339,7 @@ func (s *Store) rollupsByScan(ctx context.Context, systemID string, from, to tim
 	defer cur.Close(context.WithoutCancel(ctx))
 	var out []insights.Rollup
 	for {
-		var ok bool
-		if cur.RemainingBatchLength() > 0 {
-			ok = cur.Next(ctx)
-		} else {
-			nctx, cancel := s.ctx(ctx)
-			ok = cur.Next(nctx)
-			cancel()
-		}
-		if !ok {
+		if !s.next(ctx, cur) {
 			break
 		}
 		var d struct {
@@ -396,4 +380,15 @@ func (s *Store) rollupsByScan(ctx context.Context, systemID string, from, to tim
 		return nil, fmt.Errorf("store: hourly rollups of %s: %w", systemID, err)
 	}
 	return out, nil
+}
+
+// next advances cur; a fetch from the server (no batch left) gets the
+// per-call deadline, decoding the current batch does not.
+func (s *Store) next(ctx context.Context, cur *mongo.Cursor) bool {
+	if cur.RemainingBatchLength() > 0 {
+		return cur.Next(ctx)
+	}
+	nctx, cancel := s.ctx(ctx)
+	defer cancel()
+	return cur.Next(nctx)
 }
