@@ -120,30 +120,40 @@ func startOurService(t *testing.T, vars map[string]string) *ourService {
 	return &ourService{a: a, api: api}
 }
 
-// getEvent is GET /api/events/{eventId} with the Bearer token.
-func (s *ourService) getEvent(eventID string) (int, *web.EventStatus, string, error) {
-	req, err := http.NewRequest(http.MethodGet, s.api.URL+"/api/events/"+eventID, nil)
+// ourDashTask is a task as the dashboard's API lists it.
+type ourDashTask struct {
+	ID    string `json:"id"`
+	Type  string `json:"type"`
+	Queue string `json:"queue"`
+}
+
+// get is GET path with the Bearer token.
+func (s *ourService) get(path string) (int, string, error) {
+	req, err := http.NewRequest(http.MethodGet, s.api.URL+path, nil)
 	if err != nil {
-		return 0, nil, "", err
+		return 0, "", err
 	}
 	req.Header.Set("Authorization", "Bearer "+ourAPIToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, nil, "", err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp.StatusCode, nil, "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, nil, string(body), nil
+	return resp.StatusCode, string(body), err
+}
+
+// getEvent is GET /api/events/{eventId} with the Bearer token.
+func (s *ourService) getEvent(eventID string) (int, *web.EventStatus, string, error) {
+	code, body, err := s.get("/api/events/" + eventID)
+	if err != nil || code != http.StatusOK {
+		return code, nil, body, err
 	}
 	var st web.EventStatus
-	if err := json.Unmarshal(body, &st); err != nil {
-		return resp.StatusCode, nil, string(body), fmt.Errorf("decode %s: %w", body, err)
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		return code, nil, body, fmt.Errorf("decode %s: %w", body, err)
 	}
-	return resp.StatusCode, &st, string(body), nil
+	return code, &st, body, nil
 }
 
 // runOurJobs sends ourJobs generate-insights events through the producer
@@ -230,6 +240,40 @@ func runOurJobs(t *testing.T, s *ourService, prefix string) {
 		})
 	}
 	t.Logf("API reports all %d events completed %v after the first send", ourJobs, time.Since(start).Round(time.Millisecond))
+
+	// The dashboard (asynqmon under /monitoring/) lists them as completed
+	// tasks of their queues, and reads the Redis it runs on.
+	byQueue := map[string][]string{}
+	for _, id := range ids {
+		j, err := s.a.Store.GetJob(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byQueue[j.Queue] = append(byQueue[j.Queue], events[id])
+	}
+	for q, want := range byQueue {
+		var page struct {
+			Tasks []ourDashTask `json:"tasks"`
+		}
+		code, body, err := s.get("/monitoring/api/queues/" + q + "/completed_tasks?size=1000")
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("dashboard completed tasks of %s: %d %s %v", q, code, body, err)
+		}
+		if err := json.Unmarshal([]byte(body), &page); err != nil {
+			t.Fatalf("dashboard completed tasks of %s: %v: %s", q, err, body)
+		}
+		for _, ev := range want {
+			if !slices.ContainsFunc(page.Tasks, func(tk ourDashTask) bool {
+				return tk.ID == ev && tk.Type == tasks.EventGenerateInsights && tk.Queue == q
+			}) {
+				t.Errorf("dashboard: completed tasks of queue %s lack event %s: %s", q, ev, body)
+			}
+		}
+	}
+	if code, body, err := s.get("/monitoring/api/redis_info"); err != nil || code != http.StatusOK {
+		t.Errorf("dashboard redis_info: %d %s %v", code, body, err)
+	}
+	t.Logf("dashboard lists the %d completed tasks in %d queues", ourJobs, len(byQueue))
 }
 
 // deadLoopbackAddr is a loopback address nothing listens on.
