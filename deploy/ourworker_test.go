@@ -69,20 +69,7 @@ type ourService struct {
 // API. Everything stops when the test ends, before the Redis processes do.
 func startOurService(t *testing.T, vars map[string]string) *ourService {
 	t.Helper()
-	vars["MONGODB_URI"] = testenv.MongoURI(t)
-	vars["MONGODB_DB_NAME"] = testenv.DBName(t)
 	vars["API_TOKEN"] = ourAPIToken
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatalf("config.Load: %v", err)
-	}
-	if cfg.EmbeddedRedis() {
-		t.Fatalf("config %v: embedded Redis, want the real one", vars)
-	}
-	if cfg.TaskRetention != 168*time.Hour {
-		t.Fatalf("TASK_RETENTION default = %v, want 168h", cfg.TaskRetention)
-	}
-
 	logs := &ourLog{}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -91,16 +78,15 @@ func startOurService(t *testing.T, vars map[string]string) *ourService {
 	})
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	ctx := context.Background()
 	start := time.Now()
-	a, err := app.Open(ctx, cfg, log)
-	if err != nil {
-		t.Fatalf("app.Open: %v", err)
+	a, cfg := testenv.App(t, vars, log)
+	if cfg.EmbeddedRedis() {
+		t.Fatalf("config %v: embedded Redis, want the real one", vars)
 	}
-	t.Cleanup(func() {
-		_ = a.Store.Database().Drop(context.Background())
-		a.Close()
-	})
+	if cfg.TaskRetention != 168*time.Hour {
+		t.Fatalf("TASK_RETENTION default = %v, want 168h", cfg.TaskRetention)
+	}
+
 	e, err := a.NewEngine()
 	if err != nil {
 		t.Fatalf("NewEngine: %v", err)

@@ -19,7 +19,6 @@ import (
 
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/app"
-	"github.com/bmsview/insights/internal/config"
 	"github.com/bmsview/insights/internal/crypt"
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
@@ -56,23 +55,14 @@ func e2eOpen(t *testing.T, vars map[string]string, o app.WorkerOptions, engine f
 	opt := testenv.Redis(t, e2eRedisDB).(asynq.RedisClientOpt)
 	env := map[string]string{
 		"REDIS_URL":        fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB),
-		"MONGODB_URI":      testenv.MongoURI(t),
-		"MONGODB_DB_NAME":  testenv.DBName(t),
 		"BACKOFF_SCHEDULE": "1s",
 		"SHUTDOWN_TIMEOUT": "3s",
 	}
 	for k, v := range vars {
 		env[k] = v
 	}
-	cfg, err := config.Load(func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := app.Open(context.Background(), cfg, e2eLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Store.Database().Drop(context.Background()); a.Close() })
+	a, _ := testenv.App(t, env, e2eLogger())
+	var err error
 	if engine != nil {
 		o.Engine = engine(a)
 	}

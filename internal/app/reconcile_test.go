@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/bmsview/insights/internal/app"
-	"github.com/bmsview/insights/internal/config"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -22,20 +21,10 @@ import (
 // visible to the Inspector, and runs to the end.
 func TestReconcileRestoresTasksRedisLost(t *testing.T) {
 	opt := testenv.Redis(t, 6).(asynq.RedisClientOpt)
-	vars := map[string]string{
-		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "MONGODB_URI": testenv.MongoURI(t),
-		"MONGODB_DB_NAME": testenv.DBName(t), "BACKOFF_SCHEDULE": "1s",
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _ := testenv.App(t, map[string]string{
+		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx := context.Background()
-	a, err := app.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = a.Store.Database().Drop(context.Background()); a.Close() })
 
 	snap := &tasks.AnalysisData{StateOfCharge: 70, OverallVoltage: 52, Current: -5, RemainingCapacity: 140, FullCapacity: 200}
 	now, err := a.Client.TriggerInsights(ctx, tasks.EventData{JobID: "lost-now", SystemID: "s1", AnalysisData: snap})
