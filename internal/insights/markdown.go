@@ -113,6 +113,14 @@ func (a *Analysis) Markdown() string {
 
 func (a *Analysis) recommendations() []string {
 	var red, yellow, green []string
+	// bySeverity files msg as red (critical) or yellow (warning).
+	bySeverity := func(f Finding, msg string) {
+		if f.Severity == SeverityCritical {
+			red = append(red, "🔴 "+msg)
+		} else {
+			yellow = append(yellow, "🟡 "+msg)
+		}
+	}
 	sn := a.Snapshot
 	e := a.History.Energy
 	for _, f := range a.Findings {
@@ -125,21 +133,9 @@ func (a *Analysis) recommendations() []string {
 				yellow = append(yellow, fmt.Sprintf("🟡 Run a full absorption charge weekly to bring the cell spread from %.0f mV to < %.0f mV.", f.Value, ImbalanceGoodMV))
 			}
 		case "TEMPERATURE_HIGH":
-			icon := map[string]string{SeverityCritical: "🔴", SeverityWarning: "🟡"}[f.Severity]
-			msg := fmt.Sprintf("%s Cool the battery from %.1f °C to below %.0f °C (ventilation, shade, lower charge current).", icon, f.Value, TempWarningHighC)
-			if f.Severity == SeverityCritical {
-				red = append(red, msg)
-			} else {
-				yellow = append(yellow, msg)
-			}
+			bySeverity(f, fmt.Sprintf("Cool the battery from %.1f °C to below %.0f °C (ventilation, shade, lower charge current).", f.Value, TempWarningHighC))
 		case "TEMPERATURE_LOW":
-			icon := map[string]string{SeverityCritical: "🔴", SeverityWarning: "🟡"}[f.Severity]
-			msg := fmt.Sprintf("%s Warm the battery from %.1f °C to above %.0f °C before charging (insulation or a heating pad).", icon, f.Value, TempWarningLowC)
-			if f.Severity == SeverityCritical {
-				red = append(red, msg)
-			} else {
-				yellow = append(yellow, msg)
-			}
+			bySeverity(f, fmt.Sprintf("Warm the battery from %.1f °C to above %.0f °C before charging (insulation or a heating pad).", f.Value, TempWarningLowC))
 		case "MOS_TEMPERATURE":
 			red = append(red, fmt.Sprintf("🔴 Reduce load or charge current: MOSFETs at %.1f °C, keep them below %.0f °C.", f.Value, MOSCriticalC))
 		case "SOC_LOW":
