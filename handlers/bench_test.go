@@ -27,9 +27,17 @@ func (h *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 	return func(ctx context.Context, cmds []redis.Cmder) error { h.n.Add(1); return next(ctx, cmds) }
 }
 
-type counting struct{ done atomic.Int64 }
+// counting stores lastInsights as the service does and counts the
+// follow-ups handled.
+type counting struct {
+	*store.Store
+	done atomic.Int64
+}
 
-func (c *counting) SetLastInsights(context.Context, string, map[string]any) error {
+func (c *counting) SetLastInsights(ctx context.Context, systemID string, v map[string]any) error {
+	if err := c.Store.SetLastInsights(ctx, systemID, v); err != nil {
+		return err
+	}
 	c.done.Add(1)
 	return nil
 }
@@ -45,8 +53,9 @@ func BenchmarkWorkflow(b *testing.B) {
 	b.Run("insights-6-steps", func(b *testing.B) {
 		var mongoRT atomic.Int64
 		opt := testenv.Redis(b, 9).(asynq.RedisClientOpt)
-		st, err := store.Open(context.Background(), store.Config{URI: testenv.MongoURI(b), Database: testenv.DBName(b),
-			Monitor: &mongoevent.CommandMonitor{Started: func(context.Context, *mongoevent.CommandStartedEvent) { mongoRT.Add(1) }}})
+		scfg := testenv.StoreConfig(b)
+		scfg.Monitor = &mongoevent.CommandMonitor{Started: func(context.Context, *mongoevent.CommandStartedEvent) { mongoRT.Add(1) }}
+		st, err := store.Open(context.Background(), scfg)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -62,7 +71,7 @@ func BenchmarkWorkflow(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		done := &counting{}
+		done := &counting{Store: st}
 		fu := asynq.NewClientFromRedisClient(rc)
 		runner := handlers.NewRunner(handlers.RunnerConfig{Store: st, MaxRetries: 3, Logger: quietLogger()})
 		mux := asynq.NewServeMux()

@@ -62,7 +62,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 		}
 		a.Redis = opt
 	}
-	uri := cfg.MongoURI
+	scfg := store.Config{URI: cfg.MongoURI, Database: cfg.MongoDB}
 	if cfg.EmbeddedMongo() {
 		dir := filepath.Join(cfg.DataDir, "ferretdb")
 		m, err := devstack.StartMongo(ctx, dir, nil)
@@ -70,10 +70,10 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 			return nil, err
 		}
 		a.closers = append(a.closers, m.Close)
-		uri = m.URI
+		scfg.URI, scfg.Embedded = m.URI, m
 		log.Warn("MONGODB_URI is not set: using the embedded FerretDB (SQLite) under " + dir + ". Set MONGODB_URI for production.")
 	}
-	st, err := store.Open(ctx, store.Config{URI: uri, Database: cfg.MongoDB})
+	st, err := store.Open(ctx, scfg)
 	if err != nil {
 		return nil, fmt.Errorf("MONGODB_URI: %w", err)
 	}

@@ -111,8 +111,11 @@ func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 	if sys.LastInsights != nil {
 		set = append(set, bson.E{Key: "lastInsights", Value: sys.LastInsights})
 	}
-	_, err := s.systems.UpdateOne(ctx, bson.D{{Key: "_id", Value: sys.ID}},
-		bson.D{{Key: "$set", Value: set}}, options.UpdateOne().SetUpsert(true))
+	err := s.write(ctx, func(ctx context.Context) error {
+		_, err := s.systems.UpdateOne(ctx, bson.D{{Key: "_id", Value: sys.ID}},
+			bson.D{{Key: "$set", Value: set}}, options.UpdateOne().SetUpsert(true))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("store: upsert system %s: %w", sys.ID, err)
 	}
@@ -124,8 +127,11 @@ func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 func (s *Store) SetLastInsights(ctx context.Context, systemID string, v map[string]any) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	_, err := s.systems.UpdateOne(ctx, bson.D{{Key: "_id", Value: systemID}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}, options.UpdateOne().SetUpsert(true))
+	err := s.write(ctx, func(ctx context.Context) error {
+		_, err := s.systems.UpdateOne(ctx, bson.D{{Key: "_id", Value: systemID}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}, options.UpdateOne().SetUpsert(true))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("store: set lastInsights of %s: %w", systemID, err)
 	}
@@ -151,9 +157,15 @@ func (s *Store) InsertHistory(ctx context.Context, recs []bms.Record) error {
 			}
 		}
 		cctx, cancel := s.ctx(ctx)
-		_, err := s.history.InsertMany(cctx, docs, options.InsertMany().SetOrdered(false))
+		err := s.write(cctx, func(ctx context.Context) error {
+			_, err := s.history.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+			if onlyDuplicates(err) {
+				return nil
+			}
+			return err
+		})
 		cancel()
-		if err != nil && !onlyDuplicates(err) {
+		if err != nil {
 			return fmt.Errorf("store: insert history (%d of %d stored before): %w", start, len(recs), err)
 		}
 	}

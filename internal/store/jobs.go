@@ -107,7 +107,7 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 	}
 	doc := newJobDoc(run, status, now)
 	for range 3 {
-		_, err := s.jobs.InsertOne(ctx, doc)
+		err := s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.InsertOne(ctx, doc); return err })
 		if err == nil {
 			return nil, nil
 		}
@@ -125,7 +125,10 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 			return &tasks.Existing{EventID: cur.EventID, Queue: cur.Queue}, nil
 		}
 		// The last run ended: claim the restart against that run's eventId.
-		_, err = s.claims.InsertOne(ctx, bson.D{{Key: "_id", Value: cur.ID + "|" + cur.EventID}, {Key: "next", Value: run.EventID}, {Key: "at", Value: now}})
+		err = s.write(ctx, func(ctx context.Context) error {
+			_, err := s.claims.InsertOne(ctx, bson.D{{Key: "_id", Value: cur.ID + "|" + cur.EventID}, {Key: "next", Value: run.EventID}, {Key: "at", Value: now}})
+			return err
+		})
 		if mongo.IsDuplicateKeyError(err) {
 			// Another send restarted it; report that run once it is recorded.
 			var winner struct {
@@ -143,11 +146,18 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 			doc.Request, doc.SystemID = cur.Request, cur.SystemID
 		}
 		doc.CreatedAt = cur.CreatedAt
-		res, err := s.jobs.ReplaceOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "eventId", Value: cur.EventID}}, doc)
+		var matched int64
+		err = s.write(ctx, func(ctx context.Context) error {
+			res, err := s.jobs.ReplaceOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "eventId", Value: cur.EventID}}, doc)
+			if err == nil {
+				matched = res.MatchedCount
+			}
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("restart job: %w", err)
 		}
-		if res.MatchedCount == 0 {
+		if matched == 0 {
 			continue
 		}
 		return nil, nil
@@ -162,11 +172,14 @@ func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	filter := bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID}, {Key: "attempts", Value: 0}}
-	_, err := s.jobs.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{
-		{Key: "status", Value: tasks.StatusFailed},
-		{Key: "error", Value: JobError{Kind: tasks.KindTransient, Message: "the task could not be enqueued", At: time.Now().UTC()}},
-		{Key: "updatedAt", Value: time.Now().UTC()},
-	}}})
+	err := s.write(ctx, func(ctx context.Context) error {
+		_, err := s.jobs.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{
+			{Key: "status", Value: tasks.StatusFailed},
+			{Key: "error", Value: JobError{Kind: tasks.KindTransient, Message: "the task could not be enqueued", At: time.Now().UTC()}},
+			{Key: "updatedAt", Value: time.Now().UTC()},
+		}}})
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("abandon run: %w", err)
 	}
@@ -200,7 +213,9 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 	if s.ferret {
 		err = s.startAttemptFerret(ctx, a, update, &before)
 	} else {
-		err = s.jobs.FindOneAndUpdate(ctx, filter, update, options.FindOneAndUpdate().SetReturnDocument(options.Before)).Decode(&before)
+		err = s.write(ctx, func(ctx context.Context) error {
+			return s.jobs.FindOneAndUpdate(ctx, filter, update, options.FindOneAndUpdate().SetReturnDocument(options.Before)).Decode(&before)
+		})
 	}
 	if err == nil {
 		previous = before.Status
@@ -221,7 +236,7 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 		doc := newJobDoc(tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
 			Priority: a.Priority, Queue: a.Queue, ProcessAt: now}, tasks.StatusProcessing, now)
 		doc.Attempts = 1
-		if _, err := s.jobs.InsertOne(ctx, doc); err != nil {
+		if err := s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.InsertOne(ctx, doc); return err }); err != nil {
 			return nil, "", fmt.Errorf("create job: %w", err)
 		}
 		return doc, "", nil
@@ -233,8 +248,11 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 		return nil, "", ErrCancelled
 	}
 	// Completed: only send-completion can be left; the status stays.
-	if _, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: a.JobID}, {Key: "eventId", Value: a.EventID}},
-		bson.D{{Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}}, {Key: "$set", Value: bson.D{{Key: "updatedAt", Value: now}}}}); err != nil {
+	if err := s.write(ctx, func(ctx context.Context) error {
+		_, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: a.JobID}, {Key: "eventId", Value: a.EventID}},
+			bson.D{{Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}}, {Key: "$set", Value: bson.D{{Key: "updatedAt", Value: now}}}})
+		return err
+	}); err != nil {
 		return nil, "", fmt.Errorf("start attempt: %w", err)
 	}
 	cur.Attempts++
@@ -395,13 +413,20 @@ func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error 
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	now := time.Now().UTC()
-	res, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID},
-		{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCompleted}}}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "updatedAt", Value: now}}}})
+	var matched int64
+	err := s.write(ctx, func(ctx context.Context) error {
+		res, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID},
+			{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCompleted}}}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "updatedAt", Value: now}}}})
+		if err == nil {
+			matched = res.MatchedCount
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("cancel job: %w", err)
 	}
-	if res.MatchedCount == 0 {
+	if matched == 0 {
 		return ErrNotFound
 	}
 	return nil
@@ -431,9 +456,11 @@ func (s *Store) Stale(ctx context.Context, before time.Time, limit int) ([]*Job,
 func (s *Store) Touch(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	_, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID}},
-		bson.D{{Key: "$set", Value: bson.D{{Key: "updatedAt", Value: time.Now().UTC()}}}})
-	return err
+	return s.write(ctx, func(ctx context.Context) error {
+		_, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "updatedAt", Value: time.Now().UTC()}}}})
+		return err
+	})
 }
 
 // startAttemptFerret is StartAttempt's first update on FerretDB: a read and
@@ -448,10 +475,7 @@ func (s *Store) startAttemptFerret(ctx context.Context, a Attempt, update bson.D
 	if before.EventID != a.EventID || before.Status == tasks.StatusCompleted || before.Status == tasks.StatusCancelled {
 		return mongo.ErrNoDocuments // the rare paths of StartAttempt
 	}
-	if _, err := s.jobs.UpdateOne(ctx, byID, update); err != nil {
-		return err
-	}
-	return nil
+	return s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.UpdateOne(ctx, byID, update); return err })
 }
 
 // saveCheckpointFerret writes a checkpoint by _id. A checkpoint that changes
@@ -482,11 +506,18 @@ func (s *Store) saveCheckpointFerret(ctx context.Context, c Checkpoint) error {
 		}
 		break
 	}
-	res, err := s.jobs.UpdateOne(ctx, byID, checkpointUpdate(c))
+	var matched int64
+	err := s.write(ctx, func(ctx context.Context) error {
+		res, err := s.jobs.UpdateOne(ctx, byID, checkpointUpdate(c))
+		if err == nil {
+			matched = res.MatchedCount
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
 	}
-	if res.MatchedCount == 0 {
+	if matched == 0 {
 		return ErrStaleEvent
 	}
 	return nil

@@ -40,6 +40,9 @@ type Store struct {
 	history   *mongo.Collection
 	claims    *mongo.Collection
 	opTimeout time.Duration
+	// group is the committer every write goes through on the embedded
+	// store; nil elsewhere.
+	group *committer
 	// ferret is set when the server is FerretDB v1: its SQLite and
 	// PostgreSQL backends push only an _id equality down, so any filter
 	// with more fields scans the whole collection (measured: 12 ms instead
@@ -59,6 +62,22 @@ type Config struct {
 	// Monitor observes every command sent (benchmarks count round trips).
 	// Nil: none.
 	Monitor *event.CommandMonitor
+	// Embedded is the in-process FerretDB on SQLite (devstack.Mongo). Open
+	// gives its tables the _id index FerretDB lacks and skips secondary
+	// indexes, which its SQLite backend never uses for a query; every
+	// write is then group-committed (commit.go). Nil: a MongoDB or
+	// FerretDB server reached by URI, where each write is durable when
+	// acknowledged.
+	Embedded Embedded
+	// GroupMax caps the writes of one group commit. 0: DefaultGroupMax.
+	GroupMax int
+}
+
+// Embedded is what the store needs of an in-process SQLite FerretDB.
+type Embedded interface {
+	Syncer
+	// Prepare runs once the collections exist.
+	Prepare(ctx context.Context, database string) error
 }
 
 // Open connects to MongoDB, checks it answers and creates the indexes.
@@ -106,15 +125,32 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := client.Database("admin").RunCommand(pctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err == nil {
 		_, s.ferret = info["ferretdbVersion"]
 	}
-	if err := s.ensureIndexes(ctx); err != nil {
+	if err := s.ensureIndexes(ctx, cfg.Embedded); err != nil {
 		_ = client.Disconnect(context.Background())
 		return nil, err
+	}
+	if e := cfg.Embedded; e != nil {
+		s.group = newCommitter(func(ctx context.Context) error { return e.Sync(ctx, cfg.Database) }, cfg.GroupMax, s.ctx)
 	}
 	return s, nil
 }
 
-// Close disconnects.
-func (s *Store) Close(ctx context.Context) error { return s.client.Disconnect(ctx) }
+// Close waits for the writes already taken into a group, then disconnects.
+func (s *Store) Close(ctx context.Context) error {
+	if s.group != nil {
+		s.group.close()
+	}
+	return s.client.Disconnect(ctx)
+}
+
+// write runs fn, one write, and returns once it is durable: at once on a
+// server, with its group on the embedded store.
+func (s *Store) write(ctx context.Context, fn func(ctx context.Context) error) error {
+	if s.group == nil {
+		return fn(ctx)
+	}
+	return s.group.do(ctx, fn)
+}
 
 // Ping checks MongoDB answers (readiness).
 func (s *Store) Ping(ctx context.Context) error {
@@ -133,9 +169,22 @@ func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.opTimeout)
 }
 
-func (s *Store) ensureIndexes(ctx context.Context) error {
+func (s *Store) ensureIndexes(ctx context.Context, embedded Embedded) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if embedded != nil {
+		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims} {
+			err := s.db.CreateCollection(ctx, c.Name())
+			var ce mongo.CommandError
+			if err != nil && !(errors.As(err, &ce) && ce.Name == "NamespaceExists") {
+				return fmt.Errorf("store: create collection %s: %w", c.Name(), err)
+			}
+		}
+		if err := embedded.Prepare(ctx, s.db.Name()); err != nil {
+			return fmt.Errorf("store: prepare embedded database: %w", err)
+		}
+		return nil
+	}
 	// Indexes only where a query uses them: the job list (status, system,
 	// newest first), the reconciler (status, updatedAt) and history ranges.
 	idx := []struct {

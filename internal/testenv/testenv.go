@@ -23,6 +23,7 @@ var (
 	mongoOnce sync.Once
 	mongoURI  string
 	mongoErr  error
+	mongoDev  *devstack.Mongo
 )
 
 // MongoURI returns MONGODB_URI, or the URI of one embedded FerretDB shared by
@@ -43,7 +44,7 @@ func MongoURI(t testing.TB) string {
 			mongoErr = err
 			return
 		}
-		mongoURI = m.URI
+		mongoURI, mongoDev = m.URI, m
 	})
 	if mongoErr != nil {
 		t.Fatalf("embedded FerretDB: %v", mongoErr)
@@ -62,11 +63,23 @@ func DBName(t testing.TB) string {
 	return fmt.Sprintf("t%d_%s", time.Now().UnixNano()%1e9, strings.Trim(n, "_"))
 }
 
+// StoreConfig is the store configuration for a fresh database of this test:
+// on the embedded FerretDB it is wired as the service wires its own
+// (store.Config.Embedded: _id index and group commit).
+func StoreConfig(t testing.TB) store.Config {
+	t.Helper()
+	cfg := store.Config{URI: MongoURI(t), Database: DBName(t)}
+	if os.Getenv("MONGODB_URI") == "" {
+		cfg.Embedded = mongoDev
+	}
+	return cfg
+}
+
 // Store opens the store on a fresh database, dropped when the test ends.
 func Store(t testing.TB) *store.Store {
 	t.Helper()
 	ctx := context.Background()
-	s, err := store.Open(ctx, store.Config{URI: MongoURI(t), Database: DBName(t)})
+	s, err := store.Open(ctx, StoreConfig(t))
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}

@@ -1,0 +1,171 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// Group commit for the embedded store.
+//
+// SQLite lets one connection write at a time; FerretDB opens many, so
+// concurrent writers wait on SQLite's busy handler, which sleeps in
+// milliseconds (measured: 1.3 ms an update with 20 writers against 0.19 ms
+// from one). And each commit's fdatasync costs about as much as the update
+// itself. So on the embedded store every write goes through one committer:
+// it runs the writes queued while the previous group was being made durable,
+// one after another on one connection, then makes the whole group durable
+// with one Sync, and only then releases each waiter with its own result. A
+// write that failed fails only its own caller; a failed Sync fails every
+// write of its group, since none of them is known to be durable.
+//
+// A MongoDB server (and FerretDB over PostgreSQL) needs none of this: each
+// write is durable when acknowledged, and the server already shares one
+// journal or WAL flush among concurrent commits.
+
+// DefaultGroupMax is the most writes one group holds when Config.GroupMax
+// is 0.
+const DefaultGroupMax = 128
+
+// ErrClosed is returned for a write queued after Close.
+var ErrClosed = errors.New("store: closed")
+
+// Syncer makes every write committed so far durable.
+type Syncer interface {
+	Sync(ctx context.Context, database string) error
+}
+
+type write struct {
+	ctx  context.Context // the caller's: a write whose caller gave up before its group started is not run
+	fn   func(ctx context.Context) error
+	err  error
+	done chan struct{}
+}
+
+type committer struct {
+	queue    chan *write
+	sync     func(ctx context.Context) error
+	max      int
+	opCtx    func(context.Context) (context.Context, context.CancelFunc)
+	stop     chan struct{}
+	once     sync.Once
+	stopped  chan struct{}
+	observer func(group int) // tests and benchmarks: called with each group's size before its Sync
+}
+
+func newCommitter(sync func(context.Context) error, max int, opCtx func(context.Context) (context.Context, context.CancelFunc)) *committer {
+	if max <= 0 {
+		max = DefaultGroupMax
+	}
+	c := &committer{queue: make(chan *write, max), sync: sync, max: max, opCtx: opCtx,
+		stop: make(chan struct{}), stopped: make(chan struct{})}
+	go c.loop()
+	return c
+}
+
+// do queues fn and waits until it is durable, or failed, or ctx is done.
+// When ctx ends after fn was taken into a group, fn still runs to its end
+// (its outcome is then unknown to the caller, as with any cut-off write).
+func (c *committer) do(ctx context.Context, fn func(ctx context.Context) error) error {
+	w := &write{ctx: ctx, fn: fn, done: make(chan struct{})}
+	select {
+	case c.queue <- w:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.stop:
+		return ErrClosed
+	}
+	select {
+	case <-w.done:
+		return w.err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.stopped:
+		select {
+		case <-w.done:
+			return w.err
+		default:
+			return ErrClosed // queued after the committer drained
+		}
+	}
+}
+
+func (c *committer) loop() {
+	defer close(c.stopped)
+	group := make([]*write, 0, c.max)
+	for {
+		select {
+		case w := <-c.queue:
+			group = append(group[:0], w)
+		case <-c.stop:
+			c.drain()
+			return
+		}
+		// Whatever queued meanwhile joins this group: no timer, so a lone
+		// write waits for nothing, and under load groups grow by themselves.
+	gather:
+		for len(group) < c.max {
+			select {
+			case w := <-c.queue:
+				group = append(group, w)
+			default:
+				break gather
+			}
+		}
+		c.commit(group)
+	}
+}
+
+func (c *committer) commit(group []*write) {
+	ran := 0
+	for _, w := range group {
+		if err := w.ctx.Err(); err != nil {
+			w.err = err
+			continue
+		}
+		// Detached from the caller's cancellation: a write once started runs
+		// to its end, so a group never leaves a half-sent command behind.
+		ctx, cancel := c.opCtx(context.WithoutCancel(w.ctx))
+		w.err = w.fn(ctx)
+		cancel()
+		ran++
+	}
+	if c.observer != nil {
+		c.observer(len(group))
+	}
+	if ran > 0 {
+		ctx, cancel := c.opCtx(context.Background())
+		err := c.sync(ctx)
+		cancel()
+		if err != nil {
+			err = fmt.Errorf("make writes durable: %w", err)
+			for _, w := range group {
+				if w.err == nil {
+					w.err = err
+				}
+			}
+		}
+	}
+	for _, w := range group {
+		close(w.done)
+	}
+}
+
+// drain fails what is still queued at Close.
+func (c *committer) drain() {
+	for {
+		select {
+		case w := <-c.queue:
+			w.err = ErrClosed
+			close(w.done)
+		default:
+			return
+		}
+	}
+}
+
+func (c *committer) close() {
+	c.once.Do(func() { close(c.stop) })
+	<-c.stopped
+}
