@@ -111,11 +111,8 @@ func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 	if sys.LastInsights != nil {
 		set = append(set, bson.E{Key: "lastInsights", Value: sys.LastInsights})
 	}
-	err := s.write(ctx, func(ctx context.Context) error {
-		_, err := s.systems.UpdateOne(ctx, bson.D{{Key: "_id", Value: sys.ID}},
-			bson.D{{Key: "$set", Value: set}}, options.UpdateOne().SetUpsert(true))
-		return err
-	})
+	_, err := s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: sys.ID}}).
+		SetUpdate(bson.D{{Key: "$set", Value: set}}).SetUpsert(true))
 	if err != nil {
 		return fmt.Errorf("store: upsert system %s: %w", sys.ID, err)
 	}
@@ -127,11 +124,8 @@ func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 func (s *Store) SetLastInsights(ctx context.Context, systemID string, v map[string]any) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	err := s.write(ctx, func(ctx context.Context) error {
-		_, err := s.systems.UpdateOne(ctx, bson.D{{Key: "_id", Value: systemID}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}, options.UpdateOne().SetUpsert(true))
-		return err
-	})
+	_, err := s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: systemID}}).
+		SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}).SetUpsert(true))
 	if err != nil {
 		return fmt.Errorf("store: set lastInsights of %s: %w", systemID, err)
 	}

@@ -475,7 +475,8 @@ func (s *Store) startAttemptFerret(ctx context.Context, a Attempt, update bson.D
 	if before.EventID != a.EventID || before.Status == tasks.StatusCompleted || before.Status == tasks.StatusCancelled {
 		return mongo.ErrNoDocuments // the rare paths of StartAttempt
 	}
-	return s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.UpdateOne(ctx, byID, update); return err })
+	_, err := s.update(ctx, s.jobs, mongo.NewUpdateOneModel().SetFilter(byID).SetUpdate(update))
+	return err
 }
 
 // saveCheckpointFerret writes a checkpoint by _id. A checkpoint that changes
@@ -506,18 +507,11 @@ func (s *Store) saveCheckpointFerret(ctx context.Context, c Checkpoint) error {
 		}
 		break
 	}
-	var matched int64
-	err := s.write(ctx, func(ctx context.Context) error {
-		res, err := s.jobs.UpdateOne(ctx, byID, checkpointUpdate(c))
-		if err == nil {
-			matched = res.MatchedCount
-		}
-		return err
-	})
+	matched, err := s.update(ctx, s.jobs, mongo.NewUpdateOneModel().SetFilter(byID).SetUpdate(checkpointUpdate(c)))
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
 	}
-	if matched == 0 {
+	if !matched {
 		return ErrStaleEvent
 	}
 	return nil

@@ -149,7 +149,33 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context) error) e
 	if s.group == nil {
 		return fn(ctx)
 	}
-	return s.group.do(ctx, fn)
+	return s.group.do(ctx, &write{fn: fn})
+}
+
+// update applies one update model to coll and returns once it is durable,
+// and whether it matched a document (or upserted one).
+func (s *Store) update(ctx context.Context, coll *mongo.Collection, m *mongo.UpdateOneModel) (matched bool, err error) {
+	if s.group == nil {
+		res, err := coll.UpdateOne(ctx, m.Filter, m.Update, options.UpdateOne().SetUpsert(m.Upsert != nil && *m.Upsert))
+		if err != nil {
+			return false, err
+		}
+		return res.MatchedCount+res.UpsertedCount > 0, nil
+	}
+	w := &write{coll: coll, model: m}
+	if err := s.group.do(ctx, w); err != nil {
+		return false, err
+	}
+	if w.unsure {
+		// Another update of the same bulk found no document; find out
+		// whether this one did. Updates here filter by _id alone.
+		n, err := coll.CountDocuments(ctx, m.Filter)
+		if err != nil {
+			return false, err
+		}
+		return n > 0, nil
+	}
+	return w.matched, nil
 }
 
 // Ping checks MongoDB answers (readiness).
