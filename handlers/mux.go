@@ -28,10 +28,17 @@ type ServerOptions struct {
 	ShutdownTimeout time.Duration
 }
 
+// TaskCheckInterval is how long an idle worker waits before it looks at
+// the queues again. asynq's default, 1 s, is added to the latency of every
+// task that arrives at an idle worker, the follow-up included (measured at
+// half load: send → completed p50 1.19 s with 1 s); 20 ms costs an idle
+// worker 50 cheap Redis calls a second.
+const TaskCheckInterval = 20 * time.Millisecond
+
 // ServerConfig returns the asynq server settings the workload needs: the
 // retry policy (the job's backoff, exact RetryAfter delays, sleeps that are
-// no failures) and a 1 s delayed-task check so that delays hold to the
-// second.
+// no failures), a 1 s delayed-task check so that delays hold to the
+// second, and TaskCheckInterval.
 func ServerConfig(o ServerOptions) asynq.Config {
 	if o.Concurrency == 0 {
 		o.Concurrency = 10
@@ -49,6 +56,7 @@ func ServerConfig(o ServerOptions) asynq.Config {
 		RetryDelayFunc:           p.RetryDelayFunc,
 		IsFailure:                tasks.IsFailure,
 		DelayedTaskCheckInterval: time.Second,
+		TaskCheckInterval:        TaskCheckInterval,
 		ShutdownTimeout:          o.ShutdownTimeout,
 	}
 }

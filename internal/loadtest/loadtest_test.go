@@ -1,0 +1,47 @@
+package loadtest_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/bmsview/insights/internal/loadtest"
+)
+
+// TestRun runs a small benchmark on the embedded store: every workflow
+// completes, writes are counted and the latencies are ordered.
+func TestRun(t *testing.T) {
+	u := os.Getenv("REDIS_URL")
+	if u == "" {
+		t.Skip("REDIS_URL not set")
+	}
+	// Database 13 belongs to the bench command; Run flushes it.
+	res, err := loadtest.Run(context.Background(), loadtest.Options{N: 60, Concurrency: 10, Latency: 20,
+		RedisURL: redisDB(t, u, 13)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", res)
+	if res.PerSec <= 0 || res.P50 <= 0 || res.P99 < res.P50 {
+		t.Fatalf("result %+v: want a rate and ordered latencies", res)
+	}
+	// Seven job updates (attempt start and six steps) and lastInsights.
+	if res.WritesPerWorkflow < 8 {
+		t.Fatalf("writes per workflow %.1f, want at least 8", res.WritesPerWorkflow)
+	}
+}
+
+func redisDB(t *testing.T, u string, db int) string {
+	var host string
+	if _, err := fmt.Sscanf(u, "redis://%s", &host); err != nil {
+		t.Fatalf("REDIS_URL %q: %v", u, err)
+	}
+	for i, c := range host {
+		if c == '/' {
+			host = host[:i]
+			break
+		}
+	}
+	return fmt.Sprintf("redis://%s/%d", host, db)
+}
