@@ -120,8 +120,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 				writes.Add(statements(e))
 			}
 		}}}
+	scfg.Prepare = m.Prepare
 	if o.Store == StoreEmbedded {
-		scfg.Embedded = m
+		scfg.Sync = m.Sync
 	}
 	st, err := store.Open(ctx, scfg)
 	if err != nil {

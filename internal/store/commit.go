@@ -37,11 +37,6 @@ const DefaultGroupMax = 128
 // ErrClosed is returned for a write queued after Close.
 var ErrClosed = errors.New("store: closed")
 
-// Syncer makes every write committed so far durable.
-type Syncer interface {
-	Sync(ctx context.Context, database string) error
-}
-
 type write struct {
 	ctx context.Context // the caller's: a write whose caller gave up before its group started is not run
 	// Either a model for coll, sent in the group's bulk write on coll,

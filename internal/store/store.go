@@ -62,22 +62,17 @@ type Config struct {
 	// Monitor observes every command sent (benchmarks count round trips).
 	// Nil: none.
 	Monitor *event.CommandMonitor
-	// Embedded is the in-process FerretDB on SQLite (devstack.Mongo). Open
-	// gives its tables the _id index FerretDB lacks and skips secondary
-	// indexes, which its SQLite backend never uses for a query; every
-	// write is then group-committed (commit.go). Nil: a MongoDB or
-	// FerretDB server reached by URI, where each write is durable when
-	// acknowledged.
-	Embedded Embedded
+	// Prepare, when set, runs once the collections exist:
+	// devstack.Mongo.Prepare adds the _id indexes FerretDB's backends lack.
+	// Nil: nothing.
+	Prepare func(ctx context.Context, database string) error
+	// Sync, when set, makes every write committed so far durable (the
+	// embedded FerretDB on SQLite, which commits without fsync): every
+	// write is then group-committed (commit.go). Nil: a write is durable
+	// when acknowledged, as on MongoDB and FerretDB over PostgreSQL.
+	Sync func(ctx context.Context, database string) error
 	// GroupMax caps the writes of one group commit. 0: DefaultGroupMax.
 	GroupMax int
-}
-
-// Embedded is what the store needs of an in-process SQLite FerretDB.
-type Embedded interface {
-	Syncer
-	// Prepare runs once the collections exist.
-	Prepare(ctx context.Context, database string) error
 }
 
 // Open connects to MongoDB, checks it answers and creates the indexes.
@@ -125,12 +120,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := client.Database("admin").RunCommand(pctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err == nil {
 		_, s.ferret = info["ferretdbVersion"]
 	}
-	if err := s.ensureIndexes(ctx, cfg.Embedded); err != nil {
+	if err := s.ensureIndexes(ctx, cfg.Prepare); err != nil {
 		_ = client.Disconnect(context.Background())
 		return nil, err
 	}
-	if e := cfg.Embedded; e != nil {
-		s.group = newCommitter(func(ctx context.Context) error { return e.Sync(ctx, cfg.Database) }, cfg.GroupMax, s.ctx)
+	if sync := cfg.Sync; sync != nil {
+		s.group = newCommitter(func(ctx context.Context) error { return sync(ctx, cfg.Database) }, cfg.GroupMax, s.ctx)
 	}
 	return s, nil
 }
@@ -195,10 +190,15 @@ func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, s.opTimeout)
 }
 
-func (s *Store) ensureIndexes(ctx context.Context, embedded Embedded) error {
+func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Context, database string) error) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if embedded != nil {
+	if s.ferret {
+		// FerretDB v1 pushes no filter but an _id equality down to an
+		// index (SQLite), or pushes it down in a form no B-tree index
+		// serves (PostgreSQL: `_jsonb->$1 @> $2`): secondary indexes
+		// would only slow every write. The collections are created here
+		// so that prepare sees them all.
 		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims} {
 			err := s.db.CreateCollection(ctx, c.Name())
 			var ce mongo.CommandError
@@ -206,9 +206,13 @@ func (s *Store) ensureIndexes(ctx context.Context, embedded Embedded) error {
 				return fmt.Errorf("store: create collection %s: %w", c.Name(), err)
 			}
 		}
-		if err := embedded.Prepare(ctx, s.db.Name()); err != nil {
-			return fmt.Errorf("store: prepare embedded database: %w", err)
+	}
+	if prepare != nil {
+		if err := prepare(ctx, s.db.Name()); err != nil {
+			return fmt.Errorf("store: prepare database: %w", err)
 		}
+	}
+	if s.ferret {
 		return nil
 	}
 	// Indexes only where a query uses them: the job list (status, system,

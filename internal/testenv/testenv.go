@@ -64,13 +64,13 @@ func DBName(t testing.TB) string {
 }
 
 // StoreConfig is the store configuration for a fresh database of this test:
-// on the embedded FerretDB it is wired as the service wires its own
-// (store.Config.Embedded: _id index and group commit).
+// on the embedded FerretDB it is wired as the service wires its own (_id
+// indexes and group commit).
 func StoreConfig(t testing.TB) store.Config {
 	t.Helper()
 	cfg := store.Config{URI: MongoURI(t), Database: DBName(t)}
 	if os.Getenv("MONGODB_URI") == "" {
-		cfg.Embedded = mongoDev
+		cfg.Prepare, cfg.Sync = mongoDev.Prepare, mongoDev.Sync
 	}
 	return cfg
 }
