@@ -73,6 +73,9 @@ type Config struct {
 	Sync func(ctx context.Context, database string) error
 	// GroupMax caps the writes of one group commit. 0: DefaultGroupMax.
 	GroupMax int
+	// GroupWriters is how many groups commit at once. 0:
+	// DefaultGroupWriters.
+	GroupWriters int
 }
 
 // Open connects to MongoDB, checks it answers and creates the indexes.
@@ -125,7 +128,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if sync := cfg.Sync; sync != nil {
-		s.group = newCommitter(func(ctx context.Context) error { return sync(ctx, cfg.Database) }, cfg.GroupMax, s.ctx)
+		s.group = newCommitter(func(ctx context.Context) error { return sync(ctx, cfg.Database) }, cfg.GroupMax, cfg.GroupWriters, s.ctx)
 	}
 	return s, nil
 }

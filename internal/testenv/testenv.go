@@ -78,8 +78,18 @@ func StoreConfig(t testing.TB) store.Config {
 // Store opens the store on a fresh database, dropped when the test ends.
 func Store(t testing.TB) *store.Store {
 	t.Helper()
+	return StoreWith(t, nil)
+}
+
+// StoreWith is Store with StoreConfig changed by adjust first (nil: none).
+func StoreWith(t testing.TB, adjust func(*store.Config)) *store.Store {
+	t.Helper()
 	ctx := context.Background()
-	s, err := store.Open(ctx, StoreConfig(t))
+	cfg := StoreConfig(t)
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	s, err := store.Open(ctx, cfg)
 	if err != nil {
 		t.Fatalf("open store: %v", err)
 	}

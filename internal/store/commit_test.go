@@ -1,0 +1,148 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/internal/testenv"
+	"github.com/bmsview/insights/tasks"
+)
+
+// groupSetup opens the embedded store with its Sync behind a gate and one
+// group writer, and claims jobs j0..j(n-1).
+func groupSetup(t *testing.T, n int) (*store.Store, *testenv.SyncGate) {
+	t.Helper()
+	if testenv.StoreConfig(t).Sync == nil {
+		t.Skip("group commit runs on the embedded store only (MONGODB_URI is set)")
+	}
+	g := testenv.NewSyncGate()
+	st := testenv.StoreWith(t, func(c *store.Config) { c.Sync, c.GroupWriters = g.Wrap(c.Sync), 1 })
+	for i := range n {
+		if _, err := st.ClaimRun(context.Background(), tasks.Run{JobID: fmt.Sprintf("j%d", i), EventID: fmt.Sprintf("e%d", i),
+			SystemID: "sys", Queue: "default"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st, g
+}
+
+func checkpoint(i int, step string) store.Checkpoint {
+	now := time.Now().UTC()
+	return store.Checkpoint{JobID: fmt.Sprintf("j%d", i), EventID: fmt.Sprintf("e%d", i), Step: step,
+		State: store.StepState{Status: store.StepCompleted, Runs: 1, Attempt: 1, StartedAt: now, FinishedAt: now}}
+}
+
+// save runs SaveCheckpoint in the background; its result arrives on the channel.
+func save(st *store.Store, ctx context.Context, c store.Checkpoint) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- st.SaveCheckpoint(ctx, c) }()
+	return ch
+}
+
+func waitQueued(t *testing.T, st *store.Store, n int) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("%d writes queued", n), func() (bool, error) { return st.QueuedWrites() == n, nil })
+}
+
+func waitEntered(t *testing.T, g *testenv.SyncGate, n int64) {
+	t.Helper()
+	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("%d syncs", n), func() (bool, error) { return g.Entered() == n, nil })
+}
+
+// A write is acknowledged only once its group is durable; the writes that
+// queue meanwhile commit together, with one Sync; each gets its own result.
+func TestGroupCommitAcknowledgesWhenDurable(t *testing.T) {
+	st, g := groupSetup(t, 4)
+	ctx := context.Background()
+	base := g.Entered()
+	g.Close()
+	first := save(st, ctx, checkpoint(0, "initialize"))
+	waitEntered(t, g, base+1)
+	// Committed to the database, not yet durable: not acknowledged.
+	if j, err := st.GetJob(ctx, "j0"); err != nil || j.Steps["initialize"].Status != store.StepCompleted {
+		t.Fatalf("j0 before its sync: %+v, %v; want the write applied", j, err)
+	}
+	select {
+	case err := <-first:
+		t.Fatalf("SaveCheckpoint returned %v before its group was durable", err)
+	default:
+	}
+	rest := []<-chan error{save(st, ctx, checkpoint(1, "initialize")), save(st, ctx, checkpoint(2, "initialize")),
+		save(st, ctx, checkpoint(3, "initialize"))}
+	missing := save(st, ctx, store.Checkpoint{JobID: "nope", EventID: "e-nope", Step: "initialize"})
+	waitQueued(t, st, 4)
+	g.Open()
+	if err := <-first; err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+	for i, ch := range rest {
+		if err := <-ch; err != nil {
+			t.Errorf("write j%d: %v", i+1, err)
+		}
+	}
+	if err := <-missing; !errors.Is(err, store.ErrStaleEvent) {
+		t.Errorf("write to a missing job: %v, want ErrStaleEvent (and only that write failed)", err)
+	}
+	if got := g.Entered() - base; got != 2 {
+		t.Errorf("%d syncs for 5 writes, want 2: the four queued writes are one group", got)
+	}
+}
+
+// A failed Sync fails every write of its group, and only those.
+func TestGroupCommitSyncFailureFailsOnlyItsGroup(t *testing.T) {
+	st, g := groupSetup(t, 3)
+	ctx := context.Background()
+	base := g.Entered()
+	g.Close()
+	g.FailNext(1)
+	first := save(st, ctx, checkpoint(0, "validate"))
+	waitEntered(t, g, base+1)
+	second, third := save(st, ctx, checkpoint(1, "validate")), save(st, ctx, checkpoint(2, "validate"))
+	waitQueued(t, st, 2)
+	g.Open()
+	if err := <-first; !errors.Is(err, testenv.ErrInjected) {
+		t.Errorf("write in the failed group: %v, want the sync error", err)
+	}
+	for i, ch := range []<-chan error{second, third} {
+		if err := <-ch; err != nil {
+			t.Errorf("write j%d in the next group: %v", i+1, err)
+		}
+	}
+}
+
+// A write whose caller gave up before its group started is not written.
+func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
+	st, g := groupSetup(t, 3)
+	ctx := context.Background()
+	base := g.Entered()
+	g.Close()
+	first := save(st, ctx, checkpoint(0, "fetch-job"))
+	waitEntered(t, g, base+1)
+	cctx, cancel := context.WithCancel(ctx)
+	abandoned := save(st, cctx, checkpoint(1, "fetch-job"))
+	waitQueued(t, st, 1)
+	cancel()
+	if err := <-abandoned; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned write: %v, want context.Canceled", err)
+	}
+	g.Open()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	// Queued after the abandoned one: once it is acknowledged, the abandoned
+	// one has been passed over.
+	if err := <-save(st, ctx, checkpoint(2, "fetch-job")); err != nil {
+		t.Fatal(err)
+	}
+	j, err := st.GetJob(ctx, "j1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := j.Steps["fetch-job"]; ok {
+		t.Errorf("the abandoned checkpoint was written: %+v", j.Steps)
+	}
+}
