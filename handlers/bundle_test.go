@@ -88,6 +88,7 @@ type options struct {
 	backoff     []time.Duration
 	concurrency int
 	noServer    bool
+	adjustStore func(*store.Config) // nil: testenv's store as it is
 }
 
 func quietLogger() *slog.Logger {
@@ -107,7 +108,7 @@ func setup(t *testing.T, o options) *bundle {
 	}
 	b := &bundle{
 		redis:     testenv.Redis(t, redisDB),
-		store:     testenv.Store(t),
+		store:     testenv.StoreWith(t, o.adjustStore),
 		hooks:     &hooks{fn: map[string]func(context.Context, *handlers.Run, string) error{}},
 		followUps: &followUps{n: map[string]int{}},
 	}

@@ -21,6 +21,10 @@ func TestMain(m *testing.M) {
 		crashWorker()
 		return
 	}
+	if dir := os.Getenv("INSIGHTS_GROUP_CRASH_DIR"); dir != "" {
+		groupCrashWorker(dir)
+		return
+	}
 	os.Exit(m.Run())
 }
 
