@@ -1,5 +1,5 @@
 // Command insights is the BMS insights workloads service: serve (API,
-// dashboard and worker), trigger, status and demo.
+// dashboard and worker), trigger, status, demo, healthcheck and bench.
 package main
 
 import (
@@ -27,6 +27,7 @@ commands:
   status EVENT_ID [--server URL]           show an event's state and its job
   demo [--server URL]                      seed demo systems and send demo events
   healthcheck [--path /readyz]             GET /healthz of the local server (container HEALTHCHECK)
+  bench [-n 2000] [-c 20] [-peers DIR]     measure our workflow beside River, BullMQ and asynq
 
 Run "insights <command> -h" for the flags of a command.
 `
@@ -52,6 +53,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = demo(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
 		err = healthcheck(ctx, args[1:], stderr)
+	case "bench":
+		err = bench(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
