@@ -158,7 +158,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	cfg.LogLevel = asynq.FatalLevel
 	srv := asynq.NewServerFromRedisClient(rc, cfg)
 
+	// The systems exist before their insights, as they do in use.
 	systems := bmsgen.Systems()
+	for _, sys := range systems {
+		if err := st.UpsertSystem(ctx, sys); err != nil {
+			return res, err
+		}
+	}
 	snap := bmsgen.Snapshot(systems[0], 1, time.Now())
 	send := func(i int) (string, error) {
 		r, err := producer.TriggerInsights(ctx, tasks.EventData{JobID: fmt.Sprintf("bench-%d", i), SystemID: systems[i%len(systems)].ID, AnalysisData: &snap})

@@ -209,7 +209,9 @@ func bulkWrite(ctx context.Context, coll *mongo.Collection, ws []*write) {
 	case errors.As(err, &bwe) && bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0:
 		for _, we := range bwe.WriteErrors {
 			if we.Index >= 0 && we.Index < len(ws) {
-				ws[we.Index].err = we
+				// As a single write's error reads, so IsDuplicateKeyError and
+				// the like work on it.
+				ws[we.Index].err = mongo.WriteException{WriteErrors: mongo.WriteErrors{we.WriteError}}
 			}
 		}
 	default:

@@ -146,3 +146,32 @@ func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
 		t.Errorf("the abandoned checkpoint was written: %+v", j.Steps)
 	}
 }
+
+// Racing upserts of one new _id all succeed: FerretDB's upsert is a find
+// then an insert, so all but one insert hit the unique index, and the store
+// tries those once more, as updates.
+func TestRacingUpsertsOfNewDocument(t *testing.T) {
+	for _, mode := range []struct {
+		name   string
+		adjust func(*store.Config)
+	}{
+		{"direct", func(c *store.Config) { c.Sync = nil }},
+		{"grouped", nil},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			st := testenv.StoreWith(t, mode.adjust)
+			for round := range 5 {
+				id := fmt.Sprintf("sys-race-%d", round)
+				errs := make(chan error, 20)
+				for i := range 20 {
+					go func() { errs <- st.SetLastInsights(context.Background(), id, map[string]any{"n": i}) }()
+				}
+				for range 20 {
+					if err := <-errs; err != nil {
+						t.Fatalf("round %d: %v", round, err)
+					}
+				}
+			}
+		})
+	}
+}

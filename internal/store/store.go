@@ -153,6 +153,17 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context) error) e
 // update applies one update model to coll and returns once it is durable,
 // and whether it matched a document (or upserted one).
 func (s *Store) update(ctx context.Context, coll *mongo.Collection, m *mongo.UpdateOneModel) (matched bool, err error) {
+	matched, err = s.updateOnce(ctx, coll, m)
+	if err != nil && m.Upsert != nil && *m.Upsert && mongo.IsDuplicateKeyError(err) {
+		// FerretDB upserts by a find, then an insert: of two upserts racing
+		// to create one _id, one fails on the unique index. The document
+		// exists now, so a second try updates it.
+		matched, err = s.updateOnce(ctx, coll, m)
+	}
+	return matched, err
+}
+
+func (s *Store) updateOnce(ctx context.Context, coll *mongo.Collection, m *mongo.UpdateOneModel) (matched bool, err error) {
 	if s.group == nil {
 		res, err := coll.UpdateOne(ctx, m.Filter, m.Update, options.UpdateOne().SetUpsert(m.Upsert != nil && *m.Upsert))
 		if err != nil {
