@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 )
 
@@ -44,6 +45,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	var err error
 	switch args[0] {
 	case "serve":
+		tuneGC()
 		err = serve(ctx, args[1:], stdout, stderr)
 	case "trigger":
 		err = trigger(ctx, args[1:], stdin, stdout, stderr)
@@ -54,6 +56,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "healthcheck":
 		err = healthcheck(ctx, args[1:], stderr)
 	case "bench":
+		tuneGC()
 		err = bench(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
@@ -78,6 +81,19 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 var errHelp = errors.New("help")
+
+// defaultGOGC is the garbage collector's target for serve and bench when
+// GOGC is not set. Each workflow decodes and encodes its job document several
+// times (FerretDB runs in-process when embedded), so the collector ran often
+// on a small live heap: measured on 2 cores, 400 gave about 20 % more
+// workflows/s than Go's 100, for a heap up to 5× the live one.
+const defaultGOGC = 400
+
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
+}
 
 func newLogger(w io.Writer) *slog.Logger {
 	level := slog.LevelInfo
