@@ -16,12 +16,12 @@ import (
 // concurrent writers wait on SQLite's busy handler, which sleeps in
 // milliseconds (measured: 1.3 ms an update with 20 writers against 0.19 ms
 // from one). And each commit's fdatasync costs about as much as the update
-// itself. So on the embedded store every write goes through one committer:
-// it takes the writes queued while the previous group was being made
-// durable (two such writers run side by side, see DefaultGroupWriters), sends the job and system updates among them as one unordered
-// bulk write per collection (one round trip for the group, where one write
-// after another spent most of their time waiting to be scheduled), runs the
-// other writes one by one, then makes the whole group durable with one
+// itself. So on the embedded store every write goes through the committer.
+// A group writer takes the writes queued while the previous group was being
+// made durable, sends the job and system updates among them as one
+// unordered bulk write per collection (one round trip for the group, where
+// one write after another spent most of its time waiting to be scheduled),
+// runs the other writes one by one, makes the whole group durable with one
 // Sync, and only then releases each waiter with its own result. A write
 // that failed fails only its own caller; a failed Sync fails every write of
 // its group, since none of them is known to be durable.
@@ -46,12 +46,12 @@ var ErrClosed = errors.New("store: closed")
 
 type write struct {
 	ctx context.Context // the caller's: a write whose caller gave up before its group started is not run
-	// Either a model for coll, sent in the group's bulk write on coll,
-	fn    func(ctx context.Context) error
+	// Either model, sent in the group's bulk write on coll, or fn, run on
+	// its own.
 	coll  *mongo.Collection
 	model mongo.WriteModel
-	// or fn, run on its own.
-	err error
+	fn    func(ctx context.Context) error
+	err   error
 	// matched: an update model matched its document. A bulk result counts
 	// matches for the whole bulk only, so when some document was missing
 	// unsure is set and the caller finds out for itself.
@@ -60,14 +60,13 @@ type write struct {
 }
 
 type committer struct {
-	queue    chan *write
-	sync     func(ctx context.Context) error
-	max      int
-	opCtx    func(context.Context) (context.Context, context.CancelFunc)
-	stop     chan struct{}
-	once     sync.Once
-	stopped  chan struct{}
-	observer func(group int) // tests and benchmarks: called with each group's size before its Sync
+	queue   chan *write
+	sync    func(ctx context.Context) error
+	max     int
+	opCtx   func(context.Context) (context.Context, context.CancelFunc)
+	stop    chan struct{}
+	once    sync.Once
+	stopped chan struct{}
 }
 
 func newCommitter(syncFn func(context.Context) error, max, writers int, opCtx func(context.Context) (context.Context, context.CancelFunc)) *committer {
@@ -173,9 +172,6 @@ func (c *committer) commit(group []*write) {
 		ctx, cancel := c.opCtx(context.Background())
 		bulkWrite(ctx, coll, byColl[coll])
 		cancel()
-	}
-	if c.observer != nil {
-		c.observer(len(group))
 	}
 	if ran > 0 {
 		ctx, cancel := c.opCtx(context.Background())

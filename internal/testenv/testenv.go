@@ -101,7 +101,7 @@ func StoreWith(t testing.TB, adjust func(*store.Config)) *store.Store {
 }
 
 // Redis returns connection options for a Redis database of this test
-// package's own (db, 1–10; 11 and 12 belong to the peer benchmarks), flushed
+// package's own (db, 1–10; 11 and 12 belong to the peer benchmarks, 13 to `insights bench`, 14 to the loadtest test), flushed
 // first. With REDIS_URL set it is that server; else a miniredis that stops
 // when the test ends.
 func Redis(t testing.TB, db int) asynq.RedisConnOpt {
