@@ -2,26 +2,32 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/bmsview/insights/internal/loadtest"
+	"github.com/bmsview/insights/internal/peers"
 )
 
 // bench measures our durable workflow and the peers of ../shared/peers in
-// one run and prints one markdown table.
+// one run and prints one markdown table. Each round runs ours (each store
+// kind), then asynq, BullMQ and River tuned; each row shows its median round.
 func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("bench", stderr)
-	n := fs.Int("n", 2000, "workflows per measurement")
+	n := fs.Int("n", 2000, "workflows (peers: jobs) per measurement")
 	c := fs.Int("c", 20, "worker concurrency (each peer queue gets the same)")
 	peersDir := fs.String("peers", "../shared/peers", "directory of the peer benchmarks (river/, bullmq/, asynqnoop/)")
 	storeKind := fs.String("store", "both", "our store: embedded, postgres or both")
 	pgURL := fs.String("postgres", "postgres://postgres:pg@127.0.0.1:5432/postgres", "PostgreSQL for FerretDB over PostgreSQL")
 	riverDSN := fs.String("river-dsn", "postgres://postgres:pg@127.0.0.1:5432/riverbench", "River's PostgreSQL database")
-	redisURL := fs.String("redis", "redis://127.0.0.1:6379/13", "Redis for our workflow; this database is FLUSHED")
+	redisURL := fs.String("redis", "redis://127.0.0.1:6379/13", "Redis for our workflow; this database is FLUSHED (the peers use this server's databases 11 and 12)")
 	rounds := fs.Int("rounds", 1, "rounds; each row shows its median")
 	skipPeers := fs.Bool("skip-peers", false, "measure ours only")
 	verbose := fs.Bool("v", false, "show the peers' build and run output")
@@ -31,8 +37,8 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var kinds []string
 	switch *storeKind {
 	case "both":
-		kinds = []string{loadtest.StoreEmbedded, loadtest.StorePostgres}
-	case loadtest.StoreEmbedded, loadtest.StorePostgres:
+		kinds = []string{"embedded", "postgres"}
+	case "embedded", "postgres":
 		kinds = []string{*storeKind}
 	default:
 		return usagef("-store %q: want embedded, postgres or both", *storeKind)
@@ -40,27 +46,85 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *n < 1 || *c < 1 || *rounds < 1 {
 		return usagef("-n, -c and -rounds must be at least 1")
 	}
-	var log io.Writer = io.Discard
-	if *verbose {
-		log = stderr
+	ru, err := url.Parse(*redisURL)
+	if err != nil || ru.Host == "" {
+		return usagef("-redis %q: want redis://host:port/db", *redisURL)
 	}
-	var all [][]loadtest.Result
-	for r := range *rounds {
-		var round []loadtest.Result
-		for _, k := range kinds {
-			fmt.Fprintf(stderr, "round %d: ours on %s...\n", r+1, k)
-			res, err := loadtest.Run(ctx, loadtest.Options{N: *n, Concurrency: *c, RedisURL: *redisURL, Store: k, PostgresURL: *pgURL})
-			res.Err = err
-			round = append(round, res)
+
+	var runner *peers.Runner
+	if !*skipPeers {
+		var log io.Writer
+		if *verbose {
+			log = stderr
 		}
-		if !*skipPeers {
-			fmt.Fprintf(stderr, "round %d: peers...\n", r+1)
-			round = append(round, loadtest.RunPeers(ctx, loadtest.PeerOptions{Dir: *peersDir, N: *n, Concurrency: *c, RiverDSN: *riverDSN, Log: log})...)
+		runner, err = peers.NewRunner(peers.Options{Dir: *peersDir, N: *n, Concurrency: *c,
+			RiverDSN: *riverDSN, RedisAddr: redisAddr(ru), Log: log})
+		if err != nil {
+			return fmt.Errorf("%w (run from the repository root, or set -peers)", err)
+		}
+		defer runner.Close()
+	}
+
+	var all [][]peers.Row
+	for r := range *rounds {
+		var round []peers.Row
+		for _, k := range kinds {
+			fmt.Fprintf(stderr, "round %d/%d: ours on %s...\n", r+1, *rounds, k)
+			round = append(round, ours(ctx, k, *n, *c, *redisURL, *pgURL))
+		}
+		if runner != nil {
+			fmt.Fprintf(stderr, "round %d/%d: asynq, BullMQ, River...\n", r+1, *rounds)
+			round = append(round, peers.Rows(runner.RunAll(ctx))...)
 		}
 		all = append(all, round)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 	}
+
 	host, _ := os.Hostname()
-	fmt.Fprintf(stdout, "%s, %d CPUs, %s, n=%d, c=%d, rounds=%d (median)\n\n", host, runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339), *n, *c, *rounds)
-	loadtest.WriteTable(stdout, loadtest.Median(all))
+	median := ""
+	if *rounds > 1 {
+		median = ", each row its median round"
+	}
+	fmt.Fprintf(stdout, "machine: %s, %d CPUs (%s/%s), %s; n=%d, c=%d, rounds=%d%s\n\n",
+		host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, time.Now().UTC().Format(time.RFC3339),
+		*n, *c, *rounds, median)
+	rows := peers.Median(all)
+	peers.WriteTable(stdout, rows)
+
+	var failed []string
+	for _, row := range rows[:len(kinds)] {
+		if row.Err != nil {
+			failed = append(failed, row.Name)
+		}
+	}
+	if len(failed) > 0 {
+		return errors.New("not measured: " + strings.Join(failed, "; "))
+	}
 	return nil
+}
+
+// oursName is our row's name per store kind, the same in every round.
+var oursName = map[string]string{
+	"embedded": "ours, FerretDB SQLite (embedded)",
+	"postgres": "ours, FerretDB over PostgreSQL",
+}
+
+// ours runs our workflow once on one store kind.
+func ours(ctx context.Context, kind string, n, c int, redisURL, pgURL string) peers.Row {
+	res, err := loadtest.Run(ctx, loadtest.Options{N: n, Concurrency: c, RedisURL: redisURL, Store: kind, PostgresURL: pgURL})
+	name := oursName[kind]
+	if err != nil {
+		return peers.Row{Name: name, Err: err}
+	}
+	return peers.Row{Name: name, WorkflowsPerSec: res.PerSec, WritesPerWorkflow: res.WritesPerWorkflow, P50: res.P50, P99: res.P99}
+}
+
+// redisAddr is the peers' -redis host:port: the server ours uses.
+func redisAddr(u *url.URL) string {
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), "6379")
+	}
+	return u.Host
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,15 +44,16 @@ type Result struct {
 	// PerSec is jobs per second; for the step phases, workflows per second
 	// (N six-step jobs and their N follow-ups, over N).
 	PerSec float64
-	// Note says what the figure means, for the table's footnotes.
-	Note string
+	// Notes say what the figure means, for the table's footnotes.
+	Notes []string
 	// Err: the peer could not run or printed no such figure.
 	Err error
 }
 
 // figure is one key of a peer's result line and the row it becomes.
 type figure struct {
-	key, phase, name, note string
+	key, phase, name string
+	notes            []string
 }
 
 type peer struct {
@@ -59,27 +61,28 @@ type peer struct {
 	figures   []figure
 }
 
+// The table's footnotes.
 const (
-	noteRiverTuned = "River tuned as its own benchmark is (`-cooldown 2ms -poll 20ms`); at its defaults (100 ms cooldown) a queue is capped at MaxWorkers/0.1 s = 200 jobs/s at c=20."
-	noteNoop       = "A no-op job, not a workflow: the queue's raw rate."
+	NoteRiverTx    = "Each step's checkpoint commits in its own PostgreSQL transaction (ResumableSetStepTx), as ours is durable per step."
+	NoteRiverSteps = "ResumableStep saves the last step only with the attempt's result: a killed worker loses the progress."
+	NoteBullMQ     = "One updateData round trip to Redis per step; Redis here has no persistence, so that survives a worker crash, not a Redis crash."
+	NoteNoop       = "A no-op job, not a workflow: the queue's raw rate."
+	NoteRiverTuned = "River tuned as its own benchmark is (-cooldown 2ms -poll 20ms); its default 100 ms FetchCooldown caps a queue at c jobs per 100 ms."
 )
 
 // peers in run order (as run.sh runs them).
 var peers = []peer{
 	{Asynq, "asynqnoop", []figure{
-		{"noop_tasks_per_s", Noop, "asynq, no-op task", noteNoop},
+		{"noop_tasks_per_s", Noop, "asynq, no-op task", []string{NoteNoop}},
 	}},
 	{BullMQ, "bullmq", []figure{
-		{"steps6_jobs_per_s", Steps6, "BullMQ, step job (updateData per step) + follow-up",
-			"BullMQ's checkpoint is one updateData round trip to Redis per step; Redis here has no persistence, so it survives a worker crash, not a Redis crash."},
-		{"noop_jobs_per_s", Noop, "BullMQ, no-op job", noteNoop},
+		{"steps6_jobs_per_s", Steps6, "BullMQ, step job (updateData per step) + follow-up", []string{NoteBullMQ}},
+		{"noop_jobs_per_s", Noop, "BullMQ, no-op job", []string{NoteNoop}},
 	}},
 	{River, "river", []figure{
-		{"steps6tx_jobs_per_s", Steps6Tx, "River, durable step per tx",
-			"Each step's checkpoint commits in its own PostgreSQL transaction (ResumableSetStepTx), like ours. " + noteRiverTuned},
-		{"steps6_jobs_per_s", Steps6, "River, ResumableStep (not durable per step)",
-			"River saves the last step only with the attempt's result: a killed worker loses the progress. " + noteRiverTuned},
-		{"noop_jobs_per_s", Noop, "River, no-op job", noteNoop + " " + noteRiverTuned},
+		{"steps6tx_jobs_per_s", Steps6Tx, "River, durable step per tx", []string{NoteRiverTx, NoteRiverTuned}},
+		{"steps6_jobs_per_s", Steps6, "River, ResumableStep (not durable per step)", []string{NoteRiverSteps, NoteRiverTuned}},
+		{"noop_jobs_per_s", Noop, "River, no-op job", []string{NoteNoop, NoteRiverTuned}},
 	}},
 }
 
@@ -133,7 +136,7 @@ func ParseLine(name, line string) ([]Result, error) {
 	}
 	out := make([]Result, 0, len(p.figures))
 	for _, fg := range p.figures {
-		r := Result{Peer: name, Phase: fg.phase, Name: fg.name, Note: fg.note}
+		r := Result{Peer: name, Phase: fg.phase, Name: fg.name, Notes: fg.notes}
 		v, ok := vals[fg.key]
 		if !ok {
 			r.Err = fmt.Errorf("%s printed no %s", name, fg.key)
@@ -153,7 +156,7 @@ func Failed(name string, err error) []Result {
 	}
 	out := make([]Result, 0, len(p.figures))
 	for _, fg := range p.figures {
-		out = append(out, Result{Peer: name, Phase: fg.phase, Name: fg.name, Note: fg.note, Err: err})
+		out = append(out, Result{Peer: name, Phase: fg.phase, Name: fg.name, Notes: fg.notes, Err: err})
 	}
 	return out
 }
@@ -350,6 +353,9 @@ func (r *Runner) exec(ctx context.Context, dir, tool string, args ...string) err
 	return nil
 }
 
+// logTime is the date and time Go's log package puts before a message.
+var logTime = regexp.MustCompile(`^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(\.\d+)? `)
+
 // withOutput adds to err the line of a command's output that says why it
 // failed: node's first "Error:" line, else the last line (Go's log.Fatal).
 func withOutput(err error, out string) error {
@@ -364,11 +370,12 @@ func withOutput(err error, out string) error {
 			why = l
 		}
 	}
+	why = logTime.ReplaceAllString(why, "")
 	if why == "" {
 		return err
 	}
-	if len(why) > 200 {
-		why = why[:200] + "…"
+	if r := []rune(why); len(r) > 200 {
+		why = string(r[:200]) + "…"
 	}
 	return fmt.Errorf("%w: %s", err, why)
 }

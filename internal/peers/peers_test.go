@@ -50,7 +50,7 @@ func TestParseLine(t *testing.T) {
 		}
 		for i, w := range c.want {
 			g := got[i]
-			if g.Err != nil || g.Peer != c.peer || g.Phase != w.phase || g.Name != w.name || g.PerSec != w.perSec || g.Note == "" {
+			if g.Err != nil || g.Peer != c.peer || g.Phase != w.phase || g.Name != w.name || g.PerSec != w.perSec || len(g.Notes) == 0 {
 				t.Errorf("%s #%d = %+v, want %+v with a note", c.peer, i, g, w)
 			}
 		}
@@ -125,7 +125,7 @@ func TestWithOutput(t *testing.T) {
 	base := errors.New("exit status 1")
 	for _, c := range []struct{ out, want string }{
 		{"", "exit status 1"},
-		{"2026/11/29 00:40:01 failed to connect to `user=postgres database=riverbench`\n", "exit status 1: 2026/11/29 00:40:01 failed to connect to `user=postgres database=riverbench`"},
+		{"2026/11/29 00:40:01 failed to connect to `user=postgres database=riverbench`\n", "exit status 1: failed to connect to `user=postgres database=riverbench`"},
 		{"file:///x/bench.js:52\nawait redis.flushdb();\n^\n\nError: connect ECONNREFUSED 127.0.0.1:6379\n    at TCPConnectWrap\n\nNode.js v20.20.2\n", "exit status 1: Error: connect ECONNREFUSED 127.0.0.1:6379"},
 	} {
 		if got := withOutput(base, c.out).Error(); got != c.want {

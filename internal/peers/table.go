@@ -17,8 +17,8 @@ type Row struct {
 	WritesPerWorkflow float64
 	// P50 and P99 of send → completed.
 	P50, P99 time.Duration
-	// Note becomes a numbered footnote under the table.
-	Note string
+	// Notes become numbered footnotes under the table.
+	Notes []string
 	// Err: the row could not be measured; it prints the error.
 	Err error
 }
@@ -27,7 +27,7 @@ type Row struct {
 func Rows(results []Result) []Row {
 	out := make([]Row, 0, len(results))
 	for _, r := range results {
-		out = append(out, Row{Name: r.Name, WorkflowsPerSec: r.PerSec, Note: r.Note, Err: r.Err})
+		out = append(out, Row{Name: r.Name, WorkflowsPerSec: r.PerSec, Notes: r.Notes, Err: r.Err})
 	}
 	return out
 }
@@ -47,7 +47,8 @@ func superscript(n int) string {
 
 // WriteTable prints rows as one markdown table. The first row is ours, the
 // reference of the ratio column: ours ÷ that row's rate. Each distinct note
-// is numbered in order of first use and printed under the table.
+// is numbered in order of first use, marked after the row's name and
+// printed under the table.
 func WriteTable(w io.Writer, rows []Row) {
 	fmt.Fprintln(w, Header)
 	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|")
@@ -58,10 +59,10 @@ func WriteTable(w io.Writer, rows []Row) {
 	var notes []string
 	for _, r := range rows {
 		name := cell(r.Name)
-		if r.Note != "" {
-			i := slices.Index(notes, r.Note)
+		for _, n := range r.Notes {
+			i := slices.Index(notes, n)
 			if i < 0 {
-				notes = append(notes, r.Note)
+				notes = append(notes, n)
 				i = len(notes) - 1
 			}
 			name += " " + superscript(i+1)

@@ -3,6 +3,7 @@ package peers
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -15,20 +16,22 @@ func TestWriteTable(t *testing.T) {
 	}{
 		{"ours first, unknowns, an error, shared notes", []Row{
 			{Name: "ours, FerretDB SQLite (embedded)", WorkflowsPerSec: 120, WritesPerWorkflow: 8, P50: 41500 * time.Microsecond, P99: 1500 * time.Millisecond},
-			{Name: "River, durable step per tx", WorkflowsPerSec: 480, Note: "durable"},
-			{Name: "BullMQ | step job", WorkflowsPerSec: 2400, Note: "no persistence"},
-			{Name: "River, no-op job", WorkflowsPerSec: 6000, Note: "durable"},
+			{Name: "River, durable step per tx", WorkflowsPerSec: 480, Notes: []string{"durable", "tuned"}},
+			{Name: "BullMQ | step job", WorkflowsPerSec: 2400, Notes: []string{"no persistence"}},
+			{Name: "River, no-op job", WorkflowsPerSec: 6000, Notes: []string{"no-op", "tuned"}},
 			{Name: "asynq, no-op task", Err: errors.New("asynq: go build: exit status 1:\nno | go")},
 		}, `| | workflows/s | ours ÷ this | writes per workflow | p50 send→completed | p99 send→completed |
 |---|--:|--:|--:|--:|--:|
 | ours, FerretDB SQLite (embedded) | 120 | 1.00 | 8.0 | 41.5 ms | 1.50 s |
-| River, durable step per tx ¹ | 480 | 0.25 | – | – | – |
-| BullMQ \| step job ² | 2400 | 0.05 | – | – | – |
-| River, no-op job ¹ | 6000 | 0.02 | – | – | – |
+| River, durable step per tx ¹ ² | 480 | 0.25 | – | – | – |
+| BullMQ \| step job ³ | 2400 | 0.05 | – | – | – |
+| River, no-op job ⁴ ² | 6000 | 0.02 | – | – | – |
 | asynq, no-op task | error: asynq: go build: exit status 1: no \| go | – | – | – | – |
 
 ¹ durable
-² no persistence
+² tuned
+³ no persistence
+⁴ no-op
 `},
 		{"ours failed: no ratios", []Row{
 			{Name: "ours", Err: errors.New("redis: connection refused")},
@@ -52,8 +55,8 @@ func TestWriteTable(t *testing.T) {
 
 func TestRows(t *testing.T) {
 	err := errors.New("x")
-	rows := Rows([]Result{{Name: "River", PerSec: 5, Note: "n"}, {Name: "BullMQ", Err: err}})
-	if len(rows) != 2 || rows[0] != (Row{Name: "River", WorkflowsPerSec: 5, Note: "n"}) || rows[1].Err != err {
+	rows := Rows([]Result{{Name: "River", PerSec: 5, Notes: []string{"n"}}, {Name: "BullMQ", Err: err}})
+	if len(rows) != 2 || !reflect.DeepEqual(rows[0], Row{Name: "River", WorkflowsPerSec: 5, Notes: []string{"n"}}) || rows[1].Err != err {
 		t.Errorf("Rows = %+v", rows)
 	}
 }
@@ -76,14 +79,8 @@ func TestMedian(t *testing.T) {
 		{"one round", [][]Row{{{Name: "a", WorkflowsPerSec: 9}, {Name: "b", WorkflowsPerSec: 1}}},
 			[]Row{{Name: "a", WorkflowsPerSec: 9}, {Name: "b", WorkflowsPerSec: 1}}},
 	} {
-		got := Median(c.rounds)
-		if len(got) != len(c.want) {
-			t.Fatalf("%s: %+v, want %+v", c.name, got, c.want)
-		}
-		for i := range got {
-			if got[i] != c.want[i] {
-				t.Errorf("%s: row %d = %+v, want %+v", c.name, i, got[i], c.want[i])
-			}
+		if got := Median(c.rounds); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
 		}
 	}
 	// A row failing in every round keeps its last error.
