@@ -66,8 +66,6 @@ type Result struct {
 	// P50 and P99 of send → lastInsights stored, from the paced phase, sent
 	// at half the throughput phase's rate.
 	P50, P99 time.Duration
-	// Err: this row could not be measured (peers only).
-	Err error
 }
 
 // Run runs the benchmark on a database of its own, dropped at the end.
