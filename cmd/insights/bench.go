@@ -37,8 +37,8 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var kinds []string
 	switch *storeKind {
 	case "both":
-		kinds = []string{"embedded", "postgres"}
-	case "embedded", "postgres":
+		kinds = []string{loadtest.StoreEmbedded, loadtest.StorePostgres}
+	case loadtest.StoreEmbedded, loadtest.StorePostgres:
 		kinds = []string{*storeKind}
 	default:
 		return usagef("-store %q: want embedded, postgres or both", *storeKind)
@@ -105,16 +105,10 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// oursName is our row's name per store kind, the same in every round.
-var oursName = map[string]string{
-	"embedded": "ours, FerretDB SQLite (embedded)",
-	"postgres": "ours, FerretDB over PostgreSQL",
-}
-
 // ours runs our workflow once on one store kind.
 func ours(ctx context.Context, kind string, n, c int, redisURL, pgURL string) peers.Row {
 	res, err := loadtest.Run(ctx, loadtest.Options{N: n, Concurrency: c, RedisURL: redisURL, Store: kind, PostgresURL: pgURL})
-	name := oursName[kind]
+	name := loadtest.Name(kind)
 	if err != nil {
 		return peers.Row{Name: name, Err: err}
 	}

@@ -171,7 +171,7 @@ func (m *Mongo) Prepare(ctx context.Context, database string) error {
 // copying it into the database file and syncs that file after, so frames
 // already moved out of the log are durable too.) Over PostgreSQL it does
 // nothing: every commit there is durable when acknowledged.
-func (m *Mongo) Sync(ctx context.Context, database string) error {
+func (m *Mongo) Sync(_ context.Context, database string) error {
 	if m.dir == "" {
 		return nil
 	}
@@ -187,22 +187,30 @@ func (m *Mongo) Sync(ctx context.Context, database string) error {
 	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
 		return fmt.Errorf("devstack: sync %s: %w", database, err)
 	}
-	if st, err := f.Stat(); err == nil && st.Size() > m.walLimit {
-		return m.checkpoint(ctx, database)
-	}
 	return nil
 }
 
-// walLimit is the write-ahead log size past which Sync checkpoints it.
+// walLimit is the write-ahead log size past which Checkpoint truncates it.
 // SQLite's own checkpoints never rewind the log while readers keep using
 // it, and FerretDB's readers never pause under load: measured, 20000
 // workflows left a 2 GB log, which every read searches.
 const walLimit = 64 << 20
 
-// checkpoint copies the log into the database and truncates it. It waits,
-// through the busy handler, for the writer and for readers of older
-// snapshots; new readers go on meanwhile.
-func (m *Mongo) checkpoint(ctx context.Context, database string) error {
+// Checkpoint copies database's write-ahead log into the database file and
+// truncates it, once it has grown past 64 MB. It waits, through SQLite's
+// busy handler, for the writer and for readers of older snapshots, and
+// holds new writers meanwhile, so the store calls it while none of its own
+// writes is in flight (a bulk update holds its reads open until its last
+// statement, and would wait on the checkpoint it blocks). Over PostgreSQL
+// it does nothing.
+func (m *Mongo) Checkpoint(ctx context.Context, database string) error {
+	if m.dir == "" {
+		return nil
+	}
+	st, err := os.Stat(filepath.Join(m.dir, database+".sqlite-wal"))
+	if err != nil || st.Size() <= m.walLimit {
+		return nil
+	}
 	db, err := m.sqlite(database)
 	if err != nil {
 		return err

@@ -12,9 +12,9 @@ import (
 )
 
 // While a reader stays open, SQLite cannot rewind its write-ahead log and
-// it grows with every write; Sync then checkpoints and truncates it once it
-// passes the limit.
-func TestSyncTruncatesAStarvedLog(t *testing.T) {
+// it grows with every write; Checkpoint truncates it once it passes the
+// limit.
+func TestCheckpointTruncatesAStarvedLog(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	m, err := StartMongo(ctx, dir, nil)
@@ -53,11 +53,11 @@ func TestSyncTruncatesAStarvedLog(t *testing.T) {
 		t.Fatalf("log is %d bytes with a reader open, want more than %d (the starvation this guards against)", before, m.walLimit)
 	}
 	_ = cur.Close(ctx)
-	if err := m.Sync(ctx, "wal"); err != nil {
+	if err := m.Checkpoint(ctx, "wal"); err != nil {
 		t.Fatal(err)
 	}
 	if after := size(t, wal); after >= m.walLimit {
-		t.Fatalf("log is %d bytes after Sync (was %d), want under %d", after, before, m.walLimit)
+		t.Fatalf("log is %d bytes after Checkpoint (was %d), want under %d", after, before, m.walLimit)
 	}
 	if n, err := db.Collection("b").CountDocuments(ctx, bson.D{}); err != nil || n != 60 {
 		t.Fatalf("after the checkpoint: %d documents, %v; want 60", n, err)

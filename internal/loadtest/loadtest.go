@@ -34,6 +34,17 @@ const (
 	StorePostgres = "postgres" // FerretDB in this process over the PostgreSQL at Options.PostgresURL
 )
 
+// Name is our row's name for a store kind.
+func Name(store string) string {
+	switch store {
+	case StoreEmbedded:
+		return "ours, FerretDB SQLite (embedded)"
+	case StorePostgres:
+		return "ours, FerretDB over PostgreSQL"
+	}
+	return "ours, store " + store
+}
+
 // Options configure Run.
 type Options struct {
 	// N workflows in the throughput phase. 0: 2000.
@@ -88,7 +99,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if o.Latency == 0 {
 		o.Latency = max(o.N/5, 100)
 	}
-	res := Result{Name: "ours, FerretDB " + map[string]string{StoreEmbedded: "SQLite (embedded)", StorePostgres: "over PostgreSQL"}[o.Store], N: o.N}
+	res := Result{Name: Name(o.Store), N: o.N}
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
 	var m *devstack.Mongo
@@ -122,7 +133,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		}}}
 	scfg.Prepare = m.Prepare
 	if o.Store == StoreEmbedded {
-		scfg.Sync = m.Sync
+		scfg.Sync, scfg.Checkpoint = m.Sync, m.Checkpoint
 	}
 	st, err := store.Open(ctx, scfg)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
@@ -59,14 +60,23 @@ type write struct {
 	done            chan struct{}
 }
 
+// CheckpointEvery is how many groups pass between two calls of
+// Config.Checkpoint.
+const CheckpointEvery = 256
+
 type committer struct {
-	queue   chan *write
-	sync    func(ctx context.Context) error
-	max     int
-	opCtx   func(context.Context) (context.Context, context.CancelFunc)
-	stop    chan struct{}
-	once    sync.Once
-	stopped chan struct{}
+	queue chan *write
+	sync  func(ctx context.Context) error
+	// checkpoint (nil: none) runs every CheckpointEvery groups with mu held
+	// for writing: no group is being written meanwhile.
+	checkpoint func(ctx context.Context) error
+	mu         sync.RWMutex
+	groups     atomic.Int64
+	max        int
+	opCtx      func(context.Context) (context.Context, context.CancelFunc)
+	stop       chan struct{}
+	once       sync.Once
+	stopped    chan struct{}
 }
 
 func newCommitter(syncFn func(context.Context) error, max, writers int, opCtx func(context.Context) (context.Context, context.CancelFunc)) *committer {
@@ -141,7 +151,16 @@ func (c *committer) loop() {
 				break gather
 			}
 		}
+		c.mu.RLock()
 		c.commit(group)
+		c.mu.RUnlock()
+		if c.checkpoint != nil && c.groups.Add(1)%CheckpointEvery == 0 {
+			c.mu.Lock()
+			ctx, cancel := c.opCtx(context.Background())
+			_ = c.checkpoint(ctx) // maintenance: a failure is tried again CheckpointEvery groups later
+			cancel()
+			c.mu.Unlock()
+		}
 	}
 }
 

@@ -71,6 +71,10 @@ type Config struct {
 	// write is then group-committed (commit.go). Nil: a write is durable
 	// when acknowledged, as on MongoDB and FerretDB over PostgreSQL.
 	Sync func(ctx context.Context, database string) error
+	// Checkpoint, when set with Sync, runs every CheckpointEvery groups
+	// while none of the store's writes is in flight: the embedded FerretDB
+	// truncates its SQLite write-ahead log there. Nil: never.
+	Checkpoint func(ctx context.Context, database string) error
 	// GroupMax caps the writes of one group commit. 0: DefaultGroupMax.
 	GroupMax int
 	// GroupWriters is how many groups commit at once. 0:
@@ -129,6 +133,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if sync := cfg.Sync; sync != nil {
 		s.group = newCommitter(func(ctx context.Context) error { return sync(ctx, cfg.Database) }, cfg.GroupMax, cfg.GroupWriters, s.ctx)
+		if cp := cfg.Checkpoint; cp != nil {
+			s.group.checkpoint = func(ctx context.Context) error { return cp(ctx, cfg.Database) }
+		}
 	}
 	return s, nil
 }
