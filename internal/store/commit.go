@@ -219,31 +219,25 @@ func bulkWrite(ctx context.Context, coll *mongo.Collection, ws []*write) {
 	}
 	res, err := coll.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(false))
 	var bwe mongo.BulkWriteException
-	switch {
-	case err == nil:
-	case errors.As(err, &bwe) && bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0:
-		for _, we := range bwe.WriteErrors {
-			if we.Index >= 0 && we.Index < len(ws) {
-				// As a single write's error reads, so IsDuplicateKeyError and
-				// the like work on it.
-				ws[we.Index].err = mongo.WriteException{WriteErrors: mongo.WriteErrors{we.WriteError}}
-			}
-		}
-	default:
+	if errors.As(err, &bwe) && bwe.WriteConcernError == nil && len(bwe.WriteErrors) > 0 {
+		// FerretDB ignores ordered=false: it stops at the first refused
+		// update and reports it at index 0, whichever it was, so no write of
+		// the bulk is known to be applied. Each fails with the error; read
+		// as a single write's error, so IsDuplicateKeyError works on it (and
+		// an upsert that lost a race is tried again, see Store.update).
+		we := bwe.WriteErrors[0]
+		err = fmt.Errorf("a bulk of %d writes stopped at a refused one, maybe this: %w",
+			len(ws), mongo.WriteException{WriteErrors: mongo.WriteErrors{we.WriteError}})
+	}
+	if err != nil {
 		for _, w := range ws {
 			w.err = err
 		}
 		return
 	}
-	ok := 0
-	for _, w := range ws {
-		if w.err == nil {
-			ok++
-		}
-	}
 	// Inserts and upserts count as matched here: only updates of a
 	// missing document make the counts fall short.
-	all := res != nil && int(res.MatchedCount+res.InsertedCount+res.UpsertedCount) >= ok
+	all := int(res.MatchedCount+res.InsertedCount+res.UpsertedCount) >= len(ws)
 	for _, w := range ws {
 		w.matched, w.unsure = all, !all
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -114,6 +116,42 @@ func TestGroupCommitSyncFailureFailsOnlyItsGroup(t *testing.T) {
 	}
 }
 
+// A write the server refuses fails alone or takes its bulk's other writes
+// with it, but never lets one of them be acknowledged unwritten: FerretDB
+// runs a bulk's updates in order, stops at the first error and reports it
+// at index 0, whatever the bulk's order or which write it was.
+func TestGroupCommitRefusedWriteAcknowledgesNothingUnwritten(t *testing.T) {
+	st, g := groupSetup(t, 3)
+	ctx := context.Background()
+	base := g.Entered()
+	g.Close()
+	first := save(st, ctx, checkpoint(0, "validate"))
+	waitEntered(t, g, base+1)
+	refused := make(chan error, 1)
+	go func() {
+		refused <- st.RawJobUpdate(ctx, "j1", bson.D{{Key: "$inc", Value: bson.D{{Key: "eventId", Value: 1}}}})
+	}()
+	waitQueued(t, st, 1)
+	after := save(st, ctx, checkpoint(2, "validate"))
+	waitQueued(t, st, 2)
+	g.Open()
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-refused; err == nil {
+		t.Error("$inc of a string field was acknowledged")
+	}
+	if err := <-after; err == nil {
+		j, err := st.GetJob(ctx, "j2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := j.Steps["validate"]; !ok {
+			t.Errorf("j2's checkpoint was acknowledged but is not in the store: %+v", j.Steps)
+		}
+	}
+}
+
 // A write whose caller gave up before its group started is not written.
 func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
 	st, g := groupSetup(t, 3)
@@ -147,9 +185,11 @@ func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
 	}
 }
 
-// Racing upserts of one new _id all succeed: FerretDB's upsert is a find
-// then an insert, so all but one insert hit the unique index, and the store
-// tries those once more, as updates.
+// Racing upserts of new _ids all succeed and are all in the store: FerretDB's
+// upsert is a find then an insert, so all but one insert of an _id hit the
+// unique index, and the store tries those once more, as updates. Several
+// _ids race at once, so a group's bulk mixes them: a bulk that stops at its
+// first error must not acknowledge the upserts it never ran.
 func TestRacingUpsertsOfNewDocument(t *testing.T) {
 	for _, mode := range []struct {
 		name   string
@@ -160,15 +200,26 @@ func TestRacingUpsertsOfNewDocument(t *testing.T) {
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			st := testenv.StoreWith(t, mode.adjust)
-			for round := range 5 {
-				id := fmt.Sprintf("sys-race-%d", round)
-				errs := make(chan error, 20)
-				for i := range 20 {
-					go func() { errs <- st.SetLastInsights(context.Background(), id, map[string]any{"n": i}) }()
+			ctx := context.Background()
+			const writers, systems = 24, 6
+			for round := range 10 {
+				id := func(i int) string { return fmt.Sprintf("sys-race-%d-%d", round, i%systems) }
+				errs := make(chan error, writers)
+				for i := range writers {
+					go func() { errs <- st.SetLastInsights(ctx, id(i), map[string]any{"n": i}) }()
 				}
-				for range 20 {
+				for range writers {
 					if err := <-errs; err != nil {
 						t.Fatalf("round %d: %v", round, err)
+					}
+				}
+				for i := range systems {
+					sys, err := st.System(ctx, id(i))
+					if err != nil || sys == nil {
+						t.Fatalf("round %d: %s, acknowledged, is not in the store: %v", round, id(i), err)
+					}
+					if sys.LastInsights["n"] == nil {
+						t.Errorf("round %d: %s has no lastInsights: %+v", round, id(i), sys)
 					}
 				}
 			}
