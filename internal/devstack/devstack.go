@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"time"
 
@@ -30,8 +29,6 @@ type Mongo struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu       sync.Mutex
-	sql      map[string]*sql.DB // per database, for Prepare and checkpoints
 	walLimit int64
 }
 
@@ -89,7 +86,7 @@ func startMongo(ctx context.Context, cfg *ferretdb.Config, dir string) (*Mongo, 
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	m := &Mongo{URI: "mongodb://" + addr + "/", dir: dir, cancel: cancel, done: make(chan struct{}),
-		sql: map[string]*sql.DB{}, walLimit: walLimit}
+		walLimit: walLimit}
 	go func() {
 		defer close(m.done)
 		_ = f.Run(rctx)
@@ -113,11 +110,6 @@ func startMongo(ctx context.Context, cfg *ferretdb.Config, dir string) (*Mongo, 
 func (m *Mongo) Close() {
 	m.cancel()
 	<-m.done
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, db := range m.sql {
-		_ = db.Close()
-	}
 }
 
 // Prepare adds to every collection table of database an index that serves
@@ -135,10 +127,11 @@ func (m *Mongo) Prepare(ctx context.Context, database string) error {
 	if m.pgURL != "" {
 		return m.preparePostgres(ctx, database)
 	}
-	db, err := m.sqlite(database)
+	db, err := m.sqlite(database, 10*time.Second)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
 	rows, err := db.QueryContext(ctx, `SELECT table_name FROM _ferretdb_collections`)
 	if err != nil {
 		return fmt.Errorf("devstack: list tables of %s: %w", database, err)
@@ -197,9 +190,10 @@ func (m *Mongo) Sync(_ context.Context, database string) error {
 const walLimit = 64 << 20
 
 // Checkpoint copies database's write-ahead log into the database file and
-// truncates it, once it has grown past 64 MB. It waits, through SQLite's
-// busy handler, for the writer and for readers of older snapshots, and
-// holds new writers meanwhile, so the store calls it while none of its own
+// truncates it, once it has grown past 64 MB. It waits up to 250 ms,
+// through SQLite's busy handler, for the writer and for readers of older
+// snapshots (ErrCheckpointBusy when they outlast that), and holds new
+// writers meanwhile, so the store calls it while none of its own
 // writes is in flight (a bulk update holds its reads open until its last
 // statement, and would wait on the checkpoint it blocks). Over PostgreSQL
 // it does nothing.
@@ -211,16 +205,30 @@ func (m *Mongo) Checkpoint(ctx context.Context, database string) error {
 	if err != nil || st.Size() <= m.walLimit {
 		return nil
 	}
-	db, err := m.sqlite(database)
+	// A short wait: the store's writes wait for this, and a reader that
+	// holds an old snapshot longer is outwaited by the next try instead.
+	db, err := m.sqlite(database, checkpointWait)
 	if err != nil {
 		return err
 	}
+	defer db.Close()
 	var busy, logged, done int
 	if err := db.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &logged, &done); err != nil {
 		return fmt.Errorf("devstack: checkpoint %s: %w", database, err)
 	}
+	if busy != 0 {
+		return fmt.Errorf("devstack: checkpoint %s: %w", database, ErrCheckpointBusy)
+	}
 	return nil
 }
+
+// checkpointWait is how long Checkpoint waits for readers of older
+// snapshots and for the writer.
+const checkpointWait = 250 * time.Millisecond
+
+// ErrCheckpointBusy: a reader or writer outlasted Checkpoint's wait; the
+// log was not truncated.
+var ErrCheckpointBusy = errors.New("write-ahead log in use, not truncated")
 
 func (m *Mongo) preparePostgres(ctx context.Context, database string) error {
 	conn, err := pgx.Connect(ctx, m.pgURL)
@@ -246,22 +254,18 @@ func (m *Mongo) preparePostgres(ctx context.Context, database string) error {
 	return nil
 }
 
-func (m *Mongo) sqlite(database string) (*sql.DB, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if db, ok := m.sql[database]; ok {
-		return db, nil
-	}
+// sqlite opens database's file beside FerretDB's own handles; busy is how
+// long a statement waits for a lock. The caller closes it.
+func (m *Mongo) sqlite(database string, busy time.Duration) (*sql.DB, error) {
 	path := filepath.Join(m.dir, database+".sqlite")
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("devstack: database %s: %w", database, err)
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	db, err := sql.Open("sqlite", fmt.Sprintf("file:%s?_pragma=busy_timeout(%d)", path, busy.Milliseconds()))
 	if err != nil {
 		return nil, fmt.Errorf("devstack: open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
-	m.sql[database] = db
 	return db, nil
 }
 
