@@ -79,14 +79,15 @@ type committer struct {
 	stopped    chan struct{}
 }
 
-func newCommitter(syncFn func(context.Context) error, max, writers int, opCtx func(context.Context) (context.Context, context.CancelFunc)) *committer {
+// checkpointFn may be nil.
+func newCommitter(syncFn, checkpointFn func(context.Context) error, max, writers int, opCtx func(context.Context) (context.Context, context.CancelFunc)) *committer {
 	if max <= 0 {
 		max = DefaultGroupMax
 	}
 	if writers <= 0 {
 		writers = DefaultGroupWriters
 	}
-	c := &committer{queue: make(chan *write, max), sync: syncFn, max: max, opCtx: opCtx,
+	c := &committer{queue: make(chan *write, max), sync: syncFn, checkpoint: checkpointFn, max: max, opCtx: opCtx,
 		stop: make(chan struct{}), stopped: make(chan struct{})}
 	var wg sync.WaitGroup
 	for range writers {
@@ -256,7 +257,12 @@ func (c *committer) drain() {
 	}
 }
 
-func (c *committer) close() {
+func (c *committer) close(ctx context.Context) error {
 	c.once.Do(func() { close(c.stop) })
-	<-c.stopped
+	select {
+	case <-c.stopped:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("store: groups still in flight at close: %w", ctx.Err())
+	}
 }

@@ -226,3 +226,23 @@ func TestRacingUpsertsOfNewDocument(t *testing.T) {
 		})
 	}
 }
+
+// Close gives up when its ctx ends while a group waits on its Sync, and the
+// held write is still acknowledged once the Sync returns.
+func TestCloseBoundedByContext(t *testing.T) {
+	st, g := groupSetup(t, 1)
+	ctx := context.Background()
+	base := g.Entered()
+	g.Close()
+	held := save(st, ctx, checkpoint(0, "initialize"))
+	waitEntered(t, g, base+1)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := st.Close(cctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Close with a group held: %v, want context.Canceled", err)
+	}
+	g.Open()
+	if err := <-held; err != nil {
+		t.Errorf("held write: %v", err)
+	}
+}

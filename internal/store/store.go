@@ -127,25 +127,34 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := client.Database("admin").RunCommand(pctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err == nil {
 		_, s.ferret = info["ferretdbVersion"]
 	}
+	if cfg.Sync != nil && !s.ferret {
+		// Sync-based group commit leaves each write's durability to Sync,
+		// which only the embedded FerretDB's store provides.
+		_ = client.Disconnect(context.Background())
+		return nil, fmt.Errorf("store: Sync is set but %s is not FerretDB: group commit is for the embedded store only", redactURI(cfg.URI))
+	}
 	if err := s.ensureIndexes(ctx, cfg.Prepare); err != nil {
 		_ = client.Disconnect(context.Background())
 		return nil, err
 	}
 	if sync := cfg.Sync; sync != nil {
-		s.group = newCommitter(func(ctx context.Context) error { return sync(ctx, cfg.Database) }, cfg.GroupMax, cfg.GroupWriters, s.ctx)
+		var checkpoint func(context.Context) error
 		if cp := cfg.Checkpoint; cp != nil {
-			s.group.checkpoint = func(ctx context.Context) error { return cp(ctx, cfg.Database) }
+			checkpoint = func(ctx context.Context) error { return cp(ctx, cfg.Database) }
 		}
+		s.group = newCommitter(func(ctx context.Context) error { return sync(ctx, cfg.Database) }, checkpoint, cfg.GroupMax, cfg.GroupWriters, s.ctx)
 	}
 	return s, nil
 }
 
-// Close waits for the writes already taken into a group, then disconnects.
+// Close waits, until ctx is done, for the writes already taken into a
+// group, then disconnects.
 func (s *Store) Close(ctx context.Context) error {
+	var err error
 	if s.group != nil {
-		s.group.close()
+		err = s.group.close(ctx)
 	}
-	return s.client.Disconnect(ctx)
+	return errors.Join(err, s.client.Disconnect(ctx))
 }
 
 // write runs fn, one write, and returns once it is durable: at once on a

@@ -41,8 +41,10 @@ func (g *SyncGate) Wrap(next func(ctx context.Context, database string) error) f
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if g.fail.Load() > 0 && g.fail.Add(-1) >= 0 {
-			return ErrInjected
+		for n := g.fail.Load(); n > 0; n = g.fail.Load() {
+			if g.fail.CompareAndSwap(n, n-1) {
+				return ErrInjected
+			}
 		}
 		return next(ctx, database)
 	}
