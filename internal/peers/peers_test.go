@@ -193,7 +193,10 @@ func main() { log.Fatal("failed to connect to riverbench") }
 	if rv := byName["river/steps6tx"]; rv.Err == nil || !strings.Contains(rv.Err.Error(), "failed to connect to riverbench") {
 		t.Errorf("river: %+v, want its log.Fatal message", rv)
 	}
-	// The second run reuses the built binary.
+	// The second run reuses the built binary: its source no longer builds.
+	if err := os.WriteFile(filepath.Join(dir, "asynqnoop", "main.go"), []byte("package main\n\nnot go\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if a := r.Run(context.Background(), Asynq); a[0].Err != nil || a[0].PerSec != 120 {
 		t.Errorf("second run: %+v", a)
 	}
