@@ -39,22 +39,13 @@ func crashWorker() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
 	}
-	runner := handlers.NewRunner(handlers.RunnerConfig{Store: st, MaxRetries: 3, Logger: quietLogger(),
-		Hook: func(ctx context.Context, _ *handlers.Run, step string) error {
-			if step == tasks.StepProcessInsights {
-				<-ctx.Done() // hangs until killed
-			}
-			return nil
-		}})
-	mux := asynq.NewServeMux()
-	fu := asynq.NewClient(redis)
-	handlers.Register(mux, runner, handlers.NewInsights(handlers.InsightsConfig{Engine: snapshotEngine{}, FollowUps: fu}),
-		handlers.NewCompleted(handlers.CompletedConfig{Logger: quietLogger()}))
-	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: 2})
-	cfg.LogLevel = asynq.FatalLevel
-	if err := asynq.NewServer(redis, cfg).Run(mux); err != nil {
-		os.Exit(4)
-	}
+	groupWorker(st, redis, func(ctx context.Context, _ *handlers.Run, step string) error {
+		if step == tasks.StepProcessInsights {
+			<-ctx.Done() // hangs until killed
+		}
+		return nil
+	})
+	select {}
 }
 
 func TestWorkerKilledMidStep(t *testing.T) {

@@ -125,7 +125,8 @@ func TestFailedGroupRetriesItsStep(t *testing.T) {
 	}
 }
 
-// groupWorker runs the workload on st (no follow-up store).
+// groupWorker starts a worker running the workload on st (no follow-up
+// store): the crash tests' children.
 func groupWorker(st *store.Store, redis asynq.RedisClientOpt, hook handlers.StepHook) *asynq.Server {
 	runner := handlers.NewRunner(handlers.RunnerConfig{Store: st, MaxRetries: 3, TransientDelay: time.Second, Hook: hook, Logger: quietLogger()})
 	mux := asynq.NewServeMux()

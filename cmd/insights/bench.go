@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/bmsview/insights/internal/loadtest"
 	"github.com/bmsview/insights/internal/peers"
+	"github.com/hibiken/asynq"
 )
 
 // bench measures our durable workflow and the peers of ../shared/peers in
@@ -46,8 +45,10 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *n < 1 || *c < 1 || *rounds < 1 {
 		return usagef("-n, -c and -rounds must be at least 1")
 	}
-	ru, err := url.Parse(*redisURL)
-	if err != nil || ru.Host == "" {
+	// Parsed as loadtest and the peers will use it: the peers get its host.
+	ro, err := asynq.ParseRedisURI(*redisURL)
+	opt, ok := ro.(asynq.RedisClientOpt)
+	if err != nil || !ok {
 		return usagef("-redis %q: want redis://host:port/db", *redisURL)
 	}
 
@@ -58,7 +59,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log = stderr
 		}
 		runner, err = peers.NewRunner(peers.Options{Dir: *peersDir, N: *n, Concurrency: *c,
-			RiverDSN: *riverDSN, RedisAddr: redisAddr(ru), Log: log})
+			RiverDSN: *riverDSN, RedisAddr: opt.Addr, Log: log})
 		if err != nil {
 			return fmt.Errorf("%w (run from the repository root, or set -peers)", err)
 		}
@@ -113,12 +114,4 @@ func ours(ctx context.Context, kind string, n, c int, redisURL, pgURL string) pe
 		return peers.Row{Name: name, Err: err}
 	}
 	return peers.Row{Name: name, WorkflowsPerSec: res.PerSec, WritesPerWorkflow: res.WritesPerWorkflow, P50: res.P50, P99: res.P99}
-}
-
-// redisAddr is the peers' -redis host:port: the server ours uses.
-func redisAddr(u *url.URL) string {
-	if u.Port() == "" {
-		return net.JoinHostPort(u.Hostname(), "6379")
-	}
-	return u.Host
 }

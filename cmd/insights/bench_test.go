@@ -8,7 +8,7 @@ import (
 )
 
 func TestBenchFlags(t *testing.T) {
-	for _, args := range [][]string{{"bench", "-store", "mysql"}, {"bench", "-n", "0"}} {
+	for _, args := range [][]string{{"bench", "-store", "mysql"}, {"bench", "-n", "0"}, {"bench", "-redis", "http://x"}} {
 		code, _, stderr := runCLI(args...)
 		if code != 2 || !strings.Contains(stderr, args[1]) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s", args, code, stderr, args[1])

@@ -86,15 +86,6 @@ var peers = []peer{
 	}},
 }
 
-// Names lists the peers in run order.
-func Names() []string {
-	out := make([]string, len(peers))
-	for i, p := range peers {
-		out[i] = p.name
-	}
-	return out
-}
-
 func lookup(name string) (peer, bool) {
 	for _, p := range peers {
 		if p.name == name {
