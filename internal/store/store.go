@@ -170,14 +170,19 @@ func (s *Store) write(ctx context.Context, fn func(ctx context.Context) error) e
 // and whether it matched a document (or upserted one).
 func (s *Store) update(ctx context.Context, coll *mongo.Collection, m *mongo.UpdateOneModel) (matched bool, err error) {
 	matched, err = s.updateOnce(ctx, coll, m)
-	if err != nil && m.Upsert != nil && *m.Upsert && mongo.IsDuplicateKeyError(err) {
-		// FerretDB upserts by a find, then an insert: of two upserts racing
-		// to create one _id, one fails on the unique index. The document
-		// exists now, so a second try updates it.
+	// FerretDB upserts by a find, then an insert: of two upserts racing to
+	// create one _id, one fails on the unique index, and so does every
+	// write of its group's bulk (see bulkWrite), whose own _id may still be
+	// new and race again. Each such failure means some racing insert won,
+	// so a few tries settle it.
+	for try := 1; try < upsertTries && err != nil && m.Upsert != nil && *m.Upsert && mongo.IsDuplicateKeyError(err); try++ {
 		matched, err = s.updateOnce(ctx, coll, m)
 	}
 	return matched, err
 }
+
+// upsertTries bounds the tries of an upsert that keeps losing races.
+const upsertTries = 5
 
 func (s *Store) updateOnce(ctx context.Context, coll *mongo.Collection, m *mongo.UpdateOneModel) (matched bool, err error) {
 	if s.group == nil {
