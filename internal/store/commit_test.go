@@ -55,15 +55,23 @@ func waitEntered(t *testing.T, g *testenv.SyncGate, n int64) {
 	testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("%d syncs", n), func() (bool, error) { return g.Entered() == n, nil })
 }
 
+// holdGroup closes the gate and saves c, which becomes a group held in its
+// Sync; it returns the save's result channel and the Sync count before it.
+func holdGroup(t *testing.T, st *store.Store, g *testenv.SyncGate, c store.Checkpoint) (<-chan error, int64) {
+	t.Helper()
+	base := g.Entered()
+	g.Close()
+	ch := save(st, context.Background(), c)
+	waitEntered(t, g, base+1)
+	return ch, base
+}
+
 // A write is acknowledged only once its group is durable; the writes that
 // queue meanwhile commit together, with one Sync; each gets its own result.
 func TestGroupCommitAcknowledgesWhenDurable(t *testing.T) {
 	st, g := groupSetup(t, 4)
 	ctx := context.Background()
-	base := g.Entered()
-	g.Close()
-	first := save(st, ctx, checkpoint(0, "initialize"))
-	waitEntered(t, g, base+1)
+	first, base := holdGroup(t, st, g, checkpoint(0, "initialize"))
 	// Committed to the database, not yet durable: not acknowledged.
 	if j, err := st.GetJob(ctx, "j0"); err != nil || j.Steps["initialize"].Status != store.StepCompleted {
 		t.Fatalf("j0 before its sync: %+v, %v; want the write applied", j, err)
@@ -98,11 +106,8 @@ func TestGroupCommitAcknowledgesWhenDurable(t *testing.T) {
 func TestGroupCommitSyncFailureFailsOnlyItsGroup(t *testing.T) {
 	st, g := groupSetup(t, 3)
 	ctx := context.Background()
-	base := g.Entered()
-	g.Close()
 	g.FailNext(1)
-	first := save(st, ctx, checkpoint(0, "validate"))
-	waitEntered(t, g, base+1)
+	first, _ := holdGroup(t, st, g, checkpoint(0, "validate"))
 	second, third := save(st, ctx, checkpoint(1, "validate")), save(st, ctx, checkpoint(2, "validate"))
 	waitQueued(t, st, 2)
 	g.Open()
@@ -123,10 +128,7 @@ func TestGroupCommitSyncFailureFailsOnlyItsGroup(t *testing.T) {
 func TestGroupCommitRefusedWriteAcknowledgesNothingUnwritten(t *testing.T) {
 	st, g := groupSetup(t, 3)
 	ctx := context.Background()
-	base := g.Entered()
-	g.Close()
-	first := save(st, ctx, checkpoint(0, "validate"))
-	waitEntered(t, g, base+1)
+	first, _ := holdGroup(t, st, g, checkpoint(0, "validate"))
 	refused := make(chan error, 1)
 	go func() {
 		refused <- st.RawJobUpdate(ctx, "j1", bson.D{{Key: "$inc", Value: bson.D{{Key: "eventId", Value: 1}}}})
@@ -156,10 +158,7 @@ func TestGroupCommitRefusedWriteAcknowledgesNothingUnwritten(t *testing.T) {
 func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
 	st, g := groupSetup(t, 3)
 	ctx := context.Background()
-	base := g.Entered()
-	g.Close()
-	first := save(st, ctx, checkpoint(0, "fetch-job"))
-	waitEntered(t, g, base+1)
+	first, _ := holdGroup(t, st, g, checkpoint(0, "fetch-job"))
 	cctx, cancel := context.WithCancel(ctx)
 	abandoned := save(st, cctx, checkpoint(1, "fetch-job"))
 	waitQueued(t, st, 1)
@@ -232,10 +231,7 @@ func TestRacingUpsertsOfNewDocument(t *testing.T) {
 func TestCloseBoundedByContext(t *testing.T) {
 	st, g := groupSetup(t, 1)
 	ctx := context.Background()
-	base := g.Entered()
-	g.Close()
-	held := save(st, ctx, checkpoint(0, "initialize"))
-	waitEntered(t, g, base+1)
+	held, _ := holdGroup(t, st, g, checkpoint(0, "initialize"))
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	if err := st.Close(cctx); !errors.Is(err, context.Canceled) {
