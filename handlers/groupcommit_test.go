@@ -108,7 +108,9 @@ func TestFailedGroupRetriesItsStep(t *testing.T) {
 	waitSyncs(t, g, base+4)
 	g.FailNext(1)
 	g.Open()
-	j := b.waitStatus(t, "failing-sync", tasks.StatusCompleted, 20*time.Second)
+	b.waitStatus(t, "failing-sync", tasks.StatusCompleted, 20*time.Second)
+	// The status reads completed at store-results: wait for the last step.
+	j := waitStep(t, b, "failing-sync", tasks.StepSendCompletion)
 	if j.Attempts != 2 || j.Failures != 0 {
 		t.Errorf("attempts = %d, failures = %d; want 2 and 0 (a store failure uses no budget)", j.Attempts, j.Failures)
 	}
