@@ -186,8 +186,8 @@ func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
 
 // Racing upserts of new _ids all succeed and are all in the store: FerretDB's
 // upsert is a find then an insert, so all but one insert of an _id hit the
-// unique index, and the store tries those once more, as updates. Several
-// _ids race at once, so a group's bulk mixes them: a bulk that stops at its
+// unique index, and the store tries those again, as updates. Several _ids
+// race at once, so a group's bulk mixes them: a bulk that stops at its
 // first error must not acknowledge the upserts it never ran.
 func TestRacingUpsertsOfNewDocument(t *testing.T) {
 	for _, mode := range []struct {
