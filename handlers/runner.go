@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
+	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
@@ -21,6 +23,7 @@ import (
 type JobStore interface {
 	StartAttempt(ctx context.Context, a store.Attempt) (*store.Job, string, error)
 	SaveCheckpoint(ctx context.Context, c store.Checkpoint) error
+	AppendProgress(ctx context.Context, c store.Checkpoint) error
 }
 
 // Sealer encrypts step outputs that hold insights. Nil stores them in clear.
@@ -96,16 +99,51 @@ type Run struct {
 
 	r *Runner
 	// set is merged into the next checkpoint write: fields that change with
-	// a step's outcome, written in the same update.
-	set bson.D
+	// a step's outcome, written in the same update; push holds the progress
+	// events that go with it.
+	set  bson.D
+	push []store.ProgressEvent
 	// step is the step running now and stepStart when its body began (for
 	// failure records).
 	step      string
 	stepStart time.Time
 }
 
-// AlsoSet adds a top-level job field to the next checkpoint write.
-func (r *Run) AlsoSet(key string, v any) { r.set = append(r.set, bson.E{Key: key, Value: v}) }
+// AlsoSet adds a top-level job field to the next checkpoint write; a field
+// set twice keeps the last value (an update naming a field twice is refused
+// as a conflict).
+func (r *Run) AlsoSet(key string, v any) {
+	for i := range r.set {
+		if r.set[i].Key == key {
+			r.set[i].Value = v
+			return
+		}
+	}
+	r.set = append(r.set, bson.E{Key: key, Value: v})
+}
+
+// Report adds a progress event (the BMS app's shape) to the next write.
+func (r *Run) Report(typ string, data map[string]any) {
+	r.push = append(r.push, store.ProgressEvent{Timestamp: time.Now().UTC(), Type: typ, Data: data})
+}
+
+// Flush writes the pending progress events now (a long step shows them
+// while it runs).
+func (r *Run) Flush(ctx context.Context) error {
+	if len(r.push) == 0 {
+		return nil
+	}
+	c := store.Checkpoint{DocID: r.Job.DocID, JobID: r.Job.ID, EventID: r.Job.EventID, Push: r.push}
+	if err := r.r.cfg.Store.AppendProgress(ctx, c); err != nil {
+		if isRevoke(err) {
+			return err
+		}
+		return &storeErr{err: err}
+	}
+	r.Job.Progress = append(r.Job.Progress, r.push...)
+	r.push = nil
+	return nil
+}
 
 // Workflow is the body of a durable task: a sequence of Step and Sleep
 // calls.
@@ -217,7 +255,7 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 	if es := (*stepErr)(nil); errors.As(err, &es) {
 		step = es.step
 	}
-	cp := store.Checkpoint{JobID: job.ID, EventID: job.EventID, Step: step, Set: run.set}
+	cp := store.Checkpoint{DocID: job.DocID, JobID: job.ID, EventID: job.EventID, Step: step, Set: run.set}
 	run.set = nil
 	if step != "" {
 		prev := job.Steps[step]
@@ -225,9 +263,12 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 			StartedAt: run.stepStart, FinishedAt: now, DurationMs: now.Sub(run.stepStart).Milliseconds(), Error: err.Error()}
 		cp.State = stepState
 	}
-	cp.Set = append(cp.Set,
-		bson.E{Key: "error", Value: store.JobError{Kind: kind, Message: err.Error(), Step: step, At: now}},
+	cp.Set = append(slices.DeleteFunc(cp.Set, func(e bson.E) bool { return e.Key == "failures" }),
+		bson.E{Key: "error", Value: err.Error()},
+		bson.E{Key: "failure", Value: store.Failure{Kind: kind, Message: err.Error(), Step: step, At: now}},
 		bson.E{Key: "failures", Value: failures})
+	run.Report(insights.ProgressError, map[string]any{"message": err.Error(), "error": err.Error(), "step": step, "kind": kind, "final": final})
+	cp.Push, run.push = run.push, nil
 	status := tasks.StatusRetrying
 	if final {
 		status = tasks.StatusFailed

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -38,6 +39,7 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 	}
 	log := r.Log.With("step", name)
 	r.step, r.stepStart = name, time.Now().UTC()
+	r.Report(insights.ProgressStatus, map[string]any{"message": "Step " + name + " started", "step": name, "attempt": r.Attempt})
 	if h := r.r.cfg.Hook; h != nil {
 		if err := h(ctx, r, name); err != nil {
 			return out, &stepErr{step: name, err: err}
@@ -69,14 +71,15 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 
 // checkpoint writes a step state with the pending fields in one update.
 func (r *Run) checkpoint(ctx context.Context, name string, st store.StepState) error {
-	cp := store.Checkpoint{JobID: r.Job.ID, EventID: r.Job.EventID, Step: name, State: st, Set: r.set}
+	cp := store.Checkpoint{DocID: r.Job.DocID, JobID: r.Job.ID, EventID: r.Job.EventID, Step: name, State: st, Set: r.set, Push: r.push}
 	if err := r.r.cfg.Store.SaveCheckpoint(ctx, cp); err != nil {
 		if isRevoke(err) {
 			return err
 		}
 		return &storeErr{err: err}
 	}
-	r.set = nil
+	r.Job.Progress = append(r.Job.Progress, r.push...)
+	r.set, r.push = nil, nil
 	r.Job.Steps[name] = st
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
 )
@@ -75,37 +76,37 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 	if _, err := Step(ctx, r, tasks.StepInitialize, func(ctx context.Context) (initOutput, error) {
 		r.AlsoSet("queue", p.Queue)
 		r.AlsoSet("priority", p.Priority)
-		if job.Request == nil && p.Request != nil {
-			r.AlsoSet("request", p.Request)
-			job.Request = p.Request
-			if p.SystemID != "" {
-				r.AlsoSet("systemId", p.SystemID)
-				job.SystemID = p.SystemID
-			}
+		if job.AnalysisData == nil && p.Request != nil {
+			// The job had no request (it was created by the worker, or by a
+			// producer without the store): record the event's.
+			job.Request = job.Request.Merge(p.Request)
+			setRequest(r, job.Request)
+		}
+		if job.SystemID == "" && p.SystemID != "" {
+			r.AlsoSet("systemId", p.SystemID)
+			job.SystemID = p.SystemID
 		}
 		return initOutput{EventID: p.EventID, Queue: p.Queue, Priority: p.Priority}, nil
 	}); err != nil {
 		return err
 	}
 	fetched, err := Step(ctx, r, tasks.StepFetchJob, func(ctx context.Context) (fetchOutput, error) {
-		switch {
-		case job.Request != nil && job.Request.AnalysisData != nil:
-			return fetchOutput{SystemID: job.SystemID, Source: "job"}, nil
-		case p.Request != nil:
-			return fetchOutput{SystemID: p.SystemID, Source: "event"}, nil
+		if job.AnalysisData == nil || job.SystemID == "" {
+			return fetchOutput{}, tasks.DoNotRetry(fmt.Errorf("job %s is missing its request: it needs analysisData and systemId", job.ID))
 		}
-		return fetchOutput{}, tasks.DoNotRetry(fmt.Errorf("job %s has no request (no analysisData was ever sent for it)", job.ID))
+		source := "job"
+		if p.Request != nil && p.Request.AnalysisData != nil {
+			source = "event"
+		}
+		return fetchOutput{SystemID: job.SystemID, Source: source}, nil
 	})
 	if err != nil {
 		return err
 	}
-	req := job.Request
-	if req == nil || req.AnalysisData == nil {
-		req = p.Request
-	}
+	req := job.Request.WithDefaults()
 	systemID := fetched.SystemID
 	if _, err := Step(ctx, r, tasks.StepValidate, func(ctx context.Context) (validateOutput, error) {
-		if err := tasks.ValidateRequest(systemID, req); err != nil {
+		if err := tasks.ValidateRequest(systemID, &req); err != nil {
 			return validateOutput{}, tasks.DoNotRetry(err)
 		}
 		return validateOutput{Valid: true}, nil
@@ -113,27 +114,38 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 		return err
 	}
 	result, err := SealedStep(ctx, r, tasks.StepProcessInsights, func(ctx context.Context) (*insights.Result, error) {
+		// The step start shows at once: this step is the long one.
+		if err := r.Flush(ctx); err != nil {
+			return nil, err
+		}
 		return w.cfg.Engine.Generate(ctx, insights.Request{
 			SystemID: systemID, Snapshot: *req.AnalysisData, CustomPrompt: req.CustomPrompt,
 			ContextWindowDays: req.ContextWindowDays, MaxIterations: req.MaxIterations, FullContextMode: req.FullContextMode,
+			ModelOverride: req.ModelOverride,
+			Progress: func(ctx context.Context, ev insights.Progress) error {
+				r.Report(ev.Type, ev.Data)
+				return r.Flush(ctx)
+			},
 		})
 	})
 	if err != nil {
 		return err
 	}
 	stored, err := SealedStep(ctx, r, tasks.StepStoreResults, func(ctx context.Context) (storeOutput, error) {
-		res := any(result)
+		final := any(store.NewFinalInsights(result))
 		if s := r.r.cfg.Sealer; s != nil {
 			var err error
-			if res, err = s.Seal(result); err != nil {
+			if final, err = s.Seal(final); err != nil {
 				return storeOutput{}, fmt.Errorf("seal result: %w", err)
 			}
 		}
 		now := time.Now().UTC()
-		r.AlsoSet("result", res)
+		r.AlsoSet("finalInsights", final)
+		r.AlsoSet("partialInsights", nil)
 		r.AlsoSet("status", tasks.StatusCompleted)
 		r.AlsoSet("completedAt", now)
 		r.AlsoSet("error", nil)
+		r.Report(insights.ProgressStatus, map[string]any{"message": "Analysis completed successfully"})
 		return storeOutput{HealthScore: result.HealthScore, Status: result.Status, StoredAt: now}, nil
 	})
 	if err != nil {
@@ -147,7 +159,7 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 	}
 	_, err = Step(ctx, r, tasks.StepSendCompletion, func(ctx context.Context) (completionOutput, error) {
 		task, opts, err := tasks.NewCompletedTask(tasks.CompletedPayload{
-			EventID: p.EventID, JobID: job.ID, SystemID: systemID, CompletedAt: stored.StoredAt,
+			EventID: p.EventID, JobID: job.ID, SystemID: systemID, CompletedAt: stored.StoredAt, HasInsights: true,
 			HealthScore: stored.HealthScore, Status: stored.Status,
 		}, w.cfg.Retention)
 		if err != nil {
@@ -166,4 +178,15 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 		return out, nil
 	})
 	return err
+}
+
+// setRequest records the request fields at the job's top level, as the
+// BMS app stores them.
+func setRequest(r *Run, q tasks.Request) {
+	r.AlsoSet("analysisData", q.AnalysisData)
+	r.AlsoSet("customPrompt", q.CustomPrompt)
+	r.AlsoSet("contextWindowDays", q.ContextWindowDays)
+	r.AlsoSet("maxIterations", q.MaxIterations)
+	r.AlsoSet("fullContextMode", q.FullContextMode)
+	r.AlsoSet("modelOverride", q.ModelOverride)
 }

@@ -23,6 +23,9 @@ type EventData struct {
 	ContextWindowDays *int          `json:"contextWindowDays,omitempty"`
 	MaxIterations     *int          `json:"maxIterations,omitempty"`
 	FullContextMode   *bool         `json:"fullContextMode,omitempty"`
+	// ModelOverride is the Gemini model for this job instead of
+	// GEMINI_MODEL ([A-Za-z0-9._-]{1,64}).
+	ModelOverride string `json:"modelOverride,omitempty"`
 }
 
 // FieldError is a refused value; Field names it as the producer wrote it
@@ -45,7 +48,10 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+var (
+	idPattern    = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+	modelPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+)
 
 // ValidID reports whether s is a valid jobId or systemId.
 func ValidID(s string) bool { return idPattern.MatchString(s) }
@@ -78,6 +84,9 @@ func (d *EventData) Validate(prefix string) error {
 	if v := d.MaxIterations; v != nil && (*v < minIterations || *v > maxIterations) {
 		return fieldErr(prefix+"maxIterations", "must be %d–%d, got %d", minIterations, maxIterations, *v)
 	}
+	if d.ModelOverride != "" && !modelPattern.MatchString(d.ModelOverride) {
+		return fieldErr(prefix+"modelOverride", "must match [A-Za-z0-9._-]{1,64}")
+	}
 	return nil
 }
 
@@ -85,13 +94,13 @@ func (d *EventData) Validate(prefix string) error {
 // only a jobId whose stored request is to be used).
 func (d *EventData) HasRequest() bool { return d.AnalysisData != nil }
 
-// Request returns the request fields with defaults applied.
+// Request returns the request fields the event sets (defaults apply when
+// the run validates them, so a re-send keeps the stored values it omits).
 func (d *EventData) Request() *Request {
 	r := &Request{
-		AnalysisData:      d.AnalysisData,
-		CustomPrompt:      d.CustomPrompt,
-		ContextWindowDays: DefaultContextWindow,
-		MaxIterations:     DefaultMaxIterations,
+		AnalysisData:  d.AnalysisData,
+		CustomPrompt:  d.CustomPrompt,
+		ModelOverride: d.ModelOverride,
 	}
 	if d.ContextWindowDays != nil {
 		r.ContextWindowDays = *d.ContextWindowDays
@@ -111,6 +120,9 @@ func ValidateRequest(systemID string, r *Request) error {
 	if r == nil || r.AnalysisData == nil {
 		return fieldErr("analysisData", "required")
 	}
+	if r.ModelOverride != "" && !modelPattern.MatchString(r.ModelOverride) {
+		return fieldErr("modelOverride", "must match [A-Za-z0-9._-]{1,64}")
+	}
 	if !ValidID(systemID) {
 		return fieldErr("systemId", "must match [A-Za-z0-9._:-]{1,128}")
 	}
@@ -123,9 +135,8 @@ func ValidateRequest(systemID string, r *Request) error {
 	if n := len([]rune(r.CustomPrompt)); n > MaxCustomPromptLen {
 		return fieldErr("customPrompt", "at most %d characters, got %d", MaxCustomPromptLen, n)
 	}
-	soc := r.AnalysisData.StateOfCharge
-	if soc < 0 || soc > 100 {
-		return fieldErr("analysisData.stateOfCharge", "must be 0–100 %%, got %g", soc)
+	if soc := r.AnalysisData.StateOfCharge; soc != nil && (*soc < 0 || *soc > 100) {
+		return fieldErr("analysisData.stateOfCharge", "must be 0–100 %%, got %g", *soc)
 	}
 	return nil
 }
@@ -173,6 +184,17 @@ func ParseEnvelope(body []byte) (*Send, error) {
 	s := &Send{Priority: DefaultPriority}
 	if err := strictDecode(env.EventData, &s.Data, "eventData."); err != nil {
 		return nil, err
+	}
+	// null is the same as absent (the BMS app sends nulls), but an empty
+	// id is a value, and refused.
+	var ids struct{ JobID, SystemID *string }
+	if err := json.Unmarshal(env.EventData, &ids); err == nil {
+		if ids.JobID != nil && *ids.JobID == "" {
+			return nil, fieldErr("eventData.jobId", "must not be empty")
+		}
+		if ids.SystemID != nil && *ids.SystemID == "" {
+			return nil, fieldErr("eventData.systemId", "must not be empty")
+		}
 	}
 	if err := s.Data.Validate("eventData."); err != nil {
 		return nil, err

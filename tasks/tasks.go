@@ -48,14 +48,54 @@ var Steps = []string{StepInitialize, StepFetchJob, StepValidate, StepProcessInsi
 // AnalysisData is one BMS snapshot (DESIGN.md section 7).
 type AnalysisData = bms.Snapshot
 
-// Request is what a run analyses: the event's request fields with defaults
-// applied. It is stored as the job's `request`.
+// Request is what a run analyses: the event's request fields. The job
+// document holds them at its top level, as the BMS app stores them; 0 and
+// "" (the app's null) take the defaults when the run validates them.
 type Request struct {
 	AnalysisData      *AnalysisData `json:"analysisData,omitempty" bson:"analysisData,omitempty"`
-	CustomPrompt      string        `json:"customPrompt" bson:"customPrompt"`
-	ContextWindowDays int           `json:"contextWindowDays" bson:"contextWindowDays"`
-	MaxIterations     int           `json:"maxIterations" bson:"maxIterations"`
-	FullContextMode   bool          `json:"fullContextMode" bson:"fullContextMode"`
+	CustomPrompt      string        `json:"customPrompt,omitempty" bson:"customPrompt,omitempty"`
+	ContextWindowDays int           `json:"contextWindowDays,omitempty" bson:"contextWindowDays,omitempty"`
+	MaxIterations     int           `json:"maxIterations,omitempty" bson:"maxIterations,omitempty"`
+	FullContextMode   bool          `json:"fullContextMode,omitempty" bson:"fullContextMode,omitempty"`
+	ModelOverride     string        `json:"modelOverride,omitempty" bson:"modelOverride,omitempty"`
+}
+
+// WithDefaults returns r with the defaults in place of unset fields.
+func (r Request) WithDefaults() Request {
+	if r.ContextWindowDays == 0 {
+		r.ContextWindowDays = DefaultContextWindow
+	}
+	if r.MaxIterations == 0 {
+		r.MaxIterations = DefaultMaxIterations
+	}
+	return r
+}
+
+// Merge returns r with every field that o sets put in place of r's: a
+// re-send that carries only some fields keeps the stored others.
+func (r Request) Merge(o *Request) Request {
+	if o == nil {
+		return r
+	}
+	if o.AnalysisData != nil {
+		r.AnalysisData = o.AnalysisData
+	}
+	if o.CustomPrompt != "" {
+		r.CustomPrompt = o.CustomPrompt
+	}
+	if o.ContextWindowDays != 0 {
+		r.ContextWindowDays = o.ContextWindowDays
+	}
+	if o.MaxIterations != 0 {
+		r.MaxIterations = o.MaxIterations
+	}
+	if o.FullContextMode {
+		r.FullContextMode = true
+	}
+	if o.ModelOverride != "" {
+		r.ModelOverride = o.ModelOverride
+	}
+	return r
 }
 
 // Payload is the asynq task payload of generate-insights.
@@ -76,6 +116,7 @@ type CompletedPayload struct {
 	JobID       string    `json:"jobId"`
 	SystemID    string    `json:"systemId"`
 	CompletedAt time.Time `json:"completedAt"`
+	HasInsights bool      `json:"hasInsights"`
 	HealthScore float64   `json:"healthScore"`
 	Status      string    `json:"status"`
 }

@@ -111,9 +111,9 @@ func (s *Server) eventStatus(ev *event) *EventStatus {
 		st.Queue = ev.Job.Queue
 		st.Retried = ev.Job.Failures
 		if ev.Job.Error != nil && ev.Job.Status != tasks.StatusCompleted {
-			msg := ev.Job.Error.Message
+			msg := *ev.Job.Error
 			st.LastError = &msg
-			st.LastFailedAt = timePtr(ev.Job.Error.At)
+			st.LastFailedAt = timePtr(ev.Job.FailedAt())
 		}
 		if ev.Job.ProcessAt != nil && (ev.Job.Status == tasks.StatusScheduled || ev.Job.Status == tasks.StatusQueued) {
 			st.NextProcessAt = timePtr(*ev.Job.ProcessAt)
@@ -310,9 +310,11 @@ func (s *Server) failureGroups(ctx context.Context) (*Failures, error) {
 	for _, j := range jobs {
 		k := key{kind: tasks.KindInternal, msg: "(no error recorded)"}
 		step := ""
-		if j.Error != nil {
-			k = key{kind: j.Error.Kind, msg: j.Error.Message}
-			step = j.Error.Step
+		if f := j.Failure; f != nil {
+			k = key{kind: f.Kind, msg: f.Message}
+			step = f.Step
+		} else if j.Error != nil {
+			k.msg = *j.Error // failed by the app's own workload
 		}
 		i, ok := idx[k]
 		if !ok {
@@ -337,12 +339,7 @@ func (s *Server) failureGroups(ctx context.Context) (*Failures, error) {
 	return out, nil
 }
 
-func failedAt(j *store.Job) time.Time {
-	if j.Error != nil && !j.Error.At.IsZero() {
-		return j.Error.At.UTC()
-	}
-	return j.UpdatedAt.UTC()
-}
+func failedAt(j *store.Job) time.Time { return j.FailedAt() }
 
 // failures is GET /api/failures.
 func (s *Server) failures(w http.ResponseWriter, r *http.Request) {
@@ -366,7 +363,7 @@ func (s *Server) view(job *store.Job) *store.Job {
 	if s.cfg.Decrypt == nil {
 		return &v
 	}
-	v.Result = s.open(job.ID, "result", job.Result)
+	v.FinalInsights = s.open(job.ID, "finalInsights", job.FinalInsights)
 	steps := make(map[string]store.StepState, len(job.Steps))
 	for name, st := range job.Steps {
 		st.Output = s.open(job.ID, "steps."+name+".output", st.Output)

@@ -186,7 +186,7 @@ func (s *Server) retry(ctx context.Context, id string) (*retryResult, error) {
 		queue = tasks.QueueFor(job.Priority)
 	}
 	info, err := s.cfg.Client.Enqueue(ctx, tasks.Run{JobID: job.ID, EventID: job.EventID, SystemID: job.SystemID,
-		Request: job.Request, Priority: job.Priority, Queue: queue, ProcessAt: time.Now()})
+		Request: job.StoredRequest(), Priority: job.Priority, Queue: queue, ProcessAt: time.Now()})
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
 		return nil, errorf(http.StatusConflict, "event %s was enqueued again meanwhile", id)
 	}

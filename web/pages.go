@@ -192,6 +192,7 @@ type jobPage struct {
 	ResultHTML  template.HTML
 	ResultJSON  string
 	RequestJSON string
+	Progress    []progressRow
 	Live        bool
 	CanRetry    bool
 	CanCancel   bool
@@ -248,14 +249,15 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 		st, ok := job.Steps[name]
 		data.Steps = append(data.Steps, stepRow{Name: name, Present: ok, State: st, Output: prettyJSON(st.Output)})
 	}
-	if job.Result != nil {
-		data.ResultJSON = prettyJSON(job.Result)
-		if md := markdownOf(job.Result); md != "" {
+	if job.FinalInsights != nil {
+		data.ResultJSON = prettyJSON(job.FinalInsights)
+		if md := markdownOf(job.FinalInsights); md != "" {
 			data.ResultHTML = renderMarkdown(md)
 		}
 	}
-	if job.Request != nil {
-		data.RequestJSON = prettyJSON(job.Request)
+	data.RequestJSON = prettyJSON(job.Request)
+	for _, ev := range job.Progress {
+		data.Progress = append(data.Progress, progressRow{At: ev.Timestamp, Type: ev.Type, Text: stageOf(ev)})
 	}
 	if job.EventID != "" && s.cfg.Inspector != nil {
 		if ev, err := s.lookupEvent(r.Context(), job.EventID); err == nil {
@@ -280,24 +282,24 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, http.StatusOK, s.pages.job, data)
 }
 
-func markdownOf(result any) string {
-	switch m := result.(type) {
-	case map[string]any:
-		s, _ := m["markdown"].(string)
-		return s
-	case interface{ Map() map[string]any }:
-		s, _ := m.Map()["markdown"].(string)
-		return s
-	}
-	b, err := json.Marshal(result)
+// progressRow is one progress event on the job page.
+type progressRow struct {
+	At   time.Time
+	Type string
+	Text string
+}
+
+// markdownOf is the report of a finalInsights (its rawText).
+func markdownOf(final any) string {
+	b, err := json.Marshal(final)
 	if err != nil {
 		return ""
 	}
 	var v struct {
-		Markdown string `json:"markdown"`
+		RawText string `json:"rawText"`
 	}
 	_ = json.Unmarshal(b, &v)
-	return v.Markdown
+	return v.RawText
 }
 
 // retryPage is POST /jobs/{jobId}/retry (the Retry button).

@@ -202,6 +202,9 @@ func (s *Server) routes() {
 	mux.Handle("POST "+netlifyBase+"/send", s.auth(http.HandlerFunc(s.postEvent)))
 	mux.Handle("GET "+netlifyBase+"/events/{eventId}", s.auth(http.HandlerFunc(s.getEvent)))
 	mux.Handle(netlifyBase+"/", s.auth(http.HandlerFunc(s.apiNotFound)))
+	// The BMS app's own status poll, in its shape.
+	mux.Handle("GET "+StatusPathBMS, s.auth(http.HandlerFunc(s.bmsStatusRoute)))
+	mux.Handle("POST "+StatusPathBMS, s.auth(http.HandlerFunc(s.bmsStatusRoute)))
 
 	// Metrics.
 	mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{})))

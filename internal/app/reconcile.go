@@ -41,7 +41,7 @@ func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
 			}
 			announced = true
 		}
-		run := tasks.Run{JobID: j.ID, EventID: j.EventID, SystemID: j.SystemID, Request: j.Request, Priority: j.Priority, Queue: j.Queue}
+		run := tasks.Run{JobID: j.ID, EventID: j.EventID, SystemID: j.SystemID, Request: j.StoredRequest(), Priority: j.Priority, Queue: j.Queue}
 		if j.ProcessAt != nil && j.ProcessAt.After(time.Now()) {
 			run.ProcessAt, run.Scheduled = *j.ProcessAt, true
 		}
@@ -49,7 +49,7 @@ func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
 			errs = append(errs, fmt.Errorf("re-enqueue %s: %w", j.ID, err))
 			continue
 		}
-		_ = a.Store.Touch(ctx, j.ID, j.EventID)
+		_ = a.Store.Touch(ctx, j)
 		a.Log.Info("re-enqueued a job whose task was gone from Redis", "jobId", j.ID, "eventId", j.EventID, "queue", j.Queue)
 		n++
 	}

@@ -210,10 +210,13 @@ func (s *Sim) Next(step time.Duration) (bms.Record, bool) {
 		return bms.Record{}, false
 	}
 	return bms.Record{
-		ID:        fmt.Sprintf("%s-%d", s.sys.ID, t.UnixMilli()),
-		SystemID:  s.sys.ID,
-		Timestamp: t.UTC(),
-		Analysis:  s.snapshot(t, i, p, capAh),
+		ID:               fmt.Sprintf("%s-%d", s.sys.ID, t.UnixMilli()),
+		SystemID:         s.sys.ID,
+		SystemName:       s.sys.Name,
+		Timestamp:        bms.Time{Time: t.UTC()},
+		Analysis:         s.snapshot(t, i, p, capAh),
+		HardwareSystemID: "HW-" + s.sys.ID,
+		FileName:         fmt.Sprintf("screenshot-%d.png", t.UnixMilli()),
 	}, true
 }
 
@@ -254,24 +257,26 @@ func (s *Sim) snapshot(t time.Time, current, power, capAh float64) bms.Snapshot 
 	case current < -0.5:
 		status = "Discharging"
 	}
+	// The app's shape: the main sensor as a scalar `temperature`, the
+	// other sensors rarely; MOS temperature apart.
 	return bms.Snapshot{
-		StateOfCharge:         math.Round(s.soc*10) / 10,
-		OverallVoltage:        math.Round(sum*100) / 100,
-		Current:               math.Round(current*100) / 100,
-		Power:                 math.Round(power*10) / 10,
-		RemainingCapacity:     math.Round(rem*10) / 10,
-		FullCapacity:          math.Round(capAh*10) / 10,
-		CycleCount:            math.Floor(c.cycles0 + days*0.3 + s.ah/s.sys.Capacity),
-		HighestCellVoltage:    hi,
-		LowestCellVoltage:     lo,
-		AverageCellVoltage:    math.Round(sum/float64(c.cells)*1000) / 1000,
-		CellVoltageDifference: math.Round((hi-lo)*1000) / 1000,
+		StateOfCharge:         bms.F(math.Round(s.soc*10) / 10),
+		OverallVoltage:        bms.F(math.Round(sum*100) / 100),
+		Current:               bms.F(math.Round(current*100) / 100),
+		Power:                 bms.F(math.Round(power*10) / 10),
+		RemainingCapacity:     bms.F(math.Round(rem*10) / 10),
+		FullCapacity:          bms.F(math.Round(capAh*10) / 10),
+		CycleCount:            bms.F(math.Floor(c.cycles0 + days*0.3 + s.ah/s.sys.Capacity)),
+		HighestCellVoltage:    bms.F(hi),
+		LowestCellVoltage:     bms.F(lo),
+		AverageCellVoltage:    bms.F(math.Round(sum/float64(c.cells)*1000) / 1000),
+		CellVoltageDifference: bms.F(math.Round((hi-lo)*1000) / 1000),
 		CellVoltages:          cells,
-		Temperatures:          temps,
-		MOSTemperature:        math.Round((amb+5+math.Abs(current)*0.05)*10) / 10,
-		ChargeMOSOn:           true,
-		DischargeMOSOn:        true,
-		BalanceOn:             hi-lo > 0.03 && current > 0,
+		Temperature:           bms.F(temps[0]),
+		MOSTemperature:        bms.F(math.Round((amb+5+math.Abs(current)*0.05)*10) / 10),
+		ChargeMOSOn:           ptr(true),
+		DischargeMOSOn:        ptr(true),
+		BalanceOn:             ptr(hi-lo > 0.03 && current > 0),
 		Alerts:                alerts,
 		Status:                status,
 		HardwareSystemID:      "HW-" + s.sys.ID,
@@ -325,3 +330,5 @@ func Snapshot(sys bms.System, seed int64, at time.Time) bms.Snapshot {
 	}
 	return last.Analysis
 }
+
+func ptr[T any](v T) *T { return &v }

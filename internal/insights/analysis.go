@@ -70,10 +70,10 @@ func KWh(ah, volts float64) float64 { return ah * volts / 1000 }
 // when the snapshot holds no cell data.
 func ImbalanceMV(s bms.Snapshot) (mv float64, ok bool) {
 	switch {
-	case s.CellVoltageDifference > 0:
-		return s.CellVoltageDifference * 1000, true
-	case s.HighestCellVoltage > 0 && s.LowestCellVoltage > 0:
-		return (s.HighestCellVoltage - s.LowestCellVoltage) * 1000, true
+	case bms.V(s.CellVoltageDifference) > 0:
+		return *s.CellVoltageDifference * 1000, true
+	case bms.V(s.HighestCellVoltage) > 0 && bms.V(s.LowestCellVoltage) > 0:
+		return (*s.HighestCellVoltage - *s.LowestCellVoltage) * 1000, true
 	case len(s.CellVoltages) >= 2:
 		return (slices.Max(s.CellVoltages) - slices.Min(s.CellVoltages)) * 1000, true
 	}
@@ -107,12 +107,12 @@ func ImbalanceLevel(mv float64) string {
 // TemperatureLevel classifies cell temperatures and the MOS temperature:
 // any cell > 45 °C or < 0 °C, or MOS > 80 °C, is critical; any cell > 35 °C
 // or < 5 °C is a warning. No cell temperatures and no MOS reading: unknown.
-func TemperatureLevel(temps []float64, mos float64) string {
+func TemperatureLevel(temps []float64, mosTemp *float64) string {
 	level := LevelUnknown
-	if len(temps) > 0 || mos != 0 {
+	if len(temps) > 0 || mosTemp != nil {
 		level = LevelNormal
 	}
-	if mos > MOSCriticalC {
+	if mos := bms.V(mosTemp); mos > MOSCriticalC {
 		return LevelCritical
 	}
 	for _, t := range temps {
@@ -397,11 +397,11 @@ func Outliers(values, baseline []float64, k float64) (idx []int, sigma float64) 
 // current (positive charging, negative discharging): Power, or V × I when
 // the BMS reports no power. Some BMSs report |P|; the current decides.
 func EffectivePower(s bms.Snapshot) float64 {
-	p := s.Power
+	p, i := bms.V(s.Power), bms.V(s.Current)
 	if p == 0 {
-		return s.OverallVoltage * s.Current
+		return bms.V(s.OverallVoltage) * i
 	}
-	if s.Current != 0 && (p > 0) != (s.Current > 0) {
+	if i != 0 && (p > 0) != (i > 0) {
 		return -p
 	}
 	return p
@@ -431,14 +431,14 @@ func Derive(s bms.Snapshot) Derived {
 	} else {
 		d.DischargeW = -p
 	}
-	if len(s.Temperatures) > 0 {
-		d.TempMax = slices.Max(s.Temperatures)
+	if temps := s.Temps(); len(temps) > 0 {
+		d.TempMax = slices.Max(temps)
 		d.HasTemp = 1
 	}
 	if mv, ok := ImbalanceMV(s); ok {
 		d.ImbalanceMV, d.HasCells = mv, 1
 	}
-	if ah, ok := EstimatedCapacityAh(s.StateOfCharge, s.RemainingCapacity); ok {
+	if ah, ok := EstimatedCapacityAh(bms.V(s.StateOfCharge), bms.V(s.RemainingCapacity)); ok {
 		d.HighSOC, d.EstCapAh = 1, ah
 	}
 	return d

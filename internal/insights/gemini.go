@@ -126,6 +126,10 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 		Tools:             []*genai.Tool{{FunctionDeclarations: toolDeclarations()}},
 		Temperature:       genai.Ptr[float32](0.2),
 	}
+	model := g.cfg.Model
+	if req.ModelOverride != "" {
+		model = req.ModelOverride
+	}
 	var text string
 	turns, calls := 0, 0
 	for turns < maxIter {
@@ -134,13 +138,19 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 			// Last allowed turn: ask for the answer, no more tool calls.
 			cfg.ToolConfig = &genai.ToolConfig{FunctionCallingConfig: &genai.FunctionCallingConfig{Mode: genai.FunctionCallingConfigModeNone}}
 		}
-		resp, err := client.Models.GenerateContent(ctx, g.cfg.Model, contents, cfg)
+		if err := req.report(ctx, ProgressIteration, map[string]any{"iteration": turns, "maxIterations": maxIter, "model": model}); err != nil {
+			return nil, err
+		}
+		resp, err := client.Models.GenerateContent(ctx, model, contents, cfg)
 		if err != nil {
 			return nil, g.classify(ctx, err, slot)
 		}
 		fcs := resp.FunctionCalls()
 		if len(fcs) == 0 {
 			text = resp.Text()
+			if err := req.report(ctx, ProgressAIResponse, map[string]any{"type": "final_answer", "iteration": turns, "length": len(text)}); err != nil {
+				return nil, err
+			}
 			break
 		}
 		if len(resp.Candidates) > 0 && resp.Candidates[0].Content != nil {
@@ -149,6 +159,10 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 		var parts []*genai.Part
 		for _, fc := range fcs {
 			calls++
+			if err := req.report(ctx, ProgressToolCall, map[string]any{"toolName": fc.Name, "parameters": fc.Args, "iteration": turns}); err != nil {
+				return nil, err
+			}
+			start := time.Now()
 			out, err := tools.call(ctx, fc.Name, fc.Args)
 			if err != nil {
 				var herr *historyError
@@ -157,13 +171,21 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 				}
 				out = map[string]any{"error": err.Error()}
 			}
+			resp := map[string]any{"toolName": fc.Name, "success": err == nil, "durationMs": time.Since(start).Milliseconds(), "iteration": turns}
+			if err != nil {
+				resp["error"] = err.Error()
+			}
+			if err := req.report(ctx, ProgressToolResponse, resp); err != nil {
+				return nil, err
+			}
 			p := genai.NewPartFromFunctionResponse(fc.Name, out)
 			p.FunctionResponse.ID = fc.ID
 			parts = append(parts, p)
 		}
 		contents = append(contents, genai.NewContentFromParts(parts, genai.RoleUser))
 	}
-	res.Metrics["llm"] = map[string]any{"model": g.cfg.Model, "turns": turns, "toolCalls": calls, "answered": text != ""}
+	res.Metrics["llm"] = map[string]any{"model": model, "turns": turns, "toolCalls": calls, "answered": text != ""}
+	res.Turns, res.ToolCalls, res.Model = turns, calls, model
 	if strings.TrimSpace(text) != "" {
 		res.Markdown = text
 	}

@@ -51,13 +51,13 @@ type Rollup struct {
 func (r *Rollup) Add(s bms.Snapshot) {
 	d := Derive(s)
 	r.Count++
-	r.SumSOC += s.StateOfCharge
-	r.SumVoltage += s.OverallVoltage
-	r.SumCurrent += s.Current
-	r.SumPower += s.Power
-	r.SumRemainingAh += s.RemainingCapacity
-	r.SumCycleCount += s.CycleCount
-	r.SumMOSTemp += s.MOSTemperature
+	r.SumSOC += bms.V(s.StateOfCharge)
+	r.SumVoltage += bms.V(s.OverallVoltage)
+	r.SumCurrent += bms.V(s.Current)
+	r.SumPower += bms.V(s.Power)
+	r.SumRemainingAh += bms.V(s.RemainingCapacity)
+	r.SumCycleCount += bms.V(s.CycleCount)
+	r.SumMOSTemp += bms.V(s.MOSTemperature)
 	r.SumChargeW += d.ChargeW
 	r.SumDischargeW += d.DischargeW
 	r.TempCount += d.HasTemp
@@ -90,7 +90,7 @@ func (r Rollup) MeanImbalanceMV() float64 {
 func RollupRecords(recs []bms.Record) []Rollup {
 	var out []Rollup
 	for _, rec := range recs {
-		h := rec.Timestamp.UTC().Truncate(time.Hour)
+		h := rec.At().Truncate(time.Hour)
 		if len(out) == 0 || !out[len(out)-1].Hour.Equal(h) {
 			out = append(out, Rollup{Hour: h})
 		}
@@ -129,16 +129,16 @@ func (m *MemorySource) Add(records ...bms.Record) {
 	}
 	for id := range touched {
 		rs := m.records[id]
-		if !sort.SliceIsSorted(rs, func(i, j int) bool { return rs[i].Timestamp.Before(rs[j].Timestamp) }) {
-			sort.SliceStable(rs, func(i, j int) bool { return rs[i].Timestamp.Before(rs[j].Timestamp) })
+		if !sort.SliceIsSorted(rs, func(i, j int) bool { return rs[i].At().Before(rs[j].At()) }) {
+			sort.SliceStable(rs, func(i, j int) bool { return rs[i].At().Before(rs[j].At()) })
 		}
 	}
 }
 
 func (m *MemorySource) window(systemID string, from, to time.Time) []bms.Record {
 	rs := m.records[systemID]
-	i := sort.Search(len(rs), func(i int) bool { return !rs[i].Timestamp.Before(from) })
-	j := sort.Search(len(rs), func(i int) bool { return !rs[i].Timestamp.Before(to) })
+	i := sort.Search(len(rs), func(i int) bool { return !rs[i].At().Before(from) })
+	j := sort.Search(len(rs), func(i int) bool { return !rs[i].At().Before(to) })
 	if j < i {
 		return nil
 	}

@@ -128,6 +128,8 @@ type HistoryBuilder struct {
 	prevT   time.Time
 	prevP   float64
 	prevSOC float64
+	// hasPrevSOC: prevSOC was measured (a null SOC is no jump).
+	hasPrevSOC bool
 
 	jumps     []SOCJump
 	jumpCount int
@@ -183,7 +185,7 @@ func (b *HistoryBuilder) jump(at time.Time, from, to float64) {
 
 // AddRecord folds one raw record (records must come in time order).
 func (b *HistoryBuilder) AddRecord(rec bms.Record) {
-	t := rec.Timestamp
+	t := rec.At()
 	s := rec.Analysis
 	if b.records == 0 {
 		b.first = t
@@ -206,11 +208,14 @@ func (b *HistoryBuilder) AddRecord(rec bms.Record) {
 				b.addEnergy(b.prevT, 0, wh, dt.Hours())
 			}
 		}
-		if dt >= 0 && dt < SOCJumpWithin && math.Abs(s.StateOfCharge-b.prevSOC) > SOCJumpPct {
-			b.jump(t, b.prevSOC, s.StateOfCharge)
+		if s.StateOfCharge != nil && b.hasPrevSOC && dt >= 0 && dt < SOCJumpWithin && math.Abs(*s.StateOfCharge-b.prevSOC) > SOCJumpPct {
+			b.jump(t, b.prevSOC, *s.StateOfCharge)
 		}
 	}
-	b.hasPrev, b.prevT, b.prevP, b.prevSOC = true, t, p, s.StateOfCharge
+	b.hasPrev, b.prevT, b.prevP = true, t, p
+	if s.StateOfCharge != nil {
+		b.hasPrevSOC, b.prevSOC = true, *s.StateOfCharge
+	}
 }
 
 // AddRollup folds one hour (rollups must come in time order). Its energy

@@ -18,8 +18,40 @@ type Request struct {
 	ContextWindowDays int
 	MaxIterations     int
 	FullContextMode   bool
+	// ModelOverride is the model for this request instead of the
+	// provider's default (Gemini only); empty: the default.
+	ModelOverride string
 	// Now is the end of the context window; zero means time.Now().
 	Now time.Time
+	// Progress, when set, is told of each model turn and tool call as it
+	// happens (the job's progress events). An error it returns stops the
+	// run: the store that records progress failed. Nil: not reported.
+	Progress func(ctx context.Context, ev Progress) error
+}
+
+// Progress is one progress event in the BMS app's shape: Type is
+// status | tool_call | tool_response | ai_response | iteration | error.
+type Progress struct {
+	Type string         `json:"type" bson:"type"`
+	Data map[string]any `json:"data" bson:"data"`
+}
+
+// Progress event types (the BMS app's).
+const (
+	ProgressStatus       = "status"
+	ProgressToolCall     = "tool_call"
+	ProgressToolResponse = "tool_response"
+	ProgressAIResponse   = "ai_response"
+	ProgressIteration    = "iteration"
+	ProgressError        = "error"
+)
+
+// report sends ev to req.Progress when there is one.
+func (req Request) report(ctx context.Context, typ string, data map[string]any) error {
+	if req.Progress == nil {
+		return nil
+	}
+	return req.Progress(ctx, Progress{Type: typ, Data: data})
 }
 
 // Finding is one observation with its severity.
@@ -48,6 +80,11 @@ type Result struct {
 	ContextSummary ContextSummary `json:"contextSummary" bson:"contextSummary"`
 	Provider       string         `json:"provider" bson:"provider"` // rules | gemini
 	Markdown       string         `json:"markdown" bson:"markdown"`
+	// Turns and ToolCalls count the model's turns and tool calls (0 for
+	// rules); Model is the model that answered.
+	Turns     int    `json:"turns" bson:"turns"`
+	ToolCalls int    `json:"toolCalls" bson:"toolCalls"`
+	Model     string `json:"model,omitempty" bson:"model,omitempty"`
 }
 
 // Engine produces insights for one request.

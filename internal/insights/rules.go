@@ -47,22 +47,25 @@ type SnapshotAnalysis struct {
 // AnalyzeSnapshot analyses the current reading with the system's nominal
 // data (sys may be nil).
 func AnalyzeSnapshot(s bms.Snapshot, sys *bms.System) SnapshotAnalysis {
-	a := SnapshotAnalysis{SOC: s.StateOfCharge, MOSTemperature: s.MOSTemperature, CurrentA: s.Current, CycleCount: s.CycleCount}
+	a := SnapshotAnalysis{SOC: bms.V(s.StateOfCharge), MOSTemperature: bms.V(s.MOSTemperature), CurrentA: bms.V(s.Current), CycleCount: bms.V(s.CycleCount)}
 	if mv, ok := ImbalanceMV(s); ok {
 		a.ImbalanceMV, a.HasCells = mv, true
 		a.ImbalanceClass, a.ImbalanceLevel = ClassifyImbalance(mv), ImbalanceLevel(mv)
 	}
-	if len(s.Temperatures) > 0 {
-		a.MaxTemperature, a.MinTemperature = slices.Max(s.Temperatures), slices.Min(s.Temperatures)
+	if temps := s.Temps(); len(temps) > 0 {
+		a.MaxTemperature, a.MinTemperature = slices.Max(temps), slices.Min(temps)
 	}
-	a.TemperatureLevel = TemperatureLevel(s.Temperatures, s.MOSTemperature)
-	a.SOCLevel = SOCLevel(s.StateOfCharge)
+	a.TemperatureLevel = TemperatureLevel(s.Temps(), s.MOSTemperature)
+	a.SOCLevel = LevelUnknown
+	if s.StateOfCharge != nil {
+		a.SOCLevel = SOCLevel(*s.StateOfCharge)
+	}
 	a.PowerW = EffectivePower(s)
-	a.Discharging = s.Current < 0
-	if h, ok := RuntimeHours(s.RemainingCapacity, s.Current); ok {
+	a.Discharging = bms.V(s.Current) < 0
+	if h, ok := RuntimeHours(bms.V(s.RemainingCapacity), bms.V(s.Current)); ok {
 		a.RuntimeHours = h
 	}
-	a.RatedCapacityAh, a.NominalVoltage = s.FullCapacity, s.OverallVoltage
+	a.RatedCapacityAh, a.NominalVoltage = bms.V(s.FullCapacity), bms.V(s.OverallVoltage)
 	if sys != nil {
 		a.Chemistry = sys.Chemistry
 		if sys.Capacity > 0 {
@@ -72,23 +75,23 @@ func AnalyzeSnapshot(s bms.Snapshot, sys *bms.System) SnapshotAnalysis {
 			a.NominalVoltage = sys.Voltage
 		}
 	}
-	full := s.FullCapacity
+	full := bms.V(s.FullCapacity)
 	if full == 0 {
 		full = a.RatedCapacityAh
 	}
-	if h, ok := HoursToFull(s.RemainingCapacity, full, s.Current); ok {
+	if h, ok := HoursToFull(bms.V(s.RemainingCapacity), full, bms.V(s.Current)); ok {
 		a.HoursToFull = h
 	}
-	v := s.OverallVoltage
+	v := bms.V(s.OverallVoltage)
 	if v == 0 {
 		v = a.NominalVoltage
 	}
-	a.RemainingKWh = KWh(s.RemainingCapacity, v)
+	a.RemainingKWh = KWh(bms.V(s.RemainingCapacity), v)
 	a.CapacityKWh = KWh(a.RatedCapacityAh, a.NominalVoltage)
 	a.RatedCycles = RatedCycles(a.Chemistry)
-	a.CycleLifeUsedPct, a.CycleLifeClass = CycleLifeUse(a.Chemistry, s.CycleCount)
+	a.CycleLifeUsedPct, a.CycleLifeClass = CycleLifeUse(a.Chemistry, bms.V(s.CycleCount))
 	if a.RatedCapacityAh > 0 {
-		if est, ok := EstimatedCapacityAh(s.StateOfCharge, s.RemainingCapacity); ok {
+		if est, ok := EstimatedCapacityAh(bms.V(s.StateOfCharge), bms.V(s.RemainingCapacity)); ok {
 			a.CapacityRetention = est / a.RatedCapacityAh * 100
 			a.CapacityClass = ClassifyRetention(a.CapacityRetention)
 			a.CapacitySource = "snapshot"
@@ -235,7 +238,7 @@ func findings(a *Analysis, s bms.Snapshot) []Finding {
 			add(SeverityInfo, "CELL_IMBALANCE", sn.ImbalanceMV, th, "Cell balance %s: %.0f mV spread", sn.ImbalanceClass, sn.ImbalanceMV)
 		}
 	}
-	if len(s.Temperatures) > 0 {
+	if len(s.Temps()) > 0 {
 		hi, lo := sn.MaxTemperature, sn.MinTemperature
 		switch {
 		case hi > TempCriticalHighC:
@@ -250,8 +253,8 @@ func findings(a *Analysis, s bms.Snapshot) []Finding {
 			add(SeverityWarning, "TEMPERATURE_LOW", lo, TempWarningLowC, "Battery temperature %.1f °C is below %.0f °C", lo, TempWarningLowC)
 		}
 	}
-	if s.MOSTemperature > MOSCriticalC {
-		add(SeverityCritical, "MOS_TEMPERATURE", s.MOSTemperature, MOSCriticalC, "MOSFET temperature %.1f °C is above %.0f °C", s.MOSTemperature, MOSCriticalC)
+	if mos := bms.V(s.MOSTemperature); mos > MOSCriticalC {
+		add(SeverityCritical, "MOS_TEMPERATURE", mos, MOSCriticalC, "MOSFET temperature %.1f °C is above %.0f °C", mos, MOSCriticalC)
 	}
 	switch sn.SOCLevel {
 	case LevelCritical:
@@ -272,12 +275,12 @@ func findings(a *Analysis, s bms.Snapshot) []Finding {
 		}
 		add(sev, "CAPACITY_RETENTION", sn.CapacityRetention, 80, "Capacity retention %.1f %% of the rated %.0f Ah (%s, from %s)", sn.CapacityRetention, sn.RatedCapacityAh, sn.CapacityClass, sn.CapacitySource)
 	}
-	if s.CycleCount > 0 {
+	if bms.V(s.CycleCount) > 0 {
 		sev := SeverityInfo
 		if sn.CycleLifeClass == "end-of-life" {
 			sev = SeverityWarning
 		}
-		add(sev, "CYCLE_LIFE", sn.CycleLifeUsedPct, 90, "%.0f cycles: %.0f %% of the %.0f-cycle life (%s)", s.CycleCount, sn.CycleLifeUsedPct, sn.RatedCycles, sn.CycleLifeClass)
+		add(sev, "CYCLE_LIFE", sn.CycleLifeUsedPct, 90, "%.0f cycles: %.0f %% of the %.0f-cycle life (%s)", bms.V(s.CycleCount), sn.CycleLifeUsedPct, sn.RatedCycles, sn.CycleLifeClass)
 	}
 	for _, al := range s.Alerts {
 		add(SeverityWarning, "BMS_ALERT", 0, 0, "BMS alert: %s", al)

@@ -1,38 +1,25 @@
 package store
 
-// The systems and history collections (DESIGN.md section 7) and the reads
-// the insights engine needs: *Store is an insights.HistorySource.
+// The systems and history collections, read in the BMS app's shapes
+// (DESIGN.md section 7): systems found by their `id`, history records with
+// ISO-8601 string timestamps (BSON dates are read too) and only the app's
+// own fields. *Store is an insights.HistorySource.
 //
-// Hourly rollups and FerretDB v1: its aggregation pipeline has no date
-// operators at all (of the expression operators only $sum and $type are
-// implemented; $dateTrunc, $hour, $toLong, $divide, $floor, $subtract and
-// $cond are in its "unsupported" list, read from
-// internal/handler/common/aggregations/operators/operators.go of v1.24.2),
-// and $group accumulates only $sum and $count. So each history document
-// carries, written at insert time, its hour bucket `hour` (whole hours
-// since the Unix epoch) and the per-sample terms of the conditional sums in
-// `d` (insights.Derived: charge/discharge power parts, hottest sensor, cell
-// spread, the capacity estimate at SOC ≥ 80 %). The rollup is then one
-// $match, one $group on "$hour" with $sum only, and a $sort: the same on
-// MongoDB and FerretDB. History written by anything other than
-// InsertHistory must add those two fields, or it is left out of the
-// rollups (it is still read by EachRecord, the full-context mode).
-//
-// FerretDB v1.24.2 has a further bug: a $group evaluates only its first
-// accumulator. All accumulators of a group share one iterator over the
-// group's documents (stages/group.go, Process), so the first one drains it
-// and every later one sums nothing (a {$sum: 1} after a {$sum: "$x"} gives
-// 0). HourlyRollups therefore ends its $group with a second count and
-// compares it with the first: on MongoDB they agree and the server's
-// result is used; where they differ (FerretDB v1) it remembers that for
-// this Store and computes the same rollups in Go from one projected,
-// streamed read of the window (rollupsByScan). Never a silently wrong sum.
+// Hourly rollups are computed in Go from one streamed read of the window:
+// FerretDB v1's aggregation has no date or conditional operators and its
+// $group evaluates only its first accumulator, and the app's records carry
+// nothing precomputed. The window is read by the {systemId, timestamp}
+// index on MongoDB; on the embedded FerretDB, which pushes no filter but an
+// _id equality down to SQLite, through Config.HistoryWindow (devstack reads
+// SQLite's own index), so the cost grows with the window, not with the
+// collection.
 
 import (
+	"container/heap"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/bmsview/insights/internal/bms"
@@ -47,12 +34,10 @@ import (
 const HistoryBatchSize = 1000
 
 // HistoryScanTimeout bounds the first round trip of a history read (the
-// find or aggregate that opens the cursor) when ctx has no deadline of its
-// own. It is longer than the per-call deadline because FerretDB v1's SQLite
-// backend pushes no filter but an _id equality down to SQLite: every
-// history query decodes the whole collection in Go before answering, which
-// takes seconds per hundred thousand documents. An unreachable server still
-// fails within the client's server selection timeout (the per-call one).
+// find that opens the cursor) when ctx has no deadline of its own: a
+// FerretDB without HistoryWindow decodes the whole collection before it
+// answers. An unreachable server still fails within the client's server
+// selection timeout (the per-call one).
 const HistoryScanTimeout = 5 * time.Minute
 
 func (s *Store) scanCtx(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -64,34 +49,31 @@ func (s *Store) scanCtx(ctx context.Context) (context.Context, context.CancelFun
 
 var _ insights.HistorySource = (*Store)(nil)
 
-// historyDoc is a history document as stored: the contract's fields plus
-// the rollup helpers.
-type historyDoc struct {
-	ID        string           `bson:"_id"`
-	SystemID  string           `bson:"systemId"`
-	Timestamp time.Time        `bson:"timestamp"`
-	Analysis  bms.Snapshot     `bson:"analysis"`
-	Hour      int64            `bson:"hour"`
-	D         insights.Derived `bson:"d"`
-}
-
-// System returns a system, (nil, nil) when there is none with that id.
+// System returns a system by its `id` (the app's systems) or its `_id`
+// (the demo's, whose `_id` is the id); (nil, nil) when there is none.
 func (s *Store) System(ctx context.Context, systemID string) (*bms.System, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	var sys bms.System
 	err := s.systems.FindOne(ctx, bson.D{{Key: "_id", Value: systemID}}).Decode(&sys)
 	if errors.Is(err, mongo.ErrNoDocuments) {
+		err = s.systems.FindOne(ctx, bson.D{{Key: "id", Value: systemID}}).Decode(&sys)
+	}
+	if errors.Is(err, mongo.ErrNoDocuments) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: load system %s: %w", systemID, err)
 	}
+	if sys.ID == "" {
+		sys.ID = systemID
+	}
 	return &sys, nil
 }
 
-// UpsertSystem creates or updates a system. A stored lastInsights is kept
-// unless sys carries one.
+// UpsertSystem creates or updates a system with `_id` = `id` (the demo's
+// and the data generator's systems). A stored lastInsights is kept unless
+// sys carries one.
 func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 	if sys.ID == "" {
 		return errors.New("store: system without id")
@@ -99,12 +81,14 @@ func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	set := bson.D{
+		{Key: "id", Value: sys.ID},
 		{Key: "name", Value: sys.Name},
 		{Key: "chemistry", Value: sys.Chemistry},
 		{Key: "voltage", Value: sys.Voltage},
 		{Key: "capacity", Value: sys.Capacity},
 		{Key: "latitude", Value: sys.Latitude},
 		{Key: "longitude", Value: sys.Longitude},
+		{Key: "associatedHardwareIds", Value: append([]string{}, sys.AssociatedHardwareIDs...)},
 		{Key: "maxAmpsSolarCharging", Value: sys.MaxAmpsSolarCharging},
 		{Key: "maxAmpsGeneratorCharging", Value: sys.MaxAmpsGeneratorCharging},
 	}
@@ -119,43 +103,50 @@ func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 	return nil
 }
 
-// SetLastInsights stores v as the system's lastInsights (creating a bare
-// system document when there is none).
+// SetLastInsights stores v as the system's lastInsights, on the app's
+// document (found by `id`) or the demo's (by `_id`). It never creates a
+// system: ErrNotFound when there is none.
 func (s *Store) SetLastInsights(ctx context.Context, systemID string, v map[string]any) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	_, err := s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: systemID}}).
-		SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}).SetUpsert(true))
+	update := bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}
+	matched, err := s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: systemID}}).SetUpdate(update))
+	if err == nil && !matched {
+		matched, err = s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "id", Value: systemID}}).SetUpdate(update))
+	}
 	if err != nil {
 		return fmt.Errorf("store: set lastInsights of %s: %w", systemID, err)
+	}
+	if !matched {
+		return fmt.Errorf("store: system %s: %w", systemID, ErrNotFound)
 	}
 	return nil
 }
 
-// InsertHistory stores records in InsertMany batches, each with its hour
-// bucket and derived values. Records without an id get one. Inserting a
-// record whose id is already stored is not an error (seeding twice is
-// harmless); any other failure is.
+// historyDoc is a history document as the app writes it.
+type historyDoc struct {
+	ID         bson.ObjectID `bson:"_id"`
+	bms.Record `bson:",inline"`
+	UpdatedAt  string `bson:"updatedAt"`
+}
+
+// InsertHistory stores records in the app's shape (ObjectId `_id`, ISO
+// string timestamps), in InsertMany batches. Records without an id get one.
 func (s *Store) InsertHistory(ctx context.Context, recs []bms.Record) error {
+	now := time.Now().UTC().Format(bms.ISO)
 	for start := 0; start < len(recs); start += HistoryBatchSize {
 		batch := recs[start:min(start+HistoryBatchSize, len(recs))]
 		docs := make([]any, len(batch))
 		for i, r := range batch {
-			id := r.ID
-			if id == "" {
-				id = bson.NewObjectID().Hex()
+			oid := bson.NewObjectID()
+			if r.ID == "" {
+				r.ID = oid.Hex()
 			}
-			docs[i] = historyDoc{
-				ID: id, SystemID: r.SystemID, Timestamp: r.Timestamp.UTC().Truncate(time.Millisecond),
-				Analysis: r.Analysis, Hour: insights.HourNumber(r.Timestamp), D: insights.Derive(r.Analysis),
-			}
+			docs[i] = historyDoc{ID: oid, Record: r, UpdatedAt: now}
 		}
 		cctx, cancel := s.ctx(ctx)
 		err := s.write(cctx, func(ctx context.Context) error {
 			_, err := s.history.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
-			if onlyDuplicates(err) {
-				return nil
-			}
 			return err
 		})
 		cancel()
@@ -166,223 +157,128 @@ func (s *Store) InsertHistory(ctx context.Context, recs []bms.Record) error {
 	return nil
 }
 
-func onlyDuplicates(err error) bool {
-	var bwe mongo.BulkWriteException
-	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) == 0 {
-		return false
-	}
-	for _, we := range bwe.WriteErrors {
-		if we.Code != 11000 {
-			return false
-		}
-	}
-	return true
-}
-
-func historyRange(systemID string, from, to time.Time) bson.D {
-	return bson.D{
-		{Key: "systemId", Value: systemID},
-		{Key: "timestamp", Value: bson.D{{Key: "$gte", Value: from.UTC()}, {Key: "$lt", Value: to.UTC()}}},
-	}
-}
+// HistoryWindowFunc reads, in time order, the history documents of
+// systemID whose `timestamp` (an ISO string or a date) lies in [from, to),
+// each as JSON in FerretDB's SQLite form (dates as Unix milliseconds).
+type HistoryWindowFunc func(ctx context.Context, database, systemID string, from, to time.Time, fn func(doc []byte) error) error
 
 // EachRecord streams the records of systemID with from <= timestamp < to in
-// time order through a cursor, HistoryBatchSize at a time. Each round trip
-// (the find and every getMore) has the store's per-call deadline; the
-// whole stream is bounded only by ctx. An error of fn stops the stream and
-// is returned as is.
+// time order, HistoryBatchSize at a time. Each round trip has the store's
+// per-call deadline; the whole stream is bounded only by ctx. An error of
+// fn stops the stream and is returned as is.
 func (s *Store) EachRecord(ctx context.Context, systemID string, from, to time.Time, fn func(bms.Record) error) error {
-	fctx, cancel := s.scanCtx(ctx)
-	cur, err := s.history.Find(fctx, historyRange(systemID, from, to),
-		options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize).
-			SetProjection(bson.D{{Key: "hour", Value: 0}, {Key: "d", Value: 0}}))
-	cancel()
-	if err != nil {
-		return fmt.Errorf("store: read history of %s: %w", systemID, err)
+	from, to = from.UTC(), to.UTC()
+	in := func(r *bms.Record) bool { t := r.At(); return !t.Before(from) && t.Before(to) }
+	if s.historyWindow != nil {
+		return s.historyWindow(ctx, s.db.Name(), systemID, from, to, func(doc []byte) error {
+			var r bms.Record
+			if err := json.Unmarshal(doc, &r); err != nil {
+				return fmt.Errorf("store: decode history record: %w", err)
+			}
+			delete(r.Analysis.Extra, "$s")
+			if !in(&r) {
+				return nil
+			}
+			return fn(r)
+		})
 	}
-	defer cur.Close(context.WithoutCancel(ctx))
-	var rec bms.Record
-	for {
-		if !s.next(ctx, cur) {
-			break
+	// Strings and dates sort apart in MongoDB, so each form is its own
+	// sorted range, merged here by time.
+	ranges := []bson.D{
+		{{Key: "$gte", Value: from.Add(-time.Second).Format(bms.ISO)}, {Key: "$lt", Value: to.Add(time.Second).Format(bms.ISO)}},
+		{{Key: "$gte", Value: from}, {Key: "$lt", Value: to}},
+	}
+	var curs []*recordCursor
+	defer func() {
+		for _, c := range curs {
+			_ = c.cur.Close(context.WithoutCancel(ctx))
 		}
-		rec = bms.Record{}
-		if err := cur.Decode(&rec); err != nil {
-			return fmt.Errorf("store: decode history record: %w", err)
+	}()
+	for _, rg := range ranges {
+		fctx, cancel := s.scanCtx(ctx)
+		cur, err := s.history.Find(fctx, bson.D{{Key: "systemId", Value: systemID}, {Key: "timestamp", Value: rg}},
+			options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("store: read history of %s: %w", systemID, err)
 		}
-		if err := fn(rec); err != nil {
+		curs = append(curs, &recordCursor{cur: cur})
+	}
+	h := &recordHeap{}
+	for _, c := range curs {
+		ok, err := c.advance(ctx, s)
+		if err != nil {
+			return fmt.Errorf("store: read history of %s: %w", systemID, err)
+		}
+		if ok {
+			heap.Push(h, c)
+		}
+	}
+	for h.Len() > 0 {
+		c := (*h)[0]
+		r := c.rec
+		ok, err := c.advance(ctx, s)
+		if err != nil {
+			return fmt.Errorf("store: read history of %s: %w", systemID, err)
+		}
+		if ok {
+			heap.Fix(h, 0)
+		} else {
+			heap.Pop(h)
+		}
+		if !in(&r) {
+			continue
+		}
+		if err := fn(r); err != nil {
 			return err
 		}
 	}
-	if err := cur.Err(); err != nil {
-		return fmt.Errorf("store: read history of %s: %w", systemID, err)
+	return ctx.Err()
+}
+
+// recordCursor is one sorted range of EachRecord with its next record.
+type recordCursor struct {
+	cur *mongo.Cursor
+	rec bms.Record
+}
+
+func (c *recordCursor) advance(ctx context.Context, s *Store) (bool, error) {
+	if !s.next(ctx, c.cur) {
+		return false, c.cur.Err()
 	}
-	return nil
+	c.rec = bms.Record{}
+	if err := c.cur.Decode(&c.rec); err != nil {
+		return false, fmt.Errorf("decode history record: %w", err)
+	}
+	return true, nil
 }
 
-// rollupDoc is one $group output. Sums decode as float64 whatever BSON
-// number type the server chose.
-type rollupDoc struct {
-	Hour           *float64 `bson:"_id"`
-	Check          float64  `bson:"check"`
-	Count          float64  `bson:"count"`
-	SumSOC         float64  `bson:"soc"`
-	SumVoltage     float64  `bson:"voltage"`
-	SumCurrent     float64  `bson:"current"`
-	SumPower       float64  `bson:"power"`
-	SumRemainingAh float64  `bson:"remaining"`
-	SumCycleCount  float64  `bson:"cycles"`
-	SumMOSTemp     float64  `bson:"mos"`
-	SumChargeW     float64  `bson:"chargeW"`
-	SumDischargeW  float64  `bson:"dischargeW"`
-	TempCount      float64  `bson:"tempCount"`
-	SumTempMax     float64  `bson:"tempMax"`
-	CellCount      float64  `bson:"cellCount"`
-	SumImbalanceMV float64  `bson:"imbalanceMv"`
-	HighSOCCount   float64  `bson:"highSoc"`
-	SumEstCapAh    float64  `bson:"estCapAh"`
+type recordHeap []*recordCursor
+
+func (h recordHeap) Len() int           { return len(h) }
+func (h recordHeap) Less(i, j int) bool { return h[i].rec.At().Before(h[j].rec.At()) }
+func (h recordHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *recordHeap) Push(x any)        { *h = append(*h, x.(*recordCursor)) }
+func (h *recordHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
-// HourlyRollups aggregates the window per hour in the database: $match on
-// the {systemId, timestamp} index, $group on the stored hour bucket with
-// $sum only, $sort by hour.
+// HourlyRollups aggregates the window per hour from one streamed read of
+// it, one hour in memory at a time.
 func (s *Store) HourlyRollups(ctx context.Context, systemID string, from, to time.Time) ([]insights.Rollup, error) {
-	if _, broken := groupBroken.Load(s); broken {
-		return s.rollupsByScan(ctx, systemID, from, to)
-	}
-	out, ok, err := s.rollupsByGroup(ctx, systemID, from, to)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		groupBroken.Store(s, true)
-		return s.rollupsByScan(ctx, systemID, from, to)
-	}
-	return out, nil
-}
-
-// groupBroken holds the stores whose server evaluates only the first
-// accumulator of a $group (FerretDB v1).
-var groupBroken sync.Map
-
-// rollupsByGroup is the server-side aggregation; ok is false when the
-// server dropped accumulators (the check count disagrees).
-func (s *Store) rollupsByGroup(ctx context.Context, systemID string, from, to time.Time) (out []insights.Rollup, ok bool, err error) {
-	ctx, cancel := s.scanCtx(ctx)
-	defer cancel()
-	sum := func(path string) bson.D { return bson.D{{Key: "$sum", Value: path}} }
-	pipeline := mongo.Pipeline{
-		{{Key: "$match", Value: historyRange(systemID, from, to)}},
-		{{Key: "$group", Value: bson.D{
-			{Key: "_id", Value: "$hour"},
-			{Key: "count", Value: bson.D{{Key: "$sum", Value: 1}}},
-			{Key: "soc", Value: sum("$analysis.stateOfCharge")},
-			{Key: "voltage", Value: sum("$analysis.overallVoltage")},
-			{Key: "current", Value: sum("$analysis.current")},
-			{Key: "power", Value: sum("$analysis.power")},
-			{Key: "remaining", Value: sum("$analysis.remainingCapacity")},
-			{Key: "cycles", Value: sum("$analysis.cycleCount")},
-			{Key: "mos", Value: sum("$analysis.mosTemperature")},
-			{Key: "chargeW", Value: sum("$d.chargeW")},
-			{Key: "dischargeW", Value: sum("$d.dischargeW")},
-			{Key: "tempCount", Value: sum("$d.hasTemp")},
-			{Key: "tempMax", Value: sum("$d.tempMax")},
-			{Key: "cellCount", Value: sum("$d.hasCells")},
-			{Key: "imbalanceMv", Value: sum("$d.imbalanceMv")},
-			{Key: "highSoc", Value: sum("$d.highSoc")},
-			{Key: "estCapAh", Value: sum("$d.estCapAh")},
-			// Last on purpose: equals count only where every accumulator ran.
-			{Key: "check", Value: bson.D{{Key: "$sum", Value: 1}}},
-		}}},
-		{{Key: "$sort", Value: bson.D{{Key: "_id", Value: 1}}}},
-	}
-	cur, err := s.history.Aggregate(ctx, pipeline)
-	if err != nil {
-		return nil, false, fmt.Errorf("store: hourly rollups of %s: %w", systemID, err)
-	}
-	defer cur.Close(context.WithoutCancel(ctx))
-	for cur.Next(ctx) {
-		var d rollupDoc
-		if err := cur.Decode(&d); err != nil {
-			return nil, false, fmt.Errorf("store: decode rollup: %w", err)
-		}
-		if d.Check != d.Count {
-			return nil, false, nil
-		}
-		if d.Hour == nil {
-			continue // documents without an hour bucket (not written by InsertHistory)
-		}
-		out = append(out, insights.Rollup{
-			Hour:  time.Unix(int64(*d.Hour)*3600, 0).UTC(),
-			Count: int(d.Count), SumSOC: d.SumSOC, SumVoltage: d.SumVoltage, SumCurrent: d.SumCurrent,
-			SumPower: d.SumPower, SumRemainingAh: d.SumRemainingAh, SumCycleCount: d.SumCycleCount,
-			SumMOSTemp: d.SumMOSTemp, SumChargeW: d.SumChargeW, SumDischargeW: d.SumDischargeW,
-			TempCount: int(d.TempCount), SumTempMax: d.SumTempMax, CellCount: int(d.CellCount),
-			SumImbalanceMV: d.SumImbalanceMV, HighSOCCount: int(d.HighSOCCount), SumEstCapAh: d.SumEstCapAh,
-		})
-	}
-	if err := cur.Err(); err != nil {
-		return nil, false, fmt.Errorf("store: hourly rollups of %s: %w", systemID, err)
-	}
-	return out, true, nil
-}
-
-// rollupsByScan computes the hourly rollups in Go from the window read in
-// time order (only the fields a rollup needs), one hour in memory at a
-// time. Documents without an hour bucket are left out as in the $group.
-func (s *Store) rollupsByScan(ctx context.Context, systemID string, from, to time.Time) ([]insights.Rollup, error) {
-	proj := bson.D{{Key: "hour", Value: 1}, {Key: "d", Value: 1}}
-	for _, f := range []string{"stateOfCharge", "overallVoltage", "current", "power", "remainingCapacity", "cycleCount", "mosTemperature"} {
-		proj = append(proj, bson.E{Key: "analysis." + f, Value: 1})
-	}
-	fctx, cancel := s.scanCtx(ctx)
-	cur, err := s.history.Find(fctx, historyRange(systemID, from, to),
-		options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize).SetProjection(proj))
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("store: hourly rollups of %s: %w", systemID, err)
-	}
-	defer cur.Close(context.WithoutCancel(ctx))
 	var out []insights.Rollup
-	for {
-		if !s.next(ctx, cur) {
-			break
-		}
-		var d struct {
-			Hour     *int64           `bson:"hour"`
-			Analysis bms.Snapshot     `bson:"analysis"`
-			D        insights.Derived `bson:"d"`
-		}
-		if err := cur.Decode(&d); err != nil {
-			return nil, fmt.Errorf("store: decode history record: %w", err)
-		}
-		if d.Hour == nil {
-			continue
-		}
-		h := time.Unix(*d.Hour*3600, 0).UTC()
+	err := s.EachRecord(ctx, systemID, from, to, func(r bms.Record) error {
+		h := r.At().Truncate(time.Hour)
 		if n := len(out); n == 0 || !out[n-1].Hour.Equal(h) {
 			out = append(out, insights.Rollup{Hour: h})
 		}
-		r := &out[len(out)-1]
-		a := d.Analysis
-		r.Count++
-		r.SumSOC += a.StateOfCharge
-		r.SumVoltage += a.OverallVoltage
-		r.SumCurrent += a.Current
-		r.SumPower += a.Power
-		r.SumRemainingAh += a.RemainingCapacity
-		r.SumCycleCount += a.CycleCount
-		r.SumMOSTemp += a.MOSTemperature
-		r.SumChargeW += d.D.ChargeW
-		r.SumDischargeW += d.D.DischargeW
-		r.TempCount += d.D.HasTemp
-		r.SumTempMax += d.D.TempMax
-		r.CellCount += d.D.HasCells
-		r.SumImbalanceMV += d.D.ImbalanceMV
-		r.HighSOCCount += d.D.HighSOC
-		r.SumEstCapAh += d.D.EstCapAh
-	}
-	if err := cur.Err(); err != nil {
+		out[len(out)-1].Add(r.Analysis)
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("store: hourly rollups of %s: %w", systemID, err)
 	}
 	return out, nil

@@ -6,32 +6,102 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/tasks"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
-// Job is one insights_jobs document (DESIGN.md section 7).
+// Job is one `insights-jobs` document (DESIGN.md section 7), found by its
+// field `id`. The BMS app's fields are written as its own workload writes
+// them (request fields at the top level, progress, partialInsights,
+// finalInsights, error as a string); ours sit beside them. A job the app
+// created has an ObjectId `_id` and is updated in place, never copied.
 type Job struct {
-	ID          string               `json:"jobId" bson:"_id"`
-	EventID     string               `json:"eventId" bson:"eventId"`
-	EventName   string               `json:"eventName" bson:"eventName"`
-	SystemID    string               `json:"systemId" bson:"systemId"`
-	Request     *tasks.Request       `json:"request,omitempty" bson:"request,omitempty"`
+	// DocID is the document's `_id`: the jobId for jobs this service
+	// creates, the app's ObjectId for its own. Every write filters by it.
+	DocID    any    `json:"-" bson:"_id"`
+	ID       string `json:"jobId" bson:"id"`
+	Status   string `json:"status" bson:"status"`
+	SystemID string `json:"systemId" bson:"systemId"`
+	// The request, at the top level as the app stores it.
+	tasks.Request   `bson:",inline"`
+	Progress        []ProgressEvent `json:"progress" bson:"progress"`
+	PartialInsights any             `json:"partialInsights" bson:"partialInsights"`
+	// FinalInsights is a *FinalInsights as read back, or its sealed form.
+	FinalInsights any       `json:"finalInsights" bson:"finalInsights"`
+	Error         *string   `json:"error" bson:"error"` // the last error message; null when none
+	CreatedAt     time.Time `json:"createdAt" bson:"createdAt"`
+	UpdatedAt     time.Time `json:"updatedAt" bson:"updatedAt"`
+
+	EventID     string               `json:"eventId" bson:"eventId,omitempty"`
+	EventName   string               `json:"eventName" bson:"eventName,omitempty"`
 	Priority    int                  `json:"priority" bson:"priority"`
-	Queue       string               `json:"queue" bson:"queue"`
+	Queue       string               `json:"queue" bson:"queue,omitempty"`
 	ProcessAt   *time.Time           `json:"processAt,omitempty" bson:"processAt,omitempty"`
-	Status      string               `json:"status" bson:"status"`
 	Attempts    int                  `json:"attempts" bson:"attempts"`
 	Failures    int                  `json:"failures" bson:"failures"` // failures of the current run: the retry budget used
+	Failure     *Failure             `json:"failure,omitempty" bson:"failure,omitempty"`
 	Steps       map[string]StepState `json:"steps" bson:"steps"`
-	Result      any                  `json:"result,omitempty" bson:"result,omitempty"`
-	Error       *JobError            `json:"error,omitempty" bson:"error,omitempty"`
 	FollowUp    *FollowUp            `json:"followUp,omitempty" bson:"followUp,omitempty"`
-	CreatedAt   time.Time            `json:"createdAt" bson:"createdAt"`
-	UpdatedAt   time.Time            `json:"updatedAt" bson:"updatedAt"`
 	CompletedAt *time.Time           `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
+}
+
+// StoredRequest is the job's request for a task payload: nil when the job
+// holds no snapshot (the run then fails at fetch-job).
+func (j *Job) StoredRequest() *tasks.Request {
+	if j.AnalysisData == nil {
+		return nil
+	}
+	r := j.Request
+	return &r
+}
+
+// FailedAt is when the job last failed (its updatedAt when unknown).
+func (j *Job) FailedAt() time.Time {
+	if j.Failure != nil && !j.Failure.At.IsZero() {
+		return j.Failure.At.UTC()
+	}
+	return j.UpdatedAt.UTC()
+}
+
+// ProgressEvent is one entry of the job's `progress`, in the app's shape.
+type ProgressEvent struct {
+	Timestamp time.Time      `json:"timestamp" bson:"timestamp"`
+	Type      string         `json:"type" bson:"type"` // status | tool_call | tool_response | ai_response | iteration | error
+	Data      map[string]any `json:"data" bson:"data"`
+}
+
+// FinalInsights is the job's `finalInsights`: the app's own fields
+// (rawText, contextSummary, metadata) and ours beside them.
+type FinalInsights struct {
+	RawText        string                  `json:"rawText" bson:"rawText"`
+	ContextSummary insights.ContextSummary `json:"contextSummary" bson:"contextSummary"`
+	Metadata       InsightsMetadata        `json:"metadata" bson:"metadata"`
+	HealthScore    float64                 `json:"healthScore" bson:"healthScore"`
+	Status         string                  `json:"status" bson:"status"`
+	Findings       []insights.Finding      `json:"findings" bson:"findings"`
+	Metrics        map[string]any          `json:"metrics" bson:"metrics"`
+	Provider       string                  `json:"provider" bson:"provider"`
+}
+
+// InsightsMetadata is finalInsights.metadata as the app writes it.
+type InsightsMetadata struct {
+	Mode                string `json:"mode" bson:"mode"` // background
+	Turns               int    `json:"turns" bson:"turns"`
+	ToolCalls           int    `json:"toolCalls" bson:"toolCalls"`
+	UsedFunctionCalling bool   `json:"usedFunctionCalling" bson:"usedFunctionCalling"`
+	Model               string `json:"model,omitempty" bson:"model,omitempty"`
+}
+
+// NewFinalInsights is the finalInsights of an engine's result.
+func NewFinalInsights(r *insights.Result) *FinalInsights {
+	return &FinalInsights{
+		RawText: r.Markdown, ContextSummary: r.ContextSummary,
+		Metadata:    InsightsMetadata{Mode: "background", Turns: r.Turns, ToolCalls: r.ToolCalls, UsedFunctionCalling: r.ToolCalls > 0, Model: r.Model},
+		HealthScore: r.HealthScore, Status: r.Status, Findings: r.Findings, Metrics: r.Metrics, Provider: r.Provider,
+	}
 }
 
 // StepState is one step's checkpoint.
@@ -54,8 +124,8 @@ const (
 	StepSleeping  = "sleeping"
 )
 
-// JobError is the job's last failure.
-type JobError struct {
+// Failure is the job's last failure (`failure`; `error` holds its message).
+type Failure struct {
 	Kind    string    `json:"kind" bson:"kind"`
 	Message string    `json:"message" bson:"message"`
 	Step    string    `json:"step,omitempty" bson:"step,omitempty"`
@@ -79,9 +149,12 @@ var (
 
 func newJobDoc(run tasks.Run, status string, now time.Time) *Job {
 	j := &Job{
-		ID: run.JobID, EventID: run.EventID, EventName: tasks.EventGenerateInsights,
-		SystemID: run.SystemID, Request: run.Request, Priority: run.Priority, Queue: run.Queue,
-		Status: status, Steps: map[string]StepState{}, CreatedAt: now, UpdatedAt: now,
+		DocID: run.JobID, ID: run.JobID, EventID: run.EventID, EventName: tasks.EventGenerateInsights,
+		SystemID: run.SystemID, Priority: run.Priority, Queue: run.Queue,
+		Status: status, Progress: []ProgressEvent{}, Steps: map[string]StepState{}, CreatedAt: now, UpdatedAt: now,
+	}
+	if run.Request != nil {
+		j.Request = *run.Request
 	}
 	if !run.ProcessAt.IsZero() {
 		at := run.ProcessAt.UTC()
@@ -90,13 +163,55 @@ func newJobDoc(run tasks.Run, status string, now time.Time) *Job {
 	return j
 }
 
+// findJob reads a job by jobId: by `_id` first (the jobs this service
+// creates; the one lookup FerretDB serves from an index), else by the
+// app's `id` field (its own jobs, with an ObjectId `_id`).
+func (s *Store) findJob(ctx context.Context, jobID string) (*Job, error) {
+	var j Job
+	err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: jobID}}).Decode(&j)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		err = s.jobs.FindOne(ctx, bson.D{{Key: "id", Value: jobID}}).Decode(&j)
+	}
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read job %s: %w", jobID, err)
+	}
+	if j.Steps == nil {
+		j.Steps = map[string]StepState{}
+	}
+	return &j, nil
+}
+
+// runFilter selects a job document by its `_id`, and on MongoDB also by
+// the conditions that make the write atomic with the check (FerretDB
+// serves only a bare `_id` equality from its index, and its updates are not
+// atomic anyway: there the caller checks in Go, and the job's one writer
+// keeps it safe).
+func (s *Store) runFilter(docID any, cond ...bson.E) bson.D {
+	f := bson.D{{Key: "_id", Value: docID}}
+	if !s.ferret {
+		f = append(f, cond...)
+	}
+	return f
+}
+
+// updateJob applies update to the document docID (with cond on MongoDB)
+// and reports whether it matched.
+func (s *Store) updateJob(ctx context.Context, docID any, update bson.D, cond ...bson.E) (bool, error) {
+	return s.update(ctx, s.jobs, mongo.NewUpdateOneModel().SetFilter(s.runFilter(docID, cond...)).SetUpdate(update))
+}
+
 // ClaimRun implements tasks.JobStore: it records run as the job's current
 // run, queued or scheduled, unless the job has a live run, which it returns.
 //
 // Claims are unique inserts (atomic even on FerretDB): the job document
-// itself for a new jobId, and a run_claims document keyed by the previous
-// eventId for a job whose last run ended, so two sends racing to restart it
-// start one run.
+// itself for a new jobId (the unique index on `id` refuses it when the app
+// created the job), and a run_claims document keyed by the previous
+// eventId ("" for a job the app created and never sent) for a job that has
+// no live run, so two sends racing to start it start one run. A claim
+// whose job write fails is removed again, so a later send can start it.
 func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -114,50 +229,43 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 		if !mongo.IsDuplicateKeyError(err) {
 			return nil, fmt.Errorf("insert job: %w", err)
 		}
-		var cur Job
-		if err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: run.JobID}}).Decode(&cur); err != nil {
-			if errors.Is(err, mongo.ErrNoDocuments) {
-				continue // deleted meanwhile: insert again
-			}
-			return nil, fmt.Errorf("read job: %w", err)
+		cur, err := s.findJob(ctx, run.JobID)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted meanwhile: insert again
 		}
-		if tasks.Live(cur.Status) {
+		if err != nil {
+			return nil, err
+		}
+		if tasks.Live(cur.Status) && cur.EventID != "" {
 			return &tasks.Existing{EventID: cur.EventID, Queue: cur.Queue}, nil
 		}
-		// The last run ended: claim the restart against that run's eventId.
+		claimID := cur.ID + "|" + cur.EventID
 		err = s.write(ctx, func(ctx context.Context) error {
-			_, err := s.claims.InsertOne(ctx, bson.D{{Key: "_id", Value: cur.ID + "|" + cur.EventID}, {Key: "next", Value: run.EventID}, {Key: "at", Value: now}})
+			_, err := s.claims.InsertOne(ctx, bson.D{{Key: "_id", Value: claimID}, {Key: "next", Value: run.EventID}, {Key: "at", Value: now}})
 			return err
 		})
 		if mongo.IsDuplicateKeyError(err) {
-			// Another send restarted it; report that run once it is recorded.
+			// Another send started it; report that run.
 			var winner struct {
 				Next string `bson:"next"`
 			}
-			if err := s.claims.FindOne(ctx, bson.D{{Key: "_id", Value: cur.ID + "|" + cur.EventID}}).Decode(&winner); err != nil {
+			if err := s.claims.FindOne(ctx, bson.D{{Key: "_id", Value: claimID}}).Decode(&winner); err != nil {
 				return nil, fmt.Errorf("read claim: %w", err)
 			}
 			return &tasks.Existing{EventID: winner.Next, Queue: run.Queue}, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("claim job restart: %w", err)
+			return nil, fmt.Errorf("claim job run: %w", err)
 		}
-		if doc.Request == nil {
-			doc.Request, doc.SystemID = cur.Request, cur.SystemID
-		}
-		doc.CreatedAt = cur.CreatedAt
-		var matched int64
-		err = s.write(ctx, func(ctx context.Context) error {
-			res, err := s.jobs.ReplaceOne(ctx, bson.D{{Key: "_id", Value: cur.ID}, {Key: "eventId", Value: cur.EventID}}, doc)
-			if err == nil {
-				matched = res.MatchedCount
+		matched, err := s.updateJob(ctx, cur.DocID, bson.D{{Key: "$set", Value: startRunSet(run, status, now)}},
+			bson.E{Key: "eventId", Value: cur.EventID})
+		if err != nil || !matched {
+			// Repair: without its job write the claim would answer
+			// "duplicate" with an eventId that was never enqueued.
+			_, derr := s.claims.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: claimID}})
+			if err != nil {
+				return nil, errors.Join(fmt.Errorf("start job run: %w", err), derr)
 			}
-			return err
-		})
-		if err != nil {
-			return nil, fmt.Errorf("restart job: %w", err)
-		}
-		if matched == 0 {
 			continue
 		}
 		return nil, nil
@@ -165,21 +273,68 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 	return nil, fmt.Errorf("claim job %s: gave up after repeated conflicts", run.JobID)
 }
 
+// startRunSet is the $set that makes run a job's current run: its steps
+// start afresh, and the request fields the event carries replace the
+// stored ones (those it omits are kept).
+func startRunSet(run tasks.Run, status string, now time.Time) bson.D {
+	set := bson.D{
+		{Key: "eventId", Value: run.EventID}, {Key: "eventName", Value: tasks.EventGenerateInsights},
+		{Key: "status", Value: status}, {Key: "priority", Value: run.Priority}, {Key: "queue", Value: run.Queue},
+		{Key: "processAt", Value: run.ProcessAt.UTC()}, {Key: "attempts", Value: 0}, {Key: "failures", Value: 0},
+		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: bson.D{}},
+		{Key: "progress", Value: bson.A{}}, {Key: "partialInsights", Value: nil}, {Key: "finalInsights", Value: nil},
+		{Key: "followUp", Value: nil}, {Key: "completedAt", Value: nil}, {Key: "updatedAt", Value: now},
+	}
+	if run.SystemID != "" {
+		set = append(set, bson.E{Key: "systemId", Value: run.SystemID})
+	}
+	if r := run.Request; r != nil {
+		if r.AnalysisData != nil {
+			set = append(set, bson.E{Key: "analysisData", Value: r.AnalysisData})
+		}
+		if r.CustomPrompt != "" {
+			set = append(set, bson.E{Key: "customPrompt", Value: r.CustomPrompt})
+		}
+		if r.ContextWindowDays != 0 {
+			set = append(set, bson.E{Key: "contextWindowDays", Value: r.ContextWindowDays})
+		}
+		if r.MaxIterations != 0 {
+			set = append(set, bson.E{Key: "maxIterations", Value: r.MaxIterations})
+		}
+		if r.FullContextMode {
+			set = append(set, bson.E{Key: "fullContextMode", Value: true})
+		}
+		if r.ModelOverride != "" {
+			set = append(set, bson.E{Key: "modelOverride", Value: r.ModelOverride})
+		}
+	}
+	return set
+}
+
 // AbandonRun removes a run recorded by ClaimRun whose task never reached
-// Redis. A restarted job is marked failed rather than deleted, so its
-// history stays.
+// Redis: the job is marked failed rather than deleted, so its history
+// stays and a later send starts it again.
 func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	filter := bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID}, {Key: "attempts", Value: 0}}
-	err := s.write(ctx, func(ctx context.Context) error {
-		_, err := s.jobs.UpdateOne(ctx, filter, bson.D{{Key: "$set", Value: bson.D{
-			{Key: "status", Value: tasks.StatusFailed},
-			{Key: "error", Value: JobError{Kind: tasks.KindTransient, Message: "the task could not be enqueued", At: time.Now().UTC()}},
-			{Key: "updatedAt", Value: time.Now().UTC()},
-		}}})
-		return err
-	})
+	job, err := s.findJob(ctx, jobID)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("abandon run: %w", err)
+	}
+	if job.EventID != eventID || job.Attempts != 0 {
+		return nil
+	}
+	now := time.Now().UTC()
+	msg := "the task could not be enqueued"
+	_, err = s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{
+		{Key: "status", Value: tasks.StatusFailed},
+		{Key: "error", Value: msg},
+		{Key: "failure", Value: Failure{Kind: tasks.KindTransient, Message: msg, At: now}},
+		{Key: "updatedAt", Value: now},
+	}}}, bson.E{Key: "eventId", Value: eventID}, bson.E{Key: "attempts", Value: 0})
 	if err != nil {
 		return fmt.Errorf("abandon run: %w", err)
 	}
@@ -192,87 +347,97 @@ type Attempt struct {
 	Request                  *tasks.Request
 	Priority                 int
 	Queue                    string
+	// Push is appended to the job's progress in the attempt's first write.
+	Push []ProgressEvent
 }
 
 // StartAttempt marks the job processing, adds 1 to attempts and returns the
-// job with its checkpoints, in one update; it creates the job when the
-// event arrived without one. A completed job (only its follow-up left to
-// send) keeps its status. It returns ErrCancelled or ErrStaleEvent when this
-// task must not run. Previous is the status before this attempt.
+// job with its checkpoints; it creates the job when the event arrived
+// without one. A completed job (only its follow-up left to send) keeps its
+// status. It returns ErrCancelled or ErrStaleEvent when this task must not
+// run. Previous is the status before this attempt.
 func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous string, err error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	now := time.Now().UTC()
-	filter := bson.D{{Key: "_id", Value: a.JobID}, {Key: "eventId", Value: a.EventID},
-		{Key: "status", Value: bson.D{{Key: "$nin", Value: bson.A{tasks.StatusCompleted, tasks.StatusCancelled}}}}}
-	update := bson.D{
-		{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusProcessing}, {Key: "updatedAt", Value: now}}},
-		{Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}},
-	}
-	var before Job
-	if s.ferret {
-		err = s.startAttemptFerret(ctx, a, update, &before)
-	} else {
-		err = s.write(ctx, func(ctx context.Context) error {
-			return s.jobs.FindOneAndUpdate(ctx, filter, update, options.FindOneAndUpdate().SetReturnDocument(options.Before)).Decode(&before)
-		})
-	}
-	if err == nil {
-		previous = before.Status
-		before.Status, before.Attempts, before.UpdatedAt = tasks.StatusProcessing, before.Attempts+1, now
-		if before.Steps == nil {
-			before.Steps = map[string]StepState{}
+	for range 3 {
+		cur, err := s.findJob(ctx, a.JobID)
+		if errors.Is(err, ErrNotFound) {
+			run := tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
+				Priority: a.Priority, Queue: a.Queue, ProcessAt: now}
+			doc := newJobDoc(run, tasks.StatusProcessing, now)
+			doc.Attempts = 1
+			doc.Progress = append(doc.Progress, a.Push...)
+			err := s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.InsertOne(ctx, doc); return err })
+			if mongo.IsDuplicateKeyError(err) {
+				continue // created meanwhile (a producer's claim): read it
+			}
+			if err != nil {
+				return nil, "", fmt.Errorf("create job: %w", err)
+			}
+			return doc, "", nil
 		}
-		return &before, previous, nil
-	}
-	if !errors.Is(err, mongo.ErrNoDocuments) {
-		return nil, "", fmt.Errorf("start attempt: %w", err)
-	}
-	// Rare paths: no job yet, another run, cancelled, or completed.
-	var cur Job
-	err = s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: a.JobID}}).Decode(&cur)
-	switch {
-	case errors.Is(err, mongo.ErrNoDocuments):
-		doc := newJobDoc(tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
-			Priority: a.Priority, Queue: a.Queue, ProcessAt: now}, tasks.StatusProcessing, now)
-		doc.Attempts = 1
-		if err := s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.InsertOne(ctx, doc); return err }); err != nil {
-			return nil, "", fmt.Errorf("create job: %w", err)
+		if err != nil {
+			return nil, "", err
 		}
-		return doc, "", nil
-	case err != nil:
-		return nil, "", fmt.Errorf("read job: %w", err)
-	case cur.EventID != a.EventID:
-		return nil, "", ErrStaleEvent
-	case cur.Status == tasks.StatusCancelled:
-		return nil, "", ErrCancelled
+		adopt := cur.EventID == "" // a job the app created, sent by a producer without the store
+		switch {
+		case !adopt && cur.EventID != a.EventID:
+			return nil, "", ErrStaleEvent
+		case cur.Status == tasks.StatusCancelled:
+			return nil, "", ErrCancelled
+		}
+		previous = cur.Status
+		set := bson.D{{Key: "updatedAt", Value: now}}
+		if cur.Status != tasks.StatusCompleted {
+			// Completed: only send-completion can be left; the status stays.
+			set = append(set, bson.E{Key: "status", Value: tasks.StatusProcessing})
+		}
+		if adopt {
+			set = append(set, bson.E{Key: "eventId", Value: a.EventID}, bson.E{Key: "eventName", Value: tasks.EventGenerateInsights},
+				bson.E{Key: "queue", Value: a.Queue}, bson.E{Key: "priority", Value: a.Priority})
+			cur.EventID, cur.EventName, cur.Queue, cur.Priority = a.EventID, tasks.EventGenerateInsights, a.Queue, a.Priority
+		}
+		update := bson.D{{Key: "$set", Value: set}, {Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}}}
+		if len(a.Push) > 0 {
+			update = append(update, pushProgress(a.Push))
+		}
+		matched, err := s.updateJob(ctx, cur.DocID, update,
+			bson.E{Key: "eventId", Value: cur.EventID}, bson.E{Key: "status", Value: cur.Status})
+		if err != nil {
+			return nil, "", fmt.Errorf("start attempt: %w", err)
+		}
+		if !matched {
+			continue // changed meanwhile (a cancel): read it again
+		}
+		if cur.Status != tasks.StatusCompleted {
+			cur.Status = tasks.StatusProcessing
+		}
+		cur.Attempts++
+		cur.UpdatedAt = now
+		cur.Progress = append(cur.Progress, a.Push...)
+		return cur, previous, nil
 	}
-	// Completed: only send-completion can be left; the status stays.
-	if err := s.write(ctx, func(ctx context.Context) error {
-		_, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: a.JobID}, {Key: "eventId", Value: a.EventID}},
-			bson.D{{Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}}, {Key: "$set", Value: bson.D{{Key: "updatedAt", Value: now}}}})
-		return err
-	}); err != nil {
-		return nil, "", fmt.Errorf("start attempt: %w", err)
-	}
-	cur.Attempts++
-	cur.UpdatedAt = now
-	if cur.Steps == nil {
-		cur.Steps = map[string]StepState{}
-	}
-	return &cur, cur.Status, nil
+	return nil, "", fmt.Errorf("start attempt of job %s: gave up after repeated conflicts", a.JobID)
 }
 
-// Checkpoint is one write to a job during a run: a step's outcome and the
-// job fields that change with it. It is applied only while the job is still
-// on this run and not cancelled.
+func pushProgress(evs []ProgressEvent) bson.E {
+	return bson.E{Key: "$push", Value: bson.D{{Key: "progress", Value: bson.D{{Key: "$each", Value: evs}}}}}
+}
+
+// Checkpoint is one write to a job during a run: a step's outcome, the job
+// fields that change with it and progress events to append. It is applied
+// only while the job is still on this run and not cancelled.
 type Checkpoint struct {
+	DocID          any
 	JobID, EventID string
 	Step           string
 	State          StepState
 	// Set holds more top-level fields to set in the same update (status,
-	// result, error, failures, followUp, completedAt...).
+	// finalInsights, error, failure, failures, followUp, completedAt...).
 	Set bson.D
+	// Push is appended to the job's progress.
+	Push []ProgressEvent
 }
 
 // SaveCheckpoint writes one checkpoint in one update. It returns
@@ -281,21 +446,19 @@ func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	if s.ferret {
-		return s.saveCheckpointFerret(ctx, c)
+		if err := s.checkRunFerret(ctx, c); err != nil {
+			return err
+		}
 	}
-	res, err := s.jobs.UpdateOne(ctx, checkpointFilter(c), checkpointUpdate(c))
+	matched, err := s.updateJob(ctx, c.DocID, checkpointUpdate(c),
+		bson.E{Key: "eventId", Value: c.EventID}, bson.E{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCancelled}}})
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
 	}
-	if res.MatchedCount == 0 {
+	if !matched {
 		return s.whyNotMatched(ctx, c.JobID, c.EventID)
 	}
 	return nil
-}
-
-func checkpointFilter(c Checkpoint) bson.D {
-	return bson.D{{Key: "_id", Value: c.JobID}, {Key: "eventId", Value: c.EventID},
-		{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCancelled}}}}
 }
 
 func checkpointUpdate(c Checkpoint) bson.D {
@@ -304,16 +467,58 @@ func checkpointUpdate(c Checkpoint) bson.D {
 		set = append(set, bson.E{Key: "steps." + c.Step, Value: c.State})
 	}
 	set = append(set, c.Set...)
-	return bson.D{{Key: "$set", Value: set}}
+	u := bson.D{{Key: "$set", Value: set}}
+	if len(c.Push) > 0 {
+		u = append(u, pushProgress(c.Push))
+	}
+	return u
+}
+
+// checkRunFerret is SaveCheckpoint's check on FerretDB: a checkpoint that
+// changes the job's status (completed, retrying, failed) first reads that
+// the job is still on this run and not cancelled; plain step checkpoints
+// rely on the attempt's own check at its start and on the cancel stopping
+// the task.
+func (s *Store) checkRunFerret(ctx context.Context, c Checkpoint) error {
+	for _, e := range c.Set {
+		if e.Key != "status" {
+			continue
+		}
+		var cur struct {
+			EventID string `bson:"eventId"`
+			Status  string `bson:"status"`
+		}
+		if err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: c.DocID}}).Decode(&cur); err != nil {
+			if errors.Is(err, mongo.ErrNoDocuments) {
+				return ErrStaleEvent
+			}
+			return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
+		}
+		switch {
+		case cur.EventID != c.EventID:
+			return ErrStaleEvent
+		case cur.Status == tasks.StatusCancelled:
+			return ErrCancelled
+		}
+		return nil
+	}
+	return nil
+}
+
+// AppendProgress appends progress events to the job's current run (the
+// events of a step while it runs).
+func (s *Store) AppendProgress(ctx context.Context, c Checkpoint) error {
+	c.Step = ""
+	return s.SaveCheckpoint(ctx, c)
 }
 
 func (s *Store) whyNotMatched(ctx context.Context, jobID, eventID string) error {
-	var cur Job
-	if err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: jobID}}).Decode(&cur); err != nil {
-		if errors.Is(err, mongo.ErrNoDocuments) {
-			return ErrStaleEvent
-		}
-		return fmt.Errorf("read job: %w", err)
+	cur, err := s.findJob(ctx, jobID)
+	if errors.Is(err, ErrNotFound) {
+		return ErrStaleEvent
+	}
+	if err != nil {
+		return err
 	}
 	if cur.EventID != eventID {
 		return ErrStaleEvent
@@ -321,18 +526,11 @@ func (s *Store) whyNotMatched(ctx context.Context, jobID, eventID string) error 
 	return ErrCancelled
 }
 
-// GetJob returns one job.
+// GetJob returns one job by its jobId.
 func (s *Store) GetJob(ctx context.Context, jobID string) (*Job, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	var j Job
-	if err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: jobID}}).Decode(&j); err != nil {
-		if errors.Is(err, mongo.ErrNoDocuments) {
-			return nil, ErrNotFound
-		}
-		return nil, fmt.Errorf("get job: %w", err)
-	}
-	return &j, nil
+	return s.findJob(ctx, jobID)
 }
 
 // GetJobByEvent returns the job whose current run is eventID.
@@ -345,6 +543,9 @@ func (s *Store) GetJobByEvent(ctx context.Context, eventID string) (*Job, error)
 			return nil, ErrNotFound
 		}
 		return nil, fmt.Errorf("get job by event: %w", err)
+	}
+	if j.Steps == nil {
+		j.Steps = map[string]StepState{}
 	}
 	return &j, nil
 }
@@ -412,21 +613,21 @@ func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	now := time.Now().UTC()
-	var matched int64
-	err := s.write(ctx, func(ctx context.Context) error {
-		res, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID},
-			{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCompleted}}}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "updatedAt", Value: now}}}})
-		if err == nil {
-			matched = res.MatchedCount
-		}
-		return err
-	})
+	job, err := s.findJob(ctx, jobID)
 	if err != nil {
 		return fmt.Errorf("cancel job: %w", err)
 	}
-	if matched == 0 {
+	if job.EventID != eventID || job.Status == tasks.StatusCompleted {
+		return ErrNotFound
+	}
+	now := time.Now().UTC()
+	matched, err := s.updateJob(ctx, job.DocID,
+		bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "updatedAt", Value: now}}}},
+		bson.E{Key: "eventId", Value: eventID}, bson.E{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCompleted}}})
+	if err != nil {
+		return fmt.Errorf("cancel job: %w", err)
+	}
+	if !matched {
 		return ErrNotFound
 	}
 	return nil
@@ -439,6 +640,7 @@ func (s *Store) Stale(ctx context.Context, before time.Time, limit int) ([]*Job,
 	defer cancel()
 	q := bson.D{
 		{Key: "status", Value: bson.D{{Key: "$in", Value: bson.A{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying}}}},
+		{Key: "eventId", Value: bson.D{{Key: "$exists", Value: true}, {Key: "$ne", Value: ""}}},
 		{Key: "updatedAt", Value: bson.D{{Key: "$lt", Value: before}}},
 	}
 	cur, err := s.jobs.Find(ctx, q, options.Find().SetLimit(int64(limit)))
@@ -453,66 +655,10 @@ func (s *Store) Stale(ctx context.Context, before time.Time, limit int) ([]*Job,
 }
 
 // Touch sets updatedAt (the reconciler after re-enqueueing a job).
-func (s *Store) Touch(ctx context.Context, jobID, eventID string) error {
+func (s *Store) Touch(ctx context.Context, job *Job) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	return s.write(ctx, func(ctx context.Context) error {
-		_, err := s.jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: jobID}, {Key: "eventId", Value: eventID}},
-			bson.D{{Key: "$set", Value: bson.D{{Key: "updatedAt", Value: time.Now().UTC()}}}})
-		return err
-	})
-}
-
-// startAttemptFerret is StartAttempt's first update on FerretDB: a read and
-// a write by _id (each pushed down to the index) instead of one filtered
-// update that would scan the collection. The worker holding the task is the
-// job's one writer, so nothing changes between the two.
-func (s *Store) startAttemptFerret(ctx context.Context, a Attempt, update bson.D, before *Job) error {
-	byID := bson.D{{Key: "_id", Value: a.JobID}}
-	if err := s.jobs.FindOne(ctx, byID).Decode(before); err != nil {
-		return err
-	}
-	if before.EventID != a.EventID || before.Status == tasks.StatusCompleted || before.Status == tasks.StatusCancelled {
-		return mongo.ErrNoDocuments // the rare paths of StartAttempt
-	}
-	_, err := s.update(ctx, s.jobs, mongo.NewUpdateOneModel().SetFilter(byID).SetUpdate(update))
+	_, err := s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{{Key: "updatedAt", Value: time.Now().UTC()}}}},
+		bson.E{Key: "eventId", Value: job.EventID})
 	return err
-}
-
-// saveCheckpointFerret writes a checkpoint by _id. A checkpoint that changes
-// the job's status (completed, retrying, failed) first checks that the job
-// is still on this run and not cancelled; plain step checkpoints rely on the
-// attempt's own check at its start and on the cancel stopping the task.
-func (s *Store) saveCheckpointFerret(ctx context.Context, c Checkpoint) error {
-	byID := bson.D{{Key: "_id", Value: c.JobID}}
-	for _, e := range c.Set {
-		if e.Key != "status" {
-			continue
-		}
-		var cur struct {
-			EventID string `bson:"eventId"`
-			Status  string `bson:"status"`
-		}
-		if err := s.jobs.FindOne(ctx, byID).Decode(&cur); err != nil {
-			if errors.Is(err, mongo.ErrNoDocuments) {
-				return ErrStaleEvent
-			}
-			return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
-		}
-		switch {
-		case cur.EventID != c.EventID:
-			return ErrStaleEvent
-		case cur.Status == tasks.StatusCancelled:
-			return ErrCancelled
-		}
-		break
-	}
-	matched, err := s.update(ctx, s.jobs, mongo.NewUpdateOneModel().SetFilter(byID).SetUpdate(checkpointUpdate(c)))
-	if err != nil {
-		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
-	}
-	if !matched {
-		return ErrStaleEvent
-	}
-	return nil
 }

@@ -1,5 +1,6 @@
-// Package store is the MongoDB side of the service: the insights_jobs
-// documents with their step checkpoints, the systems and their history.
+// Package store is the MongoDB side of the service: the BMS app's
+// insights-jobs documents with our step checkpoints, its systems and their
+// history, read and written in the app's own shapes.
 //
 // It uses only what both MongoDB and FerretDB v1 support. FerretDB's updates
 // are not atomic under concurrency, so every job document has one writer
@@ -21,7 +22,7 @@ import (
 
 // Collection names (contract).
 const (
-	JobsCollection    = "insights_jobs"
+	JobsCollection    = "insights-jobs"
 	SystemsCollection = "systems"
 	HistoryCollection = "history"
 	claimsCollection  = "run_claims"
@@ -50,6 +51,8 @@ type Store struct {
 	// updates are not atomic anyway. Job writes then filter by _id alone
 	// and check the run in Go.
 	ferret bool
+	// historyWindow reads history windows beside FerretDB (Config).
+	historyWindow HistoryWindowFunc
 }
 
 // Config configures Open.
@@ -80,6 +83,10 @@ type Config struct {
 	// GroupWriters is how many groups commit at once. 0:
 	// DefaultGroupWriters.
 	GroupWriters int
+	// HistoryWindow, when set, reads a system's history window instead of
+	// a find: the embedded FerretDB, which would scan the whole collection
+	// (devstack.Mongo.HistoryWindow reads SQLite's index). Nil: a find.
+	HistoryWindow HistoryWindowFunc
 }
 
 // Open connects to MongoDB, checks it answers and creates the indexes.
@@ -109,13 +116,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	db := client.Database(cfg.Database)
 	s := &Store{
-		client:    client,
-		db:        db,
-		jobs:      db.Collection(JobsCollection),
-		systems:   db.Collection(SystemsCollection),
-		history:   db.Collection(HistoryCollection),
-		claims:    db.Collection(claimsCollection),
-		opTimeout: cfg.OpTimeout,
+		client:        client,
+		db:            db,
+		jobs:          db.Collection(JobsCollection),
+		systems:       db.Collection(SystemsCollection),
+		history:       db.Collection(HistoryCollection),
+		claims:        db.Collection(claimsCollection),
+		opTimeout:     cfg.OpTimeout,
+		historyWindow: cfg.HistoryWindow,
 	}
 	pctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -247,6 +255,13 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 			return fmt.Errorf("store: prepare database: %w", err)
 		}
 	}
+	// A job is found by its `id`, unique: the insert that claims a new
+	// jobId is refused when the app created that job (FerretDB too keeps
+	// unique indexes, and only there is a claim atomic).
+	_, err := s.jobs.Indexes().CreateOne(ctx, mongo.IndexModel{Keys: bson.D{{Key: "id", Value: 1}}, Options: options.Index().SetUnique(true)})
+	if err != nil && !indexExists(err) {
+		return fmt.Errorf("store: create the unique index on %s.id: %w", s.jobs.Name(), err)
+	}
 	if s.ferret {
 		return nil
 	}
@@ -256,17 +271,27 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		c *mongo.Collection
 		m mongo.IndexModel
 	}{
+		{s.systems, mongo.IndexModel{Keys: bson.D{{Key: "id", Value: 1}}}},
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "eventId", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "updatedAt", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "createdAt", Value: -1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "createdAt", Value: -1}}}},
 		{s.history, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "timestamp", Value: 1}}}},
 	}
 	for _, i := range idx {
-		if _, err := i.c.Indexes().CreateOne(ctx, i.m); err != nil {
+		if _, err := i.c.Indexes().CreateOne(ctx, i.m); err != nil && !indexExists(err) {
 			return fmt.Errorf("store: create index on %s: %w", i.c.Name(), err)
 		}
 	}
 	return nil
+}
+
+// indexExists reports an index the app's database already has under
+// another name or with other options (its own {systemId: 1, timestamp: -1}
+// on history, say): it serves the same queries, so it is kept.
+func indexExists(err error) bool {
+	var ce mongo.CommandError
+	return errors.As(err, &ce) && (ce.Code == 85 || ce.Code == 86 || ce.Name == "IndexOptionsConflict" || ce.Name == "IndexKeySpecsConflict")
 }
 
 // ErrNotFound is returned when a job or system does not exist.
