@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/bmsview/insights/internal/app"
+	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/config"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
@@ -148,7 +149,7 @@ func (s *ourService) getEvent(eventID string) (int, *web.EventStatus, string, er
 func runOurJobs(t *testing.T, s *ourService, prefix string) {
 	t.Helper()
 	ctx := context.Background()
-	snap := &tasks.AnalysisData{StateOfCharge: 64, OverallVoltage: 52.1, Current: -6, RemainingCapacity: 128, FullCapacity: 200}
+	snap := &tasks.AnalysisData{StateOfCharge: bms.F(64), OverallVoltage: bms.F(52.1), Current: bms.F(-6), RemainingCapacity: bms.F(128), FullCapacity: bms.F(200)}
 	start := time.Now()
 	events := map[string]string{} // jobId → eventId
 	for i := range ourJobs {
@@ -347,7 +348,7 @@ func ourReconcile(t *testing.T, s *ourService) {
 	start := time.Now()
 	at := time.Now().Add(time.Hour).Truncate(time.Second)
 	res, err := a.Client.TriggerInsights(ctx, tasks.EventData{JobID: "our-cluster-later", SystemID: "our-cluster-sys",
-		AnalysisData: &tasks.AnalysisData{StateOfCharge: 50, OverallVoltage: 51.2, FullCapacity: 200, RemainingCapacity: 100}},
+		AnalysisData: &tasks.AnalysisData{StateOfCharge: bms.F(50), OverallVoltage: bms.F(51.2), FullCapacity: bms.F(200), RemainingCapacity: bms.F(100)}},
 		tasks.At(at))
 	if err != nil {
 		t.Fatalf("TriggerInsights at %v: %v", at, err)

@@ -27,7 +27,7 @@ const redisDB = 1
 type snapshotEngine struct{}
 
 func (snapshotEngine) Generate(_ context.Context, req insights.Request) (*insights.Result, error) {
-	return &insights.Result{HealthScore: 100 - req.Snapshot.CellVoltageDifference*100, Status: "Normal",
+	return &insights.Result{HealthScore: 100 - bms.V(req.Snapshot.CellVoltageDifference)*100, Status: "Normal",
 		Provider: "rules", Markdown: "## KEY FINDINGS\n", Metrics: map[string]any{"soc": req.Snapshot.StateOfCharge}}, nil
 }
 
@@ -140,8 +140,8 @@ func (b *bundle) startServer(t *testing.T, concurrency int, backoff []time.Durat
 }
 
 func snapshot() *bms.Snapshot {
-	return &bms.Snapshot{StateOfCharge: 80, OverallVoltage: 53.2, Current: -12, RemainingCapacity: 160, FullCapacity: 200,
-		CellVoltageDifference: 0.02, CellVoltages: []float64{3.32, 3.33, 3.34, 3.32}, Temperatures: []float64{25, 26}}
+	return &bms.Snapshot{StateOfCharge: bms.F(80), OverallVoltage: bms.F(53.2), Current: bms.F(-12), RemainingCapacity: bms.F(160), FullCapacity: bms.F(200),
+		CellVoltageDifference: bms.F(0.02), CellVoltages: []float64{3.32, 3.33, 3.34, 3.32}, Temperatures: []float64{25, 26}}
 }
 
 func event(jobID string) tasks.EventData {

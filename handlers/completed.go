@@ -7,12 +7,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"time"
 
+	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
 )
@@ -61,7 +63,12 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if c.cfg.Systems != nil && p.SystemID != "" {
 		if err := c.cfg.Systems.SetLastInsights(ctx, p.SystemID, map[string]any{
 			"eventId": p.EventID, "jobId": p.JobID, "healthScore": p.HealthScore, "status": p.Status, "completedAt": p.CompletedAt,
-		}); err != nil {
+			"hasInsights": p.HasInsights,
+		}); errors.Is(err, store.ErrNotFound) {
+			// The follow-up never creates a system: one the app has not
+			// registered keeps no lastInsights.
+			log.Info("no such system: lastInsights not set", "systemId", p.SystemID)
+		} else if err != nil {
 			log.Warn("lastInsights not updated: retry", "err", err)
 			return fmt.Errorf("update system %s: %w", p.SystemID, err)
 		}

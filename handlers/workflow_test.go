@@ -128,7 +128,7 @@ func TestDoNotRetryArchivesAtOnce(t *testing.T) {
 		t.Errorf("retried = %d, want 0", info.Retried)
 	}
 	j := b.waitStatus(t, "bad-input", tasks.StatusFailed, 10*time.Second)
-	if j.Error == nil || j.Error.Kind != tasks.KindBusiness || j.Error.Step != tasks.StepProcessInsights {
+	if j.Failure == nil || j.Error == nil || j.Failure.Kind != tasks.KindBusiness || j.Failure.Step != tasks.StepProcessInsights {
 		t.Errorf("job error = %+v, want kind business at process-insights", j.Error)
 	}
 	if j.Steps[tasks.StepProcessInsights].Status != store.StepFailed || j.Steps[tasks.StepProcessInsights].Runs != 1 {
@@ -185,7 +185,7 @@ func TestBackoffScheduleThenArchive(t *testing.T) {
 		t.Errorf("archived after %d retries, want %d", info.Retried, maxRetries)
 	}
 	j := b.waitStatus(t, "always-fails", tasks.StatusFailed, 10*time.Second)
-	if j.Failures != maxRetries+1 || j.Error == nil || j.Error.Kind != tasks.KindInternal {
+	if j.Failures != maxRetries+1 || j.Failure == nil || j.Error == nil || j.Failure.Kind != tasks.KindInternal {
 		t.Errorf("job failures=%d error=%+v, want %d internal", j.Failures, j.Error, maxRetries+1)
 	}
 	if got := j.Steps[tasks.StepInitialize].Runs; got != 1 {
@@ -318,7 +318,7 @@ func TestJobWithoutRequestFailsWithoutRetry(t *testing.T) {
 	res := b.send(t, tasks.EventData{JobID: "never-seen"})
 	b.waitTask(t, res.Queue, res.EventID, 30*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateArchived })
 	j := b.waitStatus(t, "never-seen", tasks.StatusFailed, 10*time.Second)
-	if j.Error.Kind != tasks.KindBusiness || j.Error.Step != tasks.StepFetchJob {
+	if j.Failure.Kind != tasks.KindBusiness || j.Failure.Step != tasks.StepFetchJob {
 		t.Errorf("error %+v, want business at fetch-job", j.Error)
 	}
 }

@@ -114,10 +114,10 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 		return err
 	}
 	result, err := SealedStep(ctx, r, tasks.StepProcessInsights, func(ctx context.Context) (*insights.Result, error) {
-		// The step start shows at once: this step is the long one.
-		if err := r.Flush(ctx); err != nil {
-			return nil, err
-		}
+		// The step's start event is written with the engine's first
+		// progress event (a model's first turn), so a long step shows it
+		// while it runs; the rules engine takes milliseconds and reports
+		// none, and it goes with the step's checkpoint: no extra write.
 		return w.cfg.Engine.Generate(ctx, insights.Request{
 			SystemID: systemID, Snapshot: *req.AnalysisData, CustomPrompt: req.CustomPrompt,
 			ContextWindowDays: req.ContextWindowDays, MaxIterations: req.MaxIterations, FullContextMode: req.FullContextMode,

@@ -20,6 +20,8 @@ func TestParseEnvelopeRefusesNamingTheField(t *testing.T) {
 		{"empty jobId", `{"eventName":"generate-insights","eventData":{"jobId":""}}`, ErrInvalidEvent, "eventData.jobId"},
 		{"bad jobId", `{"eventName":"generate-insights","eventData":{"jobId":"a b"}}`, ErrInvalidEvent, "eventData.jobId"},
 		{"long jobId", `{"eventName":"generate-insights","eventData":{"jobId":"` + strings.Repeat("a", 129) + `"}}`, ErrInvalidEvent, "eventData.jobId"},
+		{"empty systemId", `{"eventName":"generate-insights","eventData":{"systemId":"","analysisData":{}}}`, ErrInvalidEvent, "eventData.systemId"},
+		{"bad modelOverride", `{"eventName":"generate-insights","eventData":{"jobId":"j","modelOverride":"gemini 2.5"}}`, ErrInvalidEvent, "eventData.modelOverride"},
 		{"bad systemId", `{"eventName":"generate-insights","eventData":{"systemId":"s/1","analysisData":{}}}`, ErrInvalidEvent, "eventData.systemId"},
 		{"window 0", `{"eventName":"generate-insights","eventData":{"jobId":"j","contextWindowDays":0}}`, ErrInvalidEvent, "eventData.contextWindowDays"},
 		{"window 366", `{"eventName":"generate-insights","eventData":{"jobId":"j","contextWindowDays":366}}`, ErrInvalidEvent, "eventData.contextWindowDays"},
@@ -62,8 +64,12 @@ func TestParseEnvelopeAccepts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := s.Data.Request()
-	if s.Priority != 9 || r.ContextWindowDays != 30 || r.MaxIterations != DefaultMaxIterations || r.AnalysisData.StateOfCharge != 55.5 {
+	// Request gives what the event set; WithDefaults fills the rest.
+	if raw := s.Data.Request(); raw.MaxIterations != 0 || raw.ContextWindowDays != 30 {
+		t.Errorf("Request filled defaults: %+v", raw)
+	}
+	r := s.Data.Request().WithDefaults()
+	if s.Priority != 9 || r.ContextWindowDays != 30 || r.MaxIterations != DefaultMaxIterations || r.AnalysisData == nil || r.AnalysisData.StateOfCharge == nil || *r.AnalysisData.StateOfCharge != 55.5 {
 		t.Errorf("parsed %+v %+v", s, r)
 	}
 	if !s.At.Equal(time.UnixMilli(1893456000000)) {
@@ -78,6 +84,11 @@ func TestParseEnvelopeAccepts(t *testing.T) {
 	s, err = ParseEnvelope([]byte(`{"eventName":"generate-insights","eventData":{"jobId":"only-id"}}`))
 	if err != nil || s.Data.HasRequest() || s.Priority != DefaultPriority {
 		t.Errorf("jobId only: %+v %v", s, err)
+	}
+	// A model override is carried into the request; a null systemId is absent.
+	s, err = ParseEnvelope([]byte(`{"eventName":"generate-insights","eventData":{"jobId":"j","systemId":null,"modelOverride":"gemini-2.5-flash"}}`))
+	if err != nil || s.Data.Request().ModelOverride != "gemini-2.5-flash" || s.Data.SystemID != "" {
+		t.Errorf("modelOverride: %+v %v", s, err)
 	}
 }
 

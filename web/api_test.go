@@ -302,7 +302,7 @@ func TestEventLifecycle(t *testing.T) {
 			t.Fatalf("step %s: %v", s, steps[s])
 		}
 	}
-	if job["status"] != "completed" || job["result"].(map[string]any)["healthScore"] != 92.0 {
+	if job["status"] != "completed" || job["finalInsights"].(map[string]any)["healthScore"] != 92.0 {
 		t.Fatalf("job: %v", job)
 	}
 	// The alias answers the same.
@@ -352,7 +352,7 @@ func TestRetryArchivedAndLost(t *testing.T) {
 	if m["state"] != "archived" || !strings.Contains(m["lastError"].(string), "inconsistent") || m["retried"] != 1.0 {
 		t.Fatalf("archived event: %s", r.body)
 	}
-	if j := m["job"].(map[string]any); j["status"] != "failed" || j["error"].(map[string]any)["kind"] != tasks.KindBusiness {
+	if j := m["job"].(map[string]any); j["status"] != "failed" || j["failure"].(map[string]any)["kind"] != tasks.KindBusiness || !strings.Contains(j["error"].(string), "inconsistent") {
 		t.Fatalf("failed job: %v", j)
 	}
 
@@ -522,16 +522,16 @@ func TestListJobsAndFailures(t *testing.T) {
 
 func TestDecryptedResult(t *testing.T) {
 	decrypt := func(stored any) (any, error) {
-		return map[string]any{"healthScore": 77.0, "markdown": "## KEY FINDINGS\n\n- 🟡 decrypted finding\n"}, nil
+		return map[string]any{"healthScore": 77.0, "rawText": "## KEY FINDINGS\n\n- 🟡 decrypted finding\n"}, nil
 	}
 	e := newEnv(t, envOptions{decrypt: decrypt})
 	sealed := map[string]any{"encrypted": true, "algorithm": "aes-256-gcm", "data": "AAAA", "iv": "BBBB", "authTag": "CCCC"}
 	now := time.Now().UTC()
 	_, err := e.store.Database().Collection(store.JobsCollection).InsertOne(context.Background(), map[string]any{
-		"_id": "job-enc", "eventId": "ev-enc", "eventName": tasks.EventGenerateInsights, "systemId": "sys-1",
+		"_id": "job-enc", "id": "job-enc", "eventId": "ev-enc", "eventName": tasks.EventGenerateInsights, "systemId": "sys-1",
 		"status": "completed", "queue": "default", "priority": 5, "attempts": 1, "createdAt": now, "updatedAt": now,
-		"result": sealed,
-		"steps":  map[string]any{"process-insights": map[string]any{"status": "completed", "runs": 1, "attempt": 1, "output": sealed}},
+		"finalInsights": sealed,
+		"steps":         map[string]any{"process-insights": map[string]any{"status": "completed", "runs": 1, "attempt": 1, "output": sealed}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -539,7 +539,7 @@ func TestDecryptedResult(t *testing.T) {
 	r := e.do("GET", "/api/jobs/job-enc", nil, authBearer)
 	e.expect(r, 200)
 	j := r.json(t)
-	if j["result"].(map[string]any)["healthScore"] != 77.0 {
+	if j["finalInsights"].(map[string]any)["healthScore"] != 77.0 {
 		t.Fatalf("result not decrypted: %s", r.body)
 	}
 	out := j["steps"].(map[string]any)["process-insights"].(map[string]any)["output"].(map[string]any)

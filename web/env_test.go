@@ -285,8 +285,8 @@ func (e *env) expectError(r *resp, code int, field string) map[string]any {
 }
 
 func snapshot() *bms.Snapshot {
-	return &bms.Snapshot{StateOfCharge: 80, OverallVoltage: 53.2, Current: -12, RemainingCapacity: 160, FullCapacity: 200,
-		CellVoltageDifference: 0.02, CellVoltages: []float64{3.32, 3.33, 3.34, 3.32}, Temperatures: []float64{25, 26}}
+	return &bms.Snapshot{StateOfCharge: bms.F(80), OverallVoltage: bms.F(53.2), Current: bms.F(-12), RemainingCapacity: bms.F(160), FullCapacity: bms.F(200),
+		CellVoltageDifference: bms.F(0.02), CellVoltages: []float64{3.32, 3.33, 3.34, 3.32}, Temperatures: []float64{25, 26}}
 }
 
 func eventBody(jobID string, extra ...any) map[string]any {

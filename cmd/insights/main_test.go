@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -131,8 +132,8 @@ func runCLI(args ...string) (int, string, string) {
 func writeSnapshot(t *testing.T) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "snapshot.json")
-	b, _ := json.Marshal(tasks.AnalysisData{StateOfCharge: 76, OverallVoltage: 52.8, Current: -8.5, RemainingCapacity: 152,
-		FullCapacity: 200, CellVoltageDifference: 0.018, Temperatures: []float64{24, 25}, CycleCount: 310})
+	b, _ := json.Marshal(tasks.AnalysisData{StateOfCharge: bms.F(76), OverallVoltage: bms.F(52.8), Current: bms.F(-8.5), RemainingCapacity: bms.F(152),
+		FullCapacity: bms.F(200), CellVoltageDifference: bms.F(0.018), Temperatures: []float64{24, 25}, CycleCount: bms.F(310)})
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +223,7 @@ func TestTriggerRecordsJobAndRefusesDuplicate(t *testing.T) {
 		t.Errorf("first send: %+v", res)
 	}
 	j, err := e.store.GetJob(context.Background(), "cli-1")
-	if err != nil || j.Status != tasks.StatusQueued || j.EventID != res.EventID || j.Request.AnalysisData.StateOfCharge != 76 {
+	if err != nil || j.Status != tasks.StatusQueued || j.EventID != res.EventID || bms.V(j.Request.AnalysisData.StateOfCharge) != 76 {
 		t.Fatalf("job: %+v %v", j, err)
 	}
 	again := e.trigger(t, "--system-id", "sys-cli", "--data", data, "--job-id", "cli-1")

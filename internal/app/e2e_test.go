@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/bmsview/insights/internal/bms"
 	"io"
 	"log/slog"
 	"net/http"
@@ -80,9 +81,9 @@ func e2eOpen(t *testing.T, vars map[string]string, o app.WorkerOptions, engine f
 }
 
 func e2eSnapshot() *tasks.AnalysisData {
-	return &tasks.AnalysisData{StateOfCharge: 72, OverallVoltage: 52.8, Current: -9, Power: -475, RemainingCapacity: 144,
-		FullCapacity: 200, CycleCount: 310, HighestCellVoltage: 3.31, LowestCellVoltage: 3.28, AverageCellVoltage: 3.3,
-		CellVoltageDifference: 0.03, CellVoltages: []float64{3.3, 3.31, 3.28, 3.3}, Temperatures: []float64{24, 25}, MOSTemperature: 31}
+	return &tasks.AnalysisData{StateOfCharge: bms.F(72), OverallVoltage: bms.F(52.8), Current: bms.F(-9), Power: bms.F(-475), RemainingCapacity: bms.F(144),
+		FullCapacity: bms.F(200), CycleCount: bms.F(310), HighestCellVoltage: bms.F(3.31), LowestCellVoltage: bms.F(3.28), AverageCellVoltage: bms.F(3.3),
+		CellVoltageDifference: bms.F(0.03), CellVoltages: []float64{3.3, 3.31, 3.28, 3.3}, Temperatures: []float64{24, 25}, MOSTemperature: bms.F(31)}
 }
 
 func e2eSend(t *testing.T, a *app.App, jobID string) *tasks.SendResult {
@@ -220,7 +221,7 @@ func TestE2EGeminiErrors(t *testing.T) {
 			j := e2eWaitJob(t, a, "gemini-err", 10*time.Second, wantStatus, func(j *store.Job) bool {
 				return j.Status == wantStatus && j.Error != nil
 			})
-			if j.Error.Kind != c.wantKind || j.Error.Step != tasks.StepProcessInsights {
+			if j.Failure.Kind != c.wantKind || j.Failure.Step != tasks.StepProcessInsights {
 				t.Errorf("job error %+v, want kind %s at %s", j.Error, c.wantKind, tasks.StepProcessInsights)
 			}
 			if st := j.Steps[tasks.StepProcessInsights]; st.Status != store.StepFailed || st.Runs < 1 {
@@ -262,9 +263,12 @@ func TestE2EGeminiToolCallThenAnswer(t *testing.T) {
 	j := e2eWaitJob(t, a, "gemini-ok", 30*time.Second, "completed", func(j *store.Job) bool {
 		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
 	})
-	res := asMap(t, j.Result)
-	if res["provider"] != "gemini" || res["markdown"] != final {
-		t.Fatalf("result provider %v markdown %q", res["provider"], res["markdown"])
+	res := asMap(t, j.FinalInsights)
+	if res["provider"] != "gemini" || res["rawText"] != final {
+		t.Fatalf("result provider %v rawText %q", res["provider"], res["rawText"])
+	}
+	if md := asMap(t, res["metadata"]); fmt.Sprint(md["turns"]) != "2" || fmt.Sprint(md["toolCalls"]) != "1" || md["mode"] != "background" {
+		t.Fatalf("finalInsights.metadata %v, want the app's shape with 2 turns and 1 tool call", md)
 	}
 	llm := asMap(t, asMap(t, res["metrics"])["llm"])
 	if fmt.Sprint(llm["turns"]) != "2" || fmt.Sprint(llm["toolCalls"]) != "1" || llm["answered"] != true {
@@ -358,7 +362,7 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 
 	// The raw document holds no plaintext insights.
 	ctx := context.Background()
-	raw, err := a.Store.Database().Collection("insights_jobs").FindOne(ctx, bson.D{{Key: "_id", Value: "sealed"}}).Raw()
+	raw, err := a.Store.Database().Collection("insights-jobs").FindOne(ctx, bson.D{{Key: "_id", Value: "sealed"}}).Raw()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,23 +372,23 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 		}
 	}
 	var doc bson.M
-	if err := a.Store.Database().Collection("insights_jobs").FindOne(ctx, bson.D{{Key: "_id", Value: "sealed"}}).Decode(&doc); err != nil {
+	if err := a.Store.Database().Collection("insights-jobs").FindOne(ctx, bson.D{{Key: "_id", Value: "sealed"}}).Decode(&doc); err != nil {
 		t.Fatal(err)
 	}
-	checkEnvelope(t, "result", doc["result"])
+	checkEnvelope(t, "finalInsights", doc["finalInsights"])
 	steps := asMap(t, doc["steps"])
 	checkEnvelope(t, "steps.process-insights.output", asMap(t, steps[tasks.StepProcessInsights])["output"])
 	checkEnvelope(t, "steps.store-results.output", asMap(t, steps[tasks.StepStoreResults])["output"])
 
 	// The app opens what the store hands back (GetJob, as the API reads it)
 	// and what a raw read gives.
-	for what, stored := range map[string]any{"GetJob result": j.Result, "raw result": doc["result"]} {
+	for what, stored := range map[string]any{"GetJob finalInsights": j.FinalInsights, "raw finalInsights": doc["finalInsights"]} {
 		v, err := a.Decrypt(stored)
 		if err != nil {
 			t.Fatalf("%s: decrypt: %v", what, err)
 		}
 		res, ok := v.(map[string]any)
-		if !ok || res["healthScore"] == nil || !strings.Contains(fmt.Sprint(res["markdown"]), "## KEY FINDINGS") || res["provider"] != "rules" {
+		if !ok || res["healthScore"] == nil || !strings.Contains(fmt.Sprint(res["rawText"]), "## KEY FINDINGS") || res["provider"] != "rules" {
 			t.Fatalf("%s: decrypted %T %v, want the result with healthScore and markdown", what, v, v)
 		}
 	}
@@ -421,14 +425,14 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := &app.App{Sealer: otherSealer}
-	for what, stored := range map[string]any{"GetJob result": j.Result, "raw result": doc["result"]} {
+	for what, stored := range map[string]any{"GetJob finalInsights": j.FinalInsights, "raw finalInsights": doc["finalInsights"]} {
 		v, err := other.Decrypt(stored)
 		if !errors.Is(err, crypt.ErrWrongKey) || v != nil {
 			t.Fatalf("%s with another key: %v %v, want crypt.ErrWrongKey and nothing", what, v, err)
 		}
 	}
 	// No key at all: an error too.
-	if v, err := (&app.App{}).Decrypt(j.Result); err == nil {
+	if v, err := (&app.App{}).Decrypt(j.FinalInsights); err == nil {
 		t.Fatalf("decrypt without a key gave %v", v)
 	}
 }
@@ -463,7 +467,7 @@ func TestE2ETaskTimeoutRetryDelay(t *testing.T) {
 	j := e2eWaitJob(t, a, "task-timeout", 20*time.Second, "retrying", func(j *store.Job) bool {
 		return j.Status == tasks.StatusRetrying && j.Error != nil
 	})
-	if j.Error.Kind != tasks.KindTransient || j.Error.Step != tasks.StepProcessInsights {
+	if j.Failure.Kind != tasks.KindTransient || j.Failure.Step != tasks.StepProcessInsights {
 		t.Fatalf("job error %+v, want transient at process-insights", j.Error)
 	}
 	var info *asynq.TaskInfo

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"github.com/bmsview/insights/internal/bms"
 	"io"
 	"log/slog"
 	"testing"
@@ -26,7 +27,7 @@ func TestReconcileRestoresTasksRedisLost(t *testing.T) {
 	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx := context.Background()
 
-	snap := &tasks.AnalysisData{StateOfCharge: 70, OverallVoltage: 52, Current: -5, RemainingCapacity: 140, FullCapacity: 200}
+	snap := &tasks.AnalysisData{StateOfCharge: bms.F(70), OverallVoltage: bms.F(52), Current: bms.F(-5), RemainingCapacity: bms.F(140), FullCapacity: bms.F(200)}
 	now, err := a.Client.TriggerInsights(ctx, tasks.EventData{JobID: "lost-now", SystemID: "s1", AnalysisData: snap})
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package bmsgen
 
 import (
+	"encoding/json"
 	"reflect"
 	"slices"
 	"testing"
@@ -64,7 +65,7 @@ func TestHistoryDeterministicAndRealistic(t *testing.T) {
 				t.Fatalf("record out of window: %+v", r)
 			}
 			if i > 0 {
-				dt := r.Timestamp.Sub(a[i-1].Timestamp)
+				dt := r.At().Sub(a[i-1].At())
 				if dt <= 0 {
 					t.Fatal("not in time order")
 				}
@@ -73,12 +74,16 @@ func TestHistoryDeterministicAndRealistic(t *testing.T) {
 				}
 			}
 			an := r.Analysis
-			if an.StateOfCharge < 0 || an.StateOfCharge > 100 || len(an.CellVoltages) == 0 || len(an.Temperatures) == 0 {
-				t.Fatalf("implausible snapshot %+v", an)
+			if an.StateOfCharge == nil || *an.StateOfCharge < 0 || *an.StateOfCharge > 100 || an.Current == nil || len(an.CellVoltages) == 0 || an.Temperature == nil {
+				t.Fatalf("implausible snapshot %s", js(an))
 			}
-			charging = charging || an.Current > 1
-			discharging = discharging || an.Current < -1
-			maxTemp = max(maxTemp, slices.Max(an.Temperatures))
+			// The generator writes the app's scalar main sensor, not temperatures[].
+			if len(an.Temperatures) != 0 || len(an.Temps()) != 1 {
+				t.Fatalf("want the scalar temperature only: %s", js(an))
+			}
+			charging = charging || *an.Current > 1
+			discharging = discharging || *an.Current < -1
+			maxTemp = max(maxTemp, slices.Max(an.Temps()))
 		}
 		if gaps < 3 || !charging || !discharging || maxTemp < 38 {
 			t.Fatalf("%s: gaps %d charging %v discharging %v max temp %.1f", sys.ID, gaps, charging, discharging, maxTemp)
@@ -93,11 +98,23 @@ func TestSnapshotDeterministic(t *testing.T) {
 	if !reflect.DeepEqual(a, b) {
 		t.Fatal("Snapshot not deterministic")
 	}
-	if a.StateOfCharge <= 0 || a.OverallVoltage < 45 || a.OverallVoltage > 58 || a.FullCapacity <= 0 || a.CycleCount <= 0 {
-		t.Fatalf("implausible LiFePO4 snapshot %+v", a)
+	if a.StateOfCharge == nil || a.OverallVoltage == nil || a.FullCapacity == nil || a.CycleCount == nil || a.Current == nil {
+		t.Fatalf("unmeasured fields in LiFePO4 snapshot %s", js(a))
+	}
+	if *a.StateOfCharge <= 0 || *a.OverallVoltage < 45 || *a.OverallVoltage > 58 || *a.FullCapacity <= 0 || *a.CycleCount <= 0 {
+		t.Fatalf("implausible LiFePO4 snapshot %s", js(a))
 	}
 	// 21:00 local in the Alps (UTC+1 solar): no sun, the battery discharges.
-	if a.Current >= 0 {
-		t.Fatalf("evening snapshot should discharge: %+v", a)
+	if *a.Current >= 0 {
+		t.Fatalf("evening snapshot should discharge: %s", js(a))
 	}
+}
+
+// js shows a snapshot with its pointer fields' values.
+func js(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,6 +31,9 @@ type Mongo struct {
 	done   chan struct{}
 
 	walLimit int64
+
+	mu      sync.Mutex
+	readers map[string]*readerDB // HistoryWindow's handles, per database
 }
 
 // StartMongo starts FerretDB with its SQLite files under dir and waits until
@@ -108,6 +112,12 @@ func startMongo(ctx context.Context, cfg *ferretdb.Config, dir string) (*Mongo, 
 
 // Close stops FerretDB and waits for its files to be closed.
 func (m *Mongo) Close() {
+	m.mu.Lock()
+	for _, r := range m.readers {
+		_ = r.db.Close()
+	}
+	m.readers = nil
+	m.mu.Unlock()
 	m.cancel()
 	<-m.done
 }
@@ -155,7 +165,150 @@ func (m *Mongo) Prepare(ctx context.Context, database string) error {
 			return fmt.Errorf("devstack: index %s.%s: %w", database, t, err)
 		}
 	}
+	if t, err := historyTable(ctx, db); err == nil && t != "" {
+		q := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %q ON %q (%s, %s)`, t+"_window", t, historySystemExpr, historyTimeExpr)
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("devstack: index %s.%s: %w", database, t, err)
+		}
+	}
 	return nil
+}
+
+// The expressions of the history window index; HistoryWindow's queries
+// use them as written, so SQLite matches them to the index.
+const (
+	historySystemExpr = `(_ferretdb_sjson->>'$.systemId')`
+	historyTimeExpr   = `(_ferretdb_sjson->>'$.timestamp')`
+)
+
+func historyTable(ctx context.Context, db *sql.DB) (string, error) {
+	var t string
+	err := db.QueryRowContext(ctx, `SELECT table_name FROM _ferretdb_collections WHERE name = 'history'`).Scan(&t)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return t, err
+}
+
+// HistoryWindow reads, in time order, the `history` documents of systemID
+// whose `timestamp` lies in [from, to) (ISO strings compared as strings,
+// widened by a second either side for other precisions; BSON dates, which
+// FerretDB keeps as Unix milliseconds, as numbers), each as FerretDB's
+// JSON, straight from SQLite through the index Prepare adds. FerretDB v1
+// itself pushes no filter but an _id equality down to SQLite: the same
+// find decodes the whole collection in Go, so its cost grows with every
+// system's history, this one's with the window. Readers see every commit
+// FerretDB made, as SQLite's WAL readers do. Over PostgreSQL it returns
+// ErrNoWindow.
+func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, from, to time.Time, fn func(doc []byte) error) error {
+	if m.dir == "" {
+		return ErrNoWindow
+	}
+	db, table, err := m.reader(ctx, database)
+	if err != nil {
+		return err
+	}
+	if table == "" {
+		return nil // no history written yet
+	}
+	base := fmt.Sprintf(`SELECT %[2]s, _ferretdb_sjson FROM %[1]q WHERE %[3]s = ? AND %[2]s >= ? AND %[2]s < ? ORDER BY %[2]s`,
+		table, historyTimeExpr, historySystemExpr)
+	const iso = "2006-01-02T15:04:05.000Z"
+	strs, err := db.QueryContext(ctx, base, systemID, from.Add(-time.Second).UTC().Format(iso), to.Add(time.Second).UTC().Format(iso))
+	if err != nil {
+		return fmt.Errorf("devstack: history of %s: %w", systemID, err)
+	}
+	defer strs.Close()
+	dates, err := db.QueryContext(ctx, base, systemID, from.UnixMilli(), to.UnixMilli())
+	if err != nil {
+		return fmt.Errorf("devstack: history of %s: %w", systemID, err)
+	}
+	defer dates.Close()
+	// Merge the two sorted ranges by time.
+	a, b := &windowRows{rows: strs}, &windowRows{rows: dates}
+	for _, w := range []*windowRows{a, b} {
+		if err := w.next(); err != nil {
+			return err
+		}
+	}
+	for a.ok || b.ok {
+		w := a
+		if !a.ok || (b.ok && b.at.Before(a.at)) {
+			w = b
+		}
+		if err := fn(w.doc); err != nil {
+			return err
+		}
+		if err := w.next(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ErrNoWindow: HistoryWindow serves the SQLite store only.
+var ErrNoWindow = errors.New("devstack: history windows are read from SQLite only")
+
+type windowRows struct {
+	rows *sql.Rows
+	ok   bool
+	at   time.Time
+	doc  []byte
+}
+
+func (w *windowRows) next() error {
+	w.ok = w.rows.Next()
+	if !w.ok {
+		return w.rows.Err()
+	}
+	var ts any
+	w.doc = nil
+	if err := w.rows.Scan(&ts, &w.doc); err != nil {
+		return fmt.Errorf("devstack: read history: %w", err)
+	}
+	switch v := ts.(type) {
+	case int64:
+		w.at = time.UnixMilli(v)
+	case float64:
+		w.at = time.UnixMilli(int64(v))
+	case string:
+		w.at, _ = time.Parse(time.RFC3339Nano, v)
+	}
+	return nil
+}
+
+// reader is the read handle of database's file and its history table,
+// opened once: reads run beside FerretDB's own handles.
+func (m *Mongo) reader(ctx context.Context, database string) (*sql.DB, string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.readers[database]; ok && r.table != "" {
+		return r.db, r.table, nil
+	}
+	r, ok := m.readers[database]
+	if !ok {
+		db, err := m.sqlite(database, 5*time.Second)
+		if err != nil {
+			return nil, "", err
+		}
+		db.SetMaxOpenConns(4)
+		r = &readerDB{db: db}
+		if m.readers == nil {
+			m.readers = map[string]*readerDB{}
+		}
+		m.readers[database] = r
+	}
+	t, err := historyTable(ctx, r.db)
+	if err != nil {
+		return nil, "", fmt.Errorf("devstack: history table of %s: %w", database, err)
+	}
+	r.table = t
+	return r.db, t, nil
+}
+
+type readerDB struct {
+	db    *sql.DB
+	table string
 }
 
 // Sync makes every write committed to database so far durable, whatever

@@ -3,6 +3,7 @@ package insights
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -22,8 +23,8 @@ func testSystemHistory() (bms.System, []bms.Record, time.Time) {
 }
 
 func testSnapshot() bms.Snapshot {
-	return bms.Snapshot{StateOfCharge: 85, OverallVoltage: 53.1, Current: -12, Power: -637, RemainingCapacity: 238, FullCapacity: 280,
-		CycleCount: 300, CellVoltageDifference: 0.024, Temperatures: []float64{24, 25}, MOSTemperature: 30, HardwareSystemID: "HW-1"}
+	return bms.Snapshot{StateOfCharge: bms.F(85), OverallVoltage: bms.F(53.1), Current: bms.F(-12), Power: bms.F(-637), RemainingCapacity: bms.F(238), FullCapacity: bms.F(280),
+		CycleCount: bms.F(300), CellVoltageDifference: bms.F(0.024), Temperatures: []float64{24, 25}, MOSTemperature: bms.F(30), HardwareSystemID: "HW-1"}
 }
 
 func TestThresholdTables(t *testing.T) {
@@ -42,13 +43,18 @@ func TestThresholdTables(t *testing.T) {
 	}
 	for _, c := range []struct {
 		temps []float64
-		mos   float64
+		mos   *float64 // nil: not measured
 		want  string
-	}{{nil, 0, LevelUnknown}, {[]float64{25}, 0, LevelNormal}, {[]float64{35}, 0, LevelNormal}, {[]float64{35.1}, 0, LevelWarning},
-		{[]float64{45}, 0, LevelWarning}, {[]float64{20, 45.1}, 0, LevelCritical}, {[]float64{5}, 0, LevelNormal}, {[]float64{4.9}, 0, LevelWarning},
-		{[]float64{0}, 0, LevelWarning}, {[]float64{-0.1}, 0, LevelCritical}, {[]float64{25}, 80, LevelNormal}, {[]float64{25}, 80.1, LevelCritical}, {nil, 81, LevelCritical}} {
+	}{{nil, nil, LevelUnknown}, {[]float64{25}, nil, LevelNormal}, {[]float64{35}, nil, LevelNormal}, {[]float64{35.1}, nil, LevelWarning},
+		{[]float64{45}, nil, LevelWarning}, {[]float64{20, 45.1}, nil, LevelCritical}, {[]float64{5}, nil, LevelNormal}, {[]float64{4.9}, nil, LevelWarning},
+		{[]float64{0}, nil, LevelWarning}, {[]float64{-0.1}, nil, LevelCritical}, {[]float64{25}, bms.F(80), LevelNormal}, {[]float64{25}, bms.F(80.1), LevelCritical},
+		{nil, bms.F(81), LevelCritical}, {nil, bms.F(30), LevelNormal}, {[]float64{25}, bms.F(0), LevelNormal}} {
 		if g := TemperatureLevel(c.temps, c.mos); g != c.want {
-			t.Errorf("TemperatureLevel(%v, %v) = %s, want %s", c.temps, c.mos, g, c.want)
+			mos := "nil"
+			if c.mos != nil {
+				mos = fmt.Sprint(*c.mos)
+			}
+			t.Errorf("TemperatureLevel(%v, %s) = %s, want %s", c.temps, mos, g, c.want)
 		}
 	}
 	for _, c := range []struct {
@@ -140,7 +146,7 @@ func TestFormulas(t *testing.T) {
 			t.Errorf("IsNight(%d)", h)
 		}
 	}
-	s := bms.Snapshot{HighestCellVoltage: 3.35, LowestCellVoltage: 3.30}
+	s := bms.Snapshot{HighestCellVoltage: bms.F(3.35), LowestCellVoltage: bms.F(3.30)}
 	if mv, ok := ImbalanceMV(s); !ok || !near(mv, 50, 1e-9) {
 		t.Errorf("ImbalanceMV from hi/lo = %v", mv)
 	}
@@ -148,10 +154,10 @@ func TestFormulas(t *testing.T) {
 		t.Errorf("ImbalanceMV from cells = %v", mv)
 	}
 	// Power with the wrong sign, or missing, follows the current.
-	if p := EffectivePower(bms.Snapshot{Power: 500, Current: -10, OverallVoltage: 50}); p != -500 {
+	if p := EffectivePower(bms.Snapshot{Power: bms.F(500), Current: bms.F(-10), OverallVoltage: bms.F(50)}); p != -500 {
 		t.Errorf("EffectivePower = %v", p)
 	}
-	if p := EffectivePower(bms.Snapshot{Current: 10, OverallVoltage: 52}); p != 520 {
+	if p := EffectivePower(bms.Snapshot{Current: bms.F(10), OverallVoltage: bms.F(52)}); p != 520 {
 		t.Errorf("EffectivePower V×I = %v", p)
 	}
 	if HourNumber(time.Unix(7200, 0)) != 2 || HourNumber(time.Unix(7199, 0)) != 1 || HourNumber(time.Unix(-1, 0)) != -1 {
@@ -193,8 +199,8 @@ func TestOutliersPlanted(t *testing.T) {
 // rec builds a record with power P at minute m after t0.
 func rec(t0 time.Time, min int, soc, power float64) bms.Record {
 	cur := power / 50
-	return bms.Record{ID: t0.Add(time.Duration(min) * time.Minute).String(), SystemID: "s", Timestamp: t0.Add(time.Duration(min) * time.Minute),
-		Analysis: bms.Snapshot{StateOfCharge: soc, OverallVoltage: 50, Current: cur, Power: power}}
+	return bms.Record{ID: t0.Add(time.Duration(min) * time.Minute).String(), SystemID: "s", Timestamp: bms.Time{Time: t0.Add(time.Duration(min) * time.Minute)},
+		Analysis: bms.Snapshot{StateOfCharge: bms.F(soc), OverallVoltage: bms.F(50), Current: bms.F(cur), Power: bms.F(power)}}
 }
 
 func TestEnergyBalanceRawAndRollups(t *testing.T) {
@@ -269,9 +275,9 @@ func TestTrendsAndAnomaliesOnGeneratedSeries(t *testing.T) {
 		if ts.Equal(plant) {
 			temp = 60
 		}
-		recs = append(recs, bms.Record{ID: ts.String(), SystemID: "gen", Timestamp: ts, Analysis: bms.Snapshot{
-			StateOfCharge: 100, OverallVoltage: 53, RemainingCapacity: 280 - 0.1*day,
-			CellVoltageDifference: (20 + 0.5*day) / 1000, Temperatures: []float64{temp},
+		recs = append(recs, bms.Record{ID: ts.String(), SystemID: "gen", Timestamp: bms.Time{Time: ts}, Analysis: bms.Snapshot{
+			StateOfCharge: bms.F(100), OverallVoltage: bms.F(53), RemainingCapacity: bms.F(280 - 0.1*day),
+			CellVoltageDifference: bms.F((20 + 0.5*day) / 1000), Temperatures: []float64{temp},
 		}})
 	}
 	src := NewMemorySource([]bms.System{{ID: "gen", Chemistry: "LiFePO4", Voltage: 51.2, Capacity: 280}}, recs)
@@ -314,8 +320,8 @@ func hasFinding(fs []Finding, code, sev string) bool {
 }
 
 func TestSnapshotOnly(t *testing.T) {
-	snap := bms.Snapshot{StateOfCharge: 8, OverallVoltage: 12.2, Current: -10, RemainingCapacity: 16, FullCapacity: 200,
-		CellVoltageDifference: 0.12, Temperatures: []float64{46}, MOSTemperature: 85, CycleCount: 950, Alerts: []string{"low voltage"}}
+	snap := bms.Snapshot{StateOfCharge: bms.F(8), OverallVoltage: bms.F(12.2), Current: bms.F(-10), RemainingCapacity: bms.F(16), FullCapacity: bms.F(200),
+		CellVoltageDifference: bms.F(0.12), Temperatures: []float64{46}, MOSTemperature: bms.F(85), CycleCount: bms.F(950), Alerts: []string{"low voltage"}}
 	for name, src := range map[string]HistorySource{"nil source": nil, "unknown system": NewMemorySource(nil, nil)} {
 		res, err := NewRules(src).Generate(context.Background(), Request{SystemID: "x", Snapshot: snap})
 		if err != nil {
@@ -398,4 +404,51 @@ type failingStream struct {
 
 func (f *failingStream) EachRecord(ctx context.Context, id string, from, to time.Time, fn func(bms.Record) error) error {
 	return f.err
+}
+
+// The app often sends only the main sensor, the scalar temperature.
+func TestScalarTemperatureOnly(t *testing.T) {
+	snap := bms.Snapshot{Temperature: bms.F(52)}
+	res, err := NewRules(nil).Generate(context.Background(), Request{SystemID: "x", Snapshot: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasFinding(res.Findings, "TEMPERATURE_HIGH", SeverityCritical) {
+		t.Fatalf("no critical TEMPERATURE_HIGH from temperature 52 °C: %+v", res.Findings)
+	}
+	for _, f := range res.Findings {
+		if f.Code == "TEMPERATURE_HIGH" && f.Value != 52 {
+			t.Fatalf("TEMPERATURE_HIGH value %v, want 52", f.Value)
+		}
+	}
+	if res.Status != StatusCritical {
+		t.Fatalf("status %s", res.Status)
+	}
+}
+
+// An unmeasured SOC is not 0 %: no SOC_LOW finding.
+func TestNilStateOfChargeNoSOCLow(t *testing.T) {
+	snap := testSnapshot()
+	snap.StateOfCharge = nil
+	res, err := NewRules(nil).Generate(context.Background(), Request{SystemID: "x", Snapshot: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range res.Findings {
+		if f.Code == "SOC_LOW" {
+			t.Fatalf("SOC_LOW for an unmeasured SOC: %+v", f)
+		}
+	}
+	if a := AnalyzeSnapshot(snap, nil); a.SOCLevel != LevelUnknown {
+		t.Fatalf("SOC level %s, want %s", a.SOCLevel, LevelUnknown)
+	}
+	// A measured 0 % is critical.
+	snap.StateOfCharge = bms.F(0)
+	res, err = NewRules(nil).Generate(context.Background(), Request{SystemID: "x", Snapshot: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasFinding(res.Findings, "SOC_LOW", SeverityCritical) {
+		t.Fatalf("no critical SOC_LOW at 0 %%: %+v", res.Findings)
+	}
 }

@@ -133,7 +133,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		}}}
 	scfg.Prepare = m.Prepare
 	if o.Store == StoreEmbedded {
-		scfg.Sync, scfg.Checkpoint = m.Sync, m.Checkpoint
+		scfg.Sync, scfg.Checkpoint, scfg.HistoryWindow = m.Sync, m.Checkpoint, m.HistoryWindow
 	}
 	st, err := store.Open(ctx, scfg)
 	if err != nil {

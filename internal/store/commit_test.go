@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bmsview/insights/internal/bms"
 	"testing"
 	"time"
 
@@ -205,7 +206,7 @@ func TestRacingUpsertsOfNewDocument(t *testing.T) {
 				id := func(i int) string { return fmt.Sprintf("sys-race-%d-%d", round, i%systems) }
 				errs := make(chan error, writers)
 				for i := range writers {
-					go func() { errs <- st.SetLastInsights(ctx, id(i), map[string]any{"n": i}) }()
+					go func() { errs <- st.UpsertSystem(ctx, bms.System{ID: id(i), LastInsights: map[string]any{"n": i}}) }()
 				}
 				for range writers {
 					if err := <-errs; err != nil {

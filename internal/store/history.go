@@ -125,28 +125,35 @@ func (s *Store) SetLastInsights(ctx context.Context, systemID string, v map[stri
 
 // historyDoc is a history document as the app writes it.
 type historyDoc struct {
-	ID         bson.ObjectID `bson:"_id"`
+	ID         any `bson:"_id"`
 	bms.Record `bson:",inline"`
 	UpdatedAt  string `bson:"updatedAt"`
 }
 
-// InsertHistory stores records in the app's shape (ObjectId `_id`, ISO
-// string timestamps), in InsertMany batches. Records without an id get one.
+// InsertHistory stores records in the app's shape (ISO string timestamps;
+// `_id` = `id`, as the app's analysis pipeline writes it, or a new ObjectId
+// for a record without an id), in InsertMany batches. Inserting a record
+// whose id is already stored is not an error (seeding twice is harmless);
+// any other failure is.
 func (s *Store) InsertHistory(ctx context.Context, recs []bms.Record) error {
 	now := time.Now().UTC().Format(bms.ISO)
 	for start := 0; start < len(recs); start += HistoryBatchSize {
 		batch := recs[start:min(start+HistoryBatchSize, len(recs))]
 		docs := make([]any, len(batch))
 		for i, r := range batch {
-			oid := bson.NewObjectID()
+			var id any = r.ID
 			if r.ID == "" {
-				r.ID = oid.Hex()
+				oid := bson.NewObjectID()
+				id, r.ID = oid, oid.Hex()
 			}
-			docs[i] = historyDoc{ID: oid, Record: r, UpdatedAt: now}
+			docs[i] = historyDoc{ID: id, Record: r, UpdatedAt: now}
 		}
 		cctx, cancel := s.ctx(ctx)
 		err := s.write(cctx, func(ctx context.Context) error {
 			_, err := s.history.InsertMany(ctx, docs, options.InsertMany().SetOrdered(false))
+			if onlyDuplicates(err) {
+				return nil
+			}
 			return err
 		})
 		cancel()
@@ -155,6 +162,19 @@ func (s *Store) InsertHistory(ctx context.Context, recs []bms.Record) error {
 		}
 	}
 	return nil
+}
+
+func onlyDuplicates(err error) bool {
+	var bwe mongo.BulkWriteException
+	if !errors.As(err, &bwe) || bwe.WriteConcernError != nil || len(bwe.WriteErrors) == 0 {
+		return false
+	}
+	for _, we := range bwe.WriteErrors {
+		if we.Code != 11000 {
+			return false
+		}
+	}
+	return true
 }
 
 // HistoryWindowFunc reads, in time order, the history documents of

@@ -68,7 +68,7 @@ func TestHistoryRecordsAndRollups(t *testing.T) {
 	wFrom, wTo := from.Add(24*time.Hour), from.Add(48*time.Hour)
 	var want []bms.Record
 	for _, r := range recs {
-		if !r.Timestamp.Before(wFrom) && r.Timestamp.Before(wTo) {
+		if !r.At().Before(wFrom) && r.At().Before(wTo) {
 			want = append(want, r)
 		}
 	}
@@ -83,7 +83,7 @@ func TestHistoryRecordsAndRollups(t *testing.T) {
 		t.Fatalf("EachRecord: %d records, want %d", len(got), len(want))
 	}
 	for i := range got {
-		if got[i].ID != want[i].ID || !got[i].Timestamp.Equal(want[i].Timestamp) || got[i].Analysis.StateOfCharge != want[i].Analysis.StateOfCharge || len(got[i].Analysis.CellVoltages) != len(want[i].Analysis.CellVoltages) {
+		if got[i].ID != want[i].ID || !got[i].At().Equal(want[i].At()) || bms.V(got[i].Analysis.StateOfCharge) != bms.V(want[i].Analysis.StateOfCharge) || len(got[i].Analysis.CellVoltages) != len(want[i].Analysis.CellVoltages) {
 			t.Fatalf("record %d: got %+v want %+v", i, got[i], want[i])
 		}
 	}

@@ -429,6 +429,8 @@ func pushProgress(evs []ProgressEvent) bson.E {
 // fields that change with it and progress events to append. It is applied
 // only while the job is still on this run and not cancelled.
 type Checkpoint struct {
+	// DocID is the job document's _id; nil means JobID (the jobs this
+	// service creates).
 	DocID          any
 	JobID, EventID string
 	Step           string
@@ -445,6 +447,9 @@ type Checkpoint struct {
 func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if c.DocID == nil {
+		c.DocID = c.JobID
+	}
 	if s.ferret {
 		if err := s.checkRunFerret(ctx, c); err != nil {
 			return err

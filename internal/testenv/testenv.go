@@ -70,7 +70,7 @@ func StoreConfig(t testing.TB) store.Config {
 	t.Helper()
 	cfg := store.Config{URI: MongoURI(t), Database: DBName(t)}
 	if os.Getenv("MONGODB_URI") == "" {
-		cfg.Prepare, cfg.Sync, cfg.Checkpoint = mongoDev.Prepare, mongoDev.Sync, mongoDev.Checkpoint
+		cfg.Prepare, cfg.Sync, cfg.Checkpoint, cfg.HistoryWindow = mongoDev.Prepare, mongoDev.Sync, mongoDev.Checkpoint, mongoDev.HistoryWindow
 	}
 	return cfg
 }
