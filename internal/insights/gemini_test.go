@@ -18,14 +18,20 @@ import (
 
 // fakeGemini speaks the generateContent REST shape.
 type fakeGemini struct {
-	t       *testing.T
+	t *testing.T
+	// model is the model the requests must name; "": gemini-2.5-flash.
+	model   string
 	mu      sync.Mutex
 	reqs    []map[string]any
 	handler func(n int, body map[string]any, w http.ResponseWriter)
 }
 
 func (f *fakeGemini) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasSuffix(r.URL.Path, "/models/gemini-2.5-flash:generateContent") {
+	model := f.model
+	if model == "" {
+		model = "gemini-2.5-flash"
+	}
+	if !strings.HasSuffix(r.URL.Path, "/models/"+model+":generateContent") {
 		f.t.Errorf("unexpected path %s", r.URL.Path)
 	}
 	if r.Header.Get("x-goog-api-key") != "test-key" {
@@ -226,5 +232,45 @@ func TestRetryAfterParsing(t *testing.T) {
 	}
 	if d, ok := RetryInfoDelay([]map[string]any{{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1.5s"}}); !ok || d != 1500*time.Millisecond {
 		t.Fatal(d, ok)
+	}
+}
+
+// A job's modelOverride is the model asked, and every turn and tool call is
+// reported as a progress event in the BMS app's shape.
+func TestGeminiModelOverrideAndProgress(t *testing.T) {
+	g, f, req := geminiFixture(t, func(n int, body map[string]any, w http.ResponseWriter) {
+		if n == 1 {
+			io.WriteString(w, functionCallResponse(map[string]any{"name": ToolRequestBMSData, "args": map[string]any{"metric": "soc", "days": 3}}))
+			return
+		}
+		io.WriteString(w, textResponse("## KEY FINDINGS\n- ok"))
+	})
+	f.model = "gemini-2.5-pro"
+	req.ModelOverride = "gemini-2.5-pro"
+	var events []Progress
+	req.Progress = func(_ context.Context, ev Progress) error { events = append(events, ev); return nil }
+	res, err := g.Generate(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.reqs) != 2 || res.Model != "gemini-2.5-pro" || res.Turns != 2 || res.ToolCalls != 1 {
+		t.Fatalf("%d requests, result model %q turns %d tool calls %d", len(f.reqs), res.Model, res.Turns, res.ToolCalls)
+	}
+	var types []string
+	for _, ev := range events {
+		types = append(types, ev.Type)
+	}
+	want := []string{ProgressIteration, ProgressToolCall, ProgressToolResponse, ProgressIteration, ProgressAIResponse}
+	if strings.Join(types, ",") != strings.Join(want, ",") {
+		t.Fatalf("progress %v, want %v", types, want)
+	}
+	if events[1].Data["toolName"] != ToolRequestBMSData || events[0].Data["maxIterations"] != 5 {
+		t.Fatalf("progress data %v / %v", events[1].Data, events[0].Data)
+	}
+	// A progress error (the store failed) stops the run.
+	stop := errors.New("store down")
+	req.Progress = func(context.Context, Progress) error { return stop }
+	if _, err := g.Generate(context.Background(), req); !errors.Is(err, stop) {
+		t.Fatalf("progress error: %v", err)
 	}
 }

@@ -2,12 +2,15 @@ package store_test
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/bmsgen"
 	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 )
 
@@ -78,6 +81,75 @@ func BenchmarkHistoryEngine100k(b *testing.B) {
 			per := b.Elapsed() / time.Duration(b.N)
 			b.ReportMetric(float64(per)/float64(base), "x-drain")
 			b.ReportMetric(float64(n), "records")
+		})
+	}
+}
+
+// BenchmarkProcessInsights20Systems is the figure: the rules
+// engine's process-insights for one system with 90 days of 15-minute
+// history, in a collection holding 20 such systems (172,800 records in the
+// app's shape), on the embedded store. "window" reads through
+// devstack.HistoryWindow (SQLite's index), "find" through FerretDB's own
+// find, which decodes the whole collection (the path before).
+func BenchmarkProcessInsights20Systems(b *testing.B) {
+	if os.Getenv("MONGODB_URI") != "" {
+		b.Skip("the embedded store's figure")
+	}
+	s := testenv.Store(b)
+	ctx := context.Background()
+	to := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	from := to.Add(-90 * 24 * time.Hour)
+	base := bmsgen.Systems()[0]
+	var target bms.System
+	for i := range 20 {
+		sys := base
+		sys.ID, sys.Name = fmt.Sprintf("sys-%02d", i), fmt.Sprintf("bank %d", i)
+		if i == 0 {
+			target = sys
+		}
+		if err := s.UpsertSystem(ctx, sys); err != nil {
+			b.Fatal(err)
+		}
+		var batch []bms.Record
+		err := bmsgen.Stream(sys, int64(i), from, to, 15*time.Minute, func(r bms.Record) error {
+			batch = append(batch, r)
+			if len(batch) == 5000 {
+				err := s.InsertHistory(ctx, batch)
+				batch = batch[:0]
+				return err
+			}
+			return nil
+		})
+		if err == nil {
+			err = s.InsertHistory(ctx, batch)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	cfg := testenv.StoreConfig(b)
+	cfg.Database = s.Database().Name()
+	cfg.HistoryWindow = nil
+	scan, err := store.Open(ctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = scan.Close(context.Background()) })
+	snap := bmsgen.Snapshot(target, 1, to)
+	for _, mode := range []struct {
+		name string
+		src  insights.HistorySource
+	}{{"window", s}, {"find", scan}} {
+		b.Run(mode.name, func(b *testing.B) {
+			var records int
+			for b.Loop() {
+				res, err := insights.NewRules(mode.src).Generate(ctx, insights.Request{SystemID: target.ID, Snapshot: snap, ContextWindowDays: 90, Now: to})
+				if err != nil {
+					b.Fatal(err)
+				}
+				records = res.ContextSummary.Records
+			}
+			b.ReportMetric(float64(records), "records")
 		})
 	}
 }
