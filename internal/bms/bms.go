@@ -164,6 +164,31 @@ var knownFields = func() []string {
 	return out
 }()
 
+// recordFields is Record with a Snapshot that keeps no Extra.
+type recordFields struct {
+	ID               string         `json:"id,omitempty"`
+	SystemID         string         `json:"systemId"`
+	SystemName       string         `json:"systemName,omitempty"`
+	Timestamp        Time           `json:"timestamp"`
+	Analysis         snapshotFields `json:"analysis"`
+	HardwareSystemID string         `json:"hardwareSystemId,omitempty"`
+	Weather          *Weather       `json:"weather,omitempty"`
+	FileName         string         `json:"fileName,omitempty"`
+}
+
+// DecodeRecordJSON decodes a history record for analysis in one pass:
+// fields of the snapshot this package does not name are skipped, not kept
+// in Extra (reading a window decodes thousands of records).
+func DecodeRecordJSON(b []byte, r *Record) error {
+	var f recordFields
+	if err := json.Unmarshal(b, &f); err != nil {
+		return err
+	}
+	*r = Record{ID: f.ID, SystemID: f.SystemID, SystemName: f.SystemName, Timestamp: f.Timestamp,
+		Analysis: Snapshot(f.Analysis), HardwareSystemID: f.HardwareSystemID, Weather: f.Weather, FileName: f.FileName}
+	return nil
+}
+
 // Time is a history timestamp. The BMS app writes ISO-8601 UTC strings
 // ("2026-11-20T08:15:00.000Z"); BSON dates are read too. It is written as
 // the app writes it: a string.

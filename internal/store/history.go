@@ -17,7 +17,6 @@ package store
 import (
 	"container/heap"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -55,10 +54,7 @@ func (s *Store) System(ctx context.Context, systemID string) (*bms.System, error
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	var sys bms.System
-	err := s.systems.FindOne(ctx, bson.D{{Key: "_id", Value: systemID}}).Decode(&sys)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		err = s.systems.FindOne(ctx, bson.D{{Key: "id", Value: systemID}}).Decode(&sys)
-	}
+	err := findByID(ctx, s.systems, systemID, &sys)
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return nil, nil
 	}
@@ -192,10 +188,9 @@ func (s *Store) EachRecord(ctx context.Context, systemID string, from, to time.T
 	if s.historyWindow != nil {
 		return s.historyWindow(ctx, s.db.Name(), systemID, from, to, func(doc []byte) error {
 			var r bms.Record
-			if err := json.Unmarshal(doc, &r); err != nil {
+			if err := bms.DecodeRecordJSON(doc, &r); err != nil {
 				return fmt.Errorf("store: decode history record: %w", err)
 			}
-			delete(r.Analysis.Extra, "$s")
 			if !in(&r) {
 				return nil
 			}

@@ -28,24 +28,7 @@ func BenchmarkHistoryEngine100k(b *testing.B) {
 	if err := s.UpsertSystem(ctx, sys); err != nil {
 		b.Fatal(err)
 	}
-	var batch []bms.Record
-	n := 0
-	err := bmsgen.Stream(sys, 1, from, to, time.Minute, func(r bms.Record) error {
-		batch = append(batch, r)
-		n++
-		if len(batch) == 10_000 {
-			err := s.InsertHistory(ctx, batch)
-			batch = batch[:0]
-			return err
-		}
-		return nil
-	})
-	if err == nil {
-		err = s.InsertHistory(ctx, batch)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
+	n := seedHistory(b, s, sys, 1, from, to, time.Minute)
 	days := int(to.Sub(from).Hours()/24) + 1
 	drain := func() time.Duration {
 		start := time.Now()
@@ -110,22 +93,7 @@ func BenchmarkProcessInsights20Systems(b *testing.B) {
 		if err := s.UpsertSystem(ctx, sys); err != nil {
 			b.Fatal(err)
 		}
-		var batch []bms.Record
-		err := bmsgen.Stream(sys, int64(i), from, to, 15*time.Minute, func(r bms.Record) error {
-			batch = append(batch, r)
-			if len(batch) == 5000 {
-				err := s.InsertHistory(ctx, batch)
-				batch = batch[:0]
-				return err
-			}
-			return nil
-		})
-		if err == nil {
-			err = s.InsertHistory(ctx, batch)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
+		seedHistory(b, s, sys, int64(i), from, to, 15*time.Minute)
 	}
 	cfg := testenv.StoreConfig(b)
 	cfg.Database = s.Database().Name()
@@ -152,4 +120,29 @@ func BenchmarkProcessInsights20Systems(b *testing.B) {
 			b.ReportMetric(float64(records), "records")
 		})
 	}
+}
+
+// seedHistory stores the generated history of sys in [from, to), 10,000
+// records an insert, and returns how many it stored.
+func seedHistory(b *testing.B, s *store.Store, sys bms.System, seed int64, from, to time.Time, step time.Duration) int {
+	b.Helper()
+	var batch []bms.Record
+	n := 0
+	err := bmsgen.Stream(sys, seed, from, to, step, func(r bms.Record) error {
+		batch = append(batch, r)
+		n++
+		if len(batch) == 10_000 {
+			err := s.InsertHistory(context.Background(), batch)
+			batch = batch[:0]
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.InsertHistory(context.Background(), batch)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return n
 }

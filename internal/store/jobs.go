@@ -168,10 +168,7 @@ func newJobDoc(run tasks.Run, status string, now time.Time) *Job {
 // app's `id` field (its own jobs, with an ObjectId `_id`).
 func (s *Store) findJob(ctx context.Context, jobID string) (*Job, error) {
 	var j Job
-	err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: jobID}}).Decode(&j)
-	if errors.Is(err, mongo.ErrNoDocuments) {
-		err = s.jobs.FindOne(ctx, bson.D{{Key: "id", Value: jobID}}).Decode(&j)
-	}
+	err := findByID(ctx, s.jobs, jobID, &j)
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return nil, ErrNotFound
 	}
@@ -182,6 +179,18 @@ func (s *Store) findJob(ctx context.Context, jobID string) (*Job, error) {
 		j.Steps = map[string]StepState{}
 	}
 	return &j, nil
+}
+
+// findByID decodes into out the document of coll whose `_id` is id (the
+// documents this service creates), else whose `id` is (the app's, with an
+// ObjectId `_id`). The `_id` lookup comes first: it is the one FerretDB
+// serves from an index.
+func findByID(ctx context.Context, coll *mongo.Collection, id string, out any) error {
+	err := coll.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(out)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		err = coll.FindOne(ctx, bson.D{{Key: "id", Value: id}}).Decode(out)
+	}
+	return err
 }
 
 // runFilter selects a job document by its `_id`, and on MongoDB also by
