@@ -2,7 +2,9 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/bmsview/insights/internal/insights"
@@ -40,12 +42,7 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 	log := r.Log.With("step", name)
 	r.step, r.stepStart = name, time.Now().UTC()
 	r.Report(insights.ProgressStatus, map[string]any{"message": "Step " + name + " started", "step": name, "attempt": r.Attempt})
-	if h := r.r.cfg.Hook; h != nil {
-		if err := h(ctx, r, name); err != nil {
-			return out, &stepErr{step: name, err: err}
-		}
-	}
-	out, err := fn(ctx)
+	out, err := runBody(ctx, r, name, fn)
 	if err != nil {
 		return out, &stepErr{step: name, err: err}
 	}
@@ -133,4 +130,26 @@ func (r *Run) decodeOutput(stored any, out any) error {
 		return err
 	}
 	return bson.Unmarshal(b, out)
+}
+
+// ErrPanic is wrapped by the failure of a step whose body panicked: a
+// failure like any other, recorded and counted in the retry budget, so a
+// step that always panics ends in the archive, never in a loop.
+var ErrPanic = errors.New("step panicked")
+
+// runBody runs the hook and the step's body, a panic in either turned into
+// its failure (the stack goes to the log, not to the job).
+func runBody[T any](ctx context.Context, r *Run, name string, fn func(ctx context.Context) (T, error)) (out T, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.Log.Error("step panicked", "step", name, "panic", p, "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", ErrPanic, p)
+		}
+	}()
+	if h := r.r.cfg.Hook; h != nil {
+		if err := h(ctx, r, name); err != nil {
+			return out, err
+		}
+	}
+	return fn(ctx)
 }

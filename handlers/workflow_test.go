@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -320,5 +321,29 @@ func TestJobWithoutRequestFailsWithoutRetry(t *testing.T) {
 	j := b.waitStatus(t, "never-seen", tasks.StatusFailed, 10*time.Second)
 	if j.Failure.Kind != tasks.KindBusiness || j.Failure.Step != tasks.StepFetchJob {
 		t.Errorf("error %+v, want business at fetch-job", j.Error)
+	}
+}
+
+// A panic in a step is a failure of that step: recovered, recorded with
+// its kind, counted in the budget, archived once the budget is spent; the
+// steps before it never run again.
+func TestPanicInStepIsACountedFailure(t *testing.T) {
+	const maxRetries = 1
+	b := setup(t, options{maxRetries: maxRetries})
+	b.hooks.set("panics", func(_ context.Context, _ *handlers.Run, s string) error {
+		if s == tasks.StepProcessInsights {
+			panic("nil map in the engine")
+		}
+		return nil
+	})
+	res := b.send(t, event("panics"))
+	b.waitTask(t, res.Queue, res.EventID, 30*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateArchived })
+	j := b.waitStatus(t, "panics", tasks.StatusFailed, 10*time.Second)
+	if j.Failures != maxRetries+1 || j.Failure == nil || j.Failure.Kind != tasks.KindInternal || j.Failure.Step != tasks.StepProcessInsights ||
+		j.Error == nil || !strings.Contains(*j.Error, "nil map in the engine") {
+		t.Fatalf("failures %d failure %+v error %v, want %d internal failures of process-insights", j.Failures, j.Failure, j.Error, maxRetries+1)
+	}
+	if r := runs(j); r[tasks.StepValidate] != 1 || r[tasks.StepProcessInsights] != maxRetries+1 {
+		t.Fatalf("runs %v: validate once, process-insights %d times (each panic counted)", r, maxRetries+1)
 	}
 }

@@ -112,6 +112,34 @@ func TestReadyz(t *testing.T) {
 	down.expect(r, http.StatusServiceUnavailable)
 }
 
+// A browser attaches cached Basic credentials to cross-site requests: a
+// state-changing API call authenticated by Basic must be same-origin and
+// JSON; Bearer callers are not browsers and are not affected.
+func TestBasicCrossSiteRefused(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	form := `{"eventName":"generate-insights","eventData":{"jobId":"csrf-1","systemId":"s","analysisData":{}}}`
+	for _, c := range []struct {
+		name string
+		a    auth
+		hdr  []string
+		want int
+	}{
+		{"cross-site text/plain form", authBasic, []string{"Content-Type", "text/plain", "Sec-Fetch-Site", "cross-site"}, http.StatusForbidden},
+		{"cross-site JSON", authBasic, []string{"Origin", "https://evil.example"}, http.StatusForbidden},
+		{"same-origin text/plain", authBasic, []string{"Content-Type", "text/plain", "Sec-Fetch-Site", "same-origin"}, http.StatusForbidden},
+		{"same-origin JSON", authBasic, []string{"Sec-Fetch-Site", "same-origin"}, http.StatusAccepted},
+		{"Bearer, text/plain", authBearer, []string{"Content-Type", "text/plain", "Sec-Fetch-Site", "cross-site"}, http.StatusAccepted},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e.t = t
+			body := strings.Replace(form, "csrf-1", "csrf-"+strings.NewReplacer(" ", "-", ",", "", "/", "-").Replace(c.name), 1)
+			body = strings.Replace(body, `"analysisData":{}`, `"analysisData":{"stateOfCharge":50}`, 1)
+			r := e.do("POST", "/api/events", body, c.a, c.hdr...)
+			e.expect(r, c.want)
+		})
+	}
+}
+
 func TestPostEvent(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	for _, path := range []string{"/api/events", netlifyBase + "/send"} {

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -60,7 +61,11 @@ func equal(a, b string) bool {
 // answers 401 with a Basic challenge, so browsers ask for the password.
 func (s *Server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := s.authenticate(r); ok {
+		if kind, ok := s.authenticate(r); ok {
+			if kind == credBasic && !basicMayChange(r) {
+				writeError(w, http.StatusForbidden, "a state-changing API request with browser (Basic) credentials must be same-origin and send application/json; scripts use Authorization: Bearer", "")
+				return
+			}
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -92,6 +97,30 @@ func (s *Server) sameOriginUnsafe(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// basicMayChange: a browser attaches cached Basic credentials to
+// cross-site requests, and a cross-site form can POST text/plain without a
+// preflight, so a state-changing API request authenticated by Basic must be
+// same-origin and, when it has a body, JSON (which a form cannot send).
+// The pages' own forms carry CSRF tokens and are checked by
+// sameOriginUnsafe instead.
+func basicMayChange(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return true
+	}
+	if !strings.HasPrefix(r.URL.Path, "/api/") && !strings.HasPrefix(r.URL.Path, "/.netlify/") {
+		return true
+	}
+	if !sameOrigin(r) {
+		return false
+	}
+	if r.ContentLength == 0 && r.Header.Get("Content-Type") == "" {
+		return true // no body (DELETE)
+	}
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return err == nil && mt == "application/json"
 }
 
 func sameOrigin(r *http.Request) bool {

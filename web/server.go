@@ -257,7 +257,8 @@ func (s *Server) defaultReady(ctx context.Context) error {
 	if s.cfg.Store == nil {
 		errs = append(errs, errors.New("mongodb: not configured"))
 	} else if err := s.cfg.Store.Ping(ctx); err != nil {
-		errs = append(errs, errors.New("mongodb: "+err.Error()))
+		s.log.Warn("readiness: MongoDB does not answer", "err", err)
+		errs = append(errs, errors.New("mongodb: unreachable"))
 	}
 	if s.cfg.Inspector == nil {
 		errs = append(errs, errors.New("redis: not configured"))
@@ -267,7 +268,8 @@ func (s *Server) defaultReady(ctx context.Context) error {
 		select {
 		case err := <-done:
 			if err != nil {
-				errs = append(errs, errors.New("redis: "+err.Error()))
+				s.log.Warn("readiness: Redis does not answer", "err", err)
+				errs = append(errs, errors.New("redis: unreachable"))
 			}
 		case <-ctx.Done():
 			errs = append(errs, errors.New("redis: no answer"))

@@ -73,7 +73,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "queues", cfg.QueueWeights)
 	}
 
-	srv := &http.Server{Addr: cfg.HTTPAddr, ReadHeaderTimeout: 10 * time.Second}
+	// Bounded reads and idle connections: a slow or idle client cannot hold
+	// a connection open for ever (no write limit: asynqmon's pages poll).
+	srv := &http.Server{Addr: cfg.HTTPAddr, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	var ws *web.Server
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
