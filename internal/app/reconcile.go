@@ -6,54 +6,55 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
 )
 
 // Reconcile re-enqueues, with the same eventId, every live job (queued,
-// scheduled, processing, retrying) unchanged for at least quiet whose task
-// Redis no longer has: MongoDB is the source of truth, so an accepted event
+// scheduled, processing, retrying), and every completed job whose
+// follow-up was never sent, unchanged for at least quiet whose task Redis
+// no longer has: MongoDB is the source of truth, so an accepted event
 // is never lost to a Redis restart, a Redis without persistence or a task
 // deleted by hand. It returns how many it re-enqueued.
 func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
-	jobs, err := a.Store.Stale(ctx, time.Now().Add(-quiet), 1000)
-	if err != nil {
-		return 0, err
-	}
 	announced := false
 	n := 0
 	var errs []error
-	for _, j := range jobs {
+	err := a.Store.EachStale(ctx, time.Now().Add(-quiet), func(j *store.Job) error {
 		_, err := a.Inspector.GetTaskInfo(j.Queue, j.EventID)
 		if err == nil {
-			continue
+			return nil
 		}
 		if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
 			errs = append(errs, err)
-			continue
+			return nil
 		}
 		if !announced {
 			// asynq's long-lived Client announces a queue once per process;
 			// after Redis lost its data, announce them again or the tasks
 			// run but stay invisible to the Inspector and the dashboard.
 			if err := a.rdb.SAdd(ctx, "asynq:queues", toAny(tasks.Queues)...).Err(); err != nil {
-				return n, fmt.Errorf("announce queues: %w", err)
+				return fmt.Errorf("announce queues: %w", err)
 			}
 			announced = true
 		}
+		// A completed job without its follow-up runs again too: its
+		// completed steps are skipped, send-completion sends it.
 		run := tasks.Run{JobID: j.ID, EventID: j.EventID, SystemID: j.SystemID, Request: j.StoredRequest(), Priority: j.Priority, Queue: j.Queue}
-		if j.ProcessAt != nil && j.ProcessAt.After(time.Now()) {
+		if j.ProcessAt != nil && j.ProcessAt.After(time.Now()) && j.Status != tasks.StatusCompleted {
 			run.ProcessAt, run.Scheduled = *j.ProcessAt, true
 		}
 		if _, err := a.Client.Enqueue(ctx, run); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 			errs = append(errs, fmt.Errorf("re-enqueue %s: %w", j.ID, err))
-			continue
+			return nil
 		}
 		_ = a.Store.Touch(ctx, j)
-		a.Log.Info("re-enqueued a job whose task was gone from Redis", "jobId", j.ID, "eventId", j.EventID, "queue", j.Queue)
+		a.Log.Info("re-enqueued a job whose task was gone from Redis", "jobId", j.ID, "eventId", j.EventID, "queue", j.Queue, "status", j.Status)
 		n++
-	}
-	return n, errors.Join(errs...)
+		return nil
+	})
+	return n, errors.Join(append(errs, err)...)
 }
 
 func toAny(s []string) []any {

@@ -15,6 +15,7 @@ import (
 	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // TestReconcileRestoresTasksRedisLost: Redis loses its data (a restart
@@ -79,4 +80,84 @@ func TestReconcileRestoresTasksRedisLost(t *testing.T) {
 		j, err := a.Store.GetJob(ctx, "lost-now")
 		return err == nil && j.EventID == now.EventID && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted, err
 	})
+}
+
+// TestReconcilePagesAndFinishesFollowUps: the reconciler reads every stale
+// live job, not a first page of 1000, and a completed job whose follow-up
+// was still to be sent when Redis lost its data gets it sent, once.
+func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
+	opt := testenv.Redis(t, 6).(asynq.RedisClientOpt)
+	a, _ := testenv.App(t, map[string]string{
+		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: opt.Addr, DB: opt.DB})
+	defer rdb.Close()
+
+	// A run completes, then loses its follow-up record and Redis its data.
+	e, err := a.NewEngine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := a.NewWorker(app.WorkerOptions{Engine: e})
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Shutdown()
+	snap := &tasks.AnalysisData{StateOfCharge: bms.F(70), OverallVoltage: bms.F(52), Current: bms.F(-5)}
+	sent, err := a.Client.TriggerInsights(ctx, tasks.EventData{JobID: "follow-up-lost", SystemID: "s1", AnalysisData: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 60*time.Second, "the run completes", func() (bool, error) {
+		j, err := a.Store.GetJob(ctx, "follow-up-lost")
+		return err == nil && j.FollowUp != nil, err
+	})
+	jobs := a.Store.Database().Collection(store.JobsCollection)
+	if _, err := jobs.UpdateOne(ctx, bson.D{{Key: "_id", Value: "follow-up-lost"}}, bson.D{
+		{Key: "$unset", Value: bson.D{{Key: "steps.send-completion", Value: ""}}},
+		{Key: "$set", Value: bson.D{{Key: "followUp", Value: nil}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.FlushDB(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// 1,005 live jobs whose tasks are gone, more than any first page.
+	old := time.Now().Add(-time.Hour).UTC()
+	var docs []any
+	for i := range 1005 {
+		id := fmt.Sprintf("lost-%04d", i)
+		docs = append(docs, bson.D{{Key: "_id", Value: id}, {Key: "id", Value: id}, {Key: "status", Value: tasks.StatusQueued},
+			{Key: "eventId", Value: "ev-" + id}, {Key: "queue", Value: "low"}, {Key: "priority", Value: 1}, {Key: "systemId", Value: "s1"},
+			{Key: "createdAt", Value: old}, {Key: "updatedAt", Value: old}})
+	}
+	if _, err := jobs.InsertMany(ctx, docs); err != nil {
+		t.Fatal(err)
+	}
+	w.Shutdown() // the 1,005 stay queued: only counted here
+	n, err := a.Reconcile(ctx, 0)
+	if err != nil || n != 1006 {
+		t.Fatalf("reconciled %d (%v), want 1005 live jobs and the completed one", n, err)
+	}
+	if size, _ := a.Inspector.GetQueueInfo("low"); size == nil || size.Size < 1005 {
+		t.Fatalf("queue low after reconcile: %+v", size)
+	}
+	w2 := a.NewWorker(app.WorkerOptions{Engine: e})
+	if err := w2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer w2.Shutdown()
+	testenv.WaitFor(t, 60*time.Second, "the follow-up is sent again", func() (bool, error) {
+		j, err := a.Store.GetJob(ctx, "follow-up-lost")
+		if err != nil || j.FollowUp == nil {
+			return false, err
+		}
+		_, err = a.Inspector.GetTaskInfo("low", tasks.FollowUpTaskIDPrefix+sent.EventID)
+		return err == nil, nil
+	})
+	j, _ := a.Store.GetJob(ctx, "follow-up-lost")
+	if r := j.Steps[tasks.StepProcessInsights].Runs; r != 1 || j.Steps[tasks.StepSendCompletion].Runs != 1 || j.Status != tasks.StatusCompleted {
+		t.Fatalf("process-insights ran %d times, send-completion %d, status %s: want 1, 1, completed", r, j.Steps[tasks.StepSendCompletion].Runs, j.Status)
+	}
 }

@@ -647,25 +647,41 @@ func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error 
 	return nil
 }
 
-// Stale returns live jobs not updated since before; the reconciler checks
-// each one's task is still in Redis.
-func (s *Store) Stale(ctx context.Context, before time.Time, limit int) ([]*Job, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
+// EachStale calls fn, through one streamed cursor, for every job not
+// updated since before that the reconciler must check: live jobs (queued,
+// scheduled, processing, retrying) with a run, and completed jobs whose
+// follow-up was never recorded (send-completion still to do). Every such
+// job, however many, not the first page. An error of fn stops the stream
+// and is returned.
+func (s *Store) EachStale(ctx context.Context, before time.Time, fn func(*Job) error) error {
 	q := bson.D{
-		{Key: "status", Value: bson.D{{Key: "$in", Value: bson.A{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying}}}},
+		{Key: "$or", Value: bson.A{
+			bson.D{{Key: "status", Value: bson.D{{Key: "$in", Value: bson.A{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying}}}}},
+			bson.D{{Key: "status", Value: tasks.StatusCompleted}, {Key: "followUp", Value: nil}},
+		}},
 		{Key: "eventId", Value: bson.D{{Key: "$exists", Value: true}, {Key: "$ne", Value: ""}}},
 		{Key: "updatedAt", Value: bson.D{{Key: "$lt", Value: before}}},
 	}
-	cur, err := s.jobs.Find(ctx, q, options.Find().SetLimit(int64(limit)))
+	fctx, cancel := s.scanCtx(ctx)
+	cur, err := s.jobs.Find(fctx, q, options.Find().SetBatchSize(500))
+	cancel()
 	if err != nil {
-		return nil, fmt.Errorf("stale jobs: %w", err)
+		return fmt.Errorf("stale jobs: %w", err)
 	}
-	var out []*Job
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, fmt.Errorf("stale jobs: %w", err)
+	defer cur.Close(context.WithoutCancel(ctx))
+	for s.next(ctx, cur) {
+		var j Job
+		if err := cur.Decode(&j); err != nil {
+			return fmt.Errorf("stale jobs: %w", err)
+		}
+		if err := fn(&j); err != nil {
+			return err
+		}
 	}
-	return out, nil
+	if err := cur.Err(); err != nil {
+		return fmt.Errorf("stale jobs: %w", err)
+	}
+	return nil
 }
 
 // Touch sets updatedAt (the reconciler after re-enqueueing a job).
