@@ -191,12 +191,26 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 	}
 	run := &Run{Job: job, Payload: p, Attempt: job.Attempts, r: rn}
 	run.Log = log.With("jobId", p.JobID, "attempt", job.Attempts)
-	if previous == tasks.StatusFailed {
-		// Run again from the archive: the run gets its full budget back.
-		job.Failures = 0
-		run.AlsoSet("failures", 0)
-	}
 	run.Log.Debug("attempt started", "previous", previous)
+	if job.Status != tasks.StatusCompleted && job.Failures > rn.cfg.MaxRetries {
+		// The run's budget is spent and no operator started it again (a
+		// re-run resets `failures` first, store.ResetBudget): archive now.
+		// asynq retries a task cut off by its deadline whatever the handler
+		// returned, so without this a TASK_TIMEOUT would loop.
+		msg := "retry budget spent"
+		if job.Error != nil {
+			msg = *job.Error
+		}
+		cp := store.Checkpoint{DocID: job.DocID, JobID: job.ID, EventID: job.EventID,
+			Set: bson.D{{Key: "status", Value: tasks.StatusFailed}}}
+		if err := rn.cfg.Store.SaveCheckpoint(context.WithoutCancel(ctx), cp); isRevoke(err) {
+			return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
+		} else if err != nil {
+			return tasks.RetryAfter(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
+		}
+		run.Log.Warn("retry budget already spent: archived", "failures", job.Failures)
+		return fmt.Errorf("%s: %w", msg, asynq.SkipRetry)
+	}
 	err = wf(ctx, run)
 	if err == nil {
 		return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/bmsview/insights/internal/testenv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -211,6 +212,24 @@ func TestRerunArchivedResumesAtFailedStep(t *testing.T) {
 	b.waitTask(t, res.Queue, res.EventID, 30*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateArchived })
 	b.waitStatus(t, "fix-me", tasks.StatusFailed, 10*time.Second)
 	broken.Store(false) // the cause is fixed
+	// Run without the operator's reset (a raw asynq RunTask, as a deadline
+	// cut-off's retry is): the budget stays spent, archived again at once,
+	// nothing re-run.
+	if err := b.inspector.RunTask(res.Queue, res.EventID); err != nil {
+		t.Fatal(err)
+	}
+	b.waitTask(t, res.Queue, res.EventID, 30*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateArchived })
+	testenv.WaitFor(t, 10*time.Second, "the job reads failed again", func() (bool, error) {
+		j := b.job(t, "fix-me")
+		return j.Status == tasks.StatusFailed && j.Attempts == 2, nil
+	})
+	if j := b.job(t, "fix-me"); j.Steps[tasks.StepProcessInsights].Runs != 1 || j.Failures != 1 {
+		t.Fatalf("without a reset: process-insights ran %d times, failures %d; want 1 and 1", j.Steps[tasks.StepProcessInsights].Runs, j.Failures)
+	}
+	// The operator's Run (API retry, asynqmon Run) resets the budget first.
+	if err := b.store.ResetBudget(context.Background(), "fix-me", res.EventID); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.inspector.RunTask(res.Queue, res.EventID); err != nil {
 		t.Fatal(err)
 	}
@@ -345,5 +364,34 @@ func TestPanicInStepIsACountedFailure(t *testing.T) {
 	}
 	if r := runs(j); r[tasks.StepValidate] != 1 || r[tasks.StepProcessInsights] != maxRetries+1 {
 		t.Fatalf("runs %v: validate once, process-insights %d times (each panic counted)", r, maxRetries+1)
+	}
+}
+
+// A TASK_TIMEOUT cut-off is a counted failure: asynq retries a task cut
+// off by its deadline whatever the handler returned, and once the budget is
+// spent the next attempt archives it, never a loop.
+func TestTimeoutIsACountedFailureThenArchived(t *testing.T) {
+	const maxRetries = 1
+	b := setup(t, options{maxRetries: maxRetries})
+	b.hooks.set("too-slow", func(ctx context.Context, _ *handlers.Run, s string) error {
+		if s == tasks.StepProcessInsights {
+			<-ctx.Done() // a step that outlives its attempt
+			return ctx.Err()
+		}
+		return nil
+	})
+	c := tasks.NewClient(b.redis, tasks.ClientConfig{Jobs: b.store, Timeout: time.Second})
+	t.Cleanup(func() { c.Close() })
+	res, err := c.TriggerInsights(context.Background(), event("too-slow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.waitTask(t, res.Queue, res.EventID, 90*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateArchived })
+	j := b.waitStatus(t, "too-slow", tasks.StatusFailed, 10*time.Second)
+	if j.Failures != maxRetries+1 || j.Failure == nil || j.Failure.Step != tasks.StepProcessInsights {
+		t.Fatalf("failures %d failure %+v, want %d failures of process-insights", j.Failures, j.Failure, maxRetries+1)
+	}
+	if r := runs(j); r[tasks.StepProcessInsights] != maxRetries+1 || r[tasks.StepValidate] != 1 {
+		t.Fatalf("runs %v: each cut-off counted once, earlier steps once", r)
 	}
 }

@@ -666,3 +666,26 @@ func TestFormatPayload(t *testing.T) {
 		t.Fatalf("result: %s", got)
 	}
 }
+
+// asynqmon's Run on an archived task is an operator starting the run
+// again: the job gets its full budget back before asynqmon moves the task
+// (the worker never infers a re-run from a status).
+func TestDashboardRunResetsBudget(t *testing.T) {
+	e := newEnv(t, envOptions{worker: true})
+	e.fail.set(true)
+	id := e.send("job-dash")["eventId"].(string)
+	e.waitStatus("job-dash", tasks.StatusFailed, 20*time.Second)
+	e.waitTask("default", id, 10*time.Second, asynq.TaskStateArchived)
+	if j, _ := e.store.GetJob(context.Background(), "job-dash"); j.Failures != 1 {
+		t.Fatalf("failures %d before the Run, want 1", j.Failures)
+	}
+	e.fail.set(false)
+	r := e.do("POST", "/monitoring/api/queues/default/archived_tasks/"+id+":run", nil, authBasic, "Sec-Fetch-Site", "same-origin")
+	if r.code/100 != 2 {
+		t.Fatalf("asynqmon Run: %d %s", r.code, r.body)
+	}
+	j := e.waitDone("job-dash")
+	if j.Failures != 0 || runs(j)["process-insights"] != 2 {
+		t.Fatalf("after the dashboard's Run: failures %d runs %v, want 0 and process-insights 2", j.Failures, runs(j))
+	}
+}

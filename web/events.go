@@ -162,6 +162,11 @@ func (s *Server) retry(ctx context.Context, id string) (*retryResult, error) {
 		default:
 			return nil, errorf(http.StatusConflict, "event %s is %s: only an archived, retry or scheduled task can be run now", id, ev.Task.State)
 		}
+		if ev.Task.State == asynq.TaskStateArchived || (ev.Job != nil && ev.Job.Status == tasks.StatusFailed) {
+			if err := s.resetBudget(ctx, ev.Job); err != nil {
+				return nil, err
+			}
+		}
 		if err := s.cfg.Inspector.RunTask(ev.Task.Queue, id); err != nil {
 			if errors.Is(err, asynq.ErrTaskNotFound) {
 				return nil, errorf(http.StatusConflict, "event %s changed state meanwhile; look again", id)
@@ -185,6 +190,9 @@ func (s *Server) retry(ctx context.Context, id string) (*retryResult, error) {
 	if queue == "" {
 		queue = tasks.QueueFor(job.Priority)
 	}
+	if err := s.resetBudget(ctx, job); err != nil {
+		return nil, err
+	}
 	info, err := s.cfg.Client.Enqueue(ctx, tasks.Run{JobID: job.ID, EventID: job.EventID, SystemID: job.SystemID,
 		Request: job.StoredRequest(), Priority: job.Priority, Queue: queue, ProcessAt: time.Now()})
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
@@ -196,6 +204,18 @@ func (s *Server) retry(ctx context.Context, id string) (*retryResult, error) {
 	res.Queue, res.PreviousState, res.State, res.Action = queue, "", info.State.String(), "re-enqueued"
 	s.log.Info("failed job re-enqueued", "eventId", id, "jobId", job.ID, "queue", queue)
 	return res, nil
+}
+
+// resetBudget gives a run the operator starts again its full retry budget
+// (the worker never infers a re-run from a status). job nil: nothing to do.
+func (s *Server) resetBudget(ctx context.Context, job *store.Job) error {
+	if job == nil {
+		return nil
+	}
+	if err := s.cfg.Store.ResetBudget(ctx, job.ID, job.EventID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return storeErr(err)
+	}
+	return nil
 }
 
 // cancelResult is the answer to a cancel.

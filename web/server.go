@@ -5,9 +5,12 @@
 package web
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -231,7 +234,69 @@ func (s *Server) monitoring(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "the dashboard is not configured (no Redis connection)", "")
 		return
 	}
+	if r.Method == http.MethodPost && strings.Contains(r.URL.Path, "/archived_tasks") {
+		if err := s.resetArchivedBudgets(r); err != nil {
+			s.writeErr(w, r, err)
+			return
+		}
+	}
 	s.monitor.ServeHTTP(w, r)
+}
+
+// resetArchivedBudgets: asynqmon's Run (one archived task, a batch, or all
+// of a queue's) is an operator starting those runs again, so their jobs get
+// their full retry budget back before asynqmon moves the tasks.
+func (s *Server) resetArchivedBudgets(r *http.Request) error {
+	if s.cfg.Store == nil || s.cfg.Inspector == nil {
+		return nil
+	}
+	rest := strings.TrimPrefix(r.URL.Path, monitorRoot+"/api/queues/")
+	queue, action, ok := strings.Cut(rest, "/archived_tasks")
+	if !ok || queue == "" {
+		return nil
+	}
+	var ids []string
+	switch {
+	case strings.HasPrefix(action, "/") && strings.HasSuffix(action, ":run"):
+		ids = []string{strings.TrimSuffix(strings.TrimPrefix(action, "/"), ":run")}
+	case action == ":batch_run":
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes))
+		if err != nil {
+			return errorf(http.StatusBadRequest, "read body: %v", err)
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		var body struct {
+			TaskIDs []string `json:"task_ids"`
+		}
+		_ = json.Unmarshal(b, &body)
+		ids = body.TaskIDs
+	case action == ":run_all":
+		for page := 1; ; page++ {
+			archived, err := s.cfg.Inspector.ListArchivedTasks(queue, asynq.Page(page), asynq.PageSize(1000))
+			if err != nil {
+				return redisErr(err)
+			}
+			for _, t := range archived {
+				ids = append(ids, t.ID)
+			}
+			if len(archived) < 1000 {
+				break
+			}
+		}
+	}
+	for _, id := range ids {
+		job, err := s.cfg.Store.GetJobByEvent(r.Context(), id)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // not a generate-insights run (a follow-up): asynq's own budget
+		}
+		if err != nil {
+			return storeErr(err)
+		}
+		if err := s.resetBudget(r.Context(), job); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {

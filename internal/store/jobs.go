@@ -684,6 +684,33 @@ func (s *Store) EachStale(ctx context.Context, before time.Time, fn func(*Job) e
 	return nil
 }
 
+// ResetBudget gives the job's current run its full retry budget back
+// (failures 0): an operator starts it again (the API's retry, asynqmon's
+// Run). It is the only way a run's budget comes back; the worker never
+// infers it from a status. ErrNotFound when eventID is not the job's run.
+func (s *Store) ResetBudget(ctx context.Context, jobID, eventID string) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	job, err := s.findJob(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	if job.EventID != eventID {
+		return ErrNotFound
+	}
+	now := time.Now().UTC()
+	matched, err := s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{
+		{Key: "failures", Value: 0}, {Key: "rerunAt", Value: now}, {Key: "updatedAt", Value: now}}}},
+		bson.E{Key: "eventId", Value: eventID})
+	if err != nil {
+		return fmt.Errorf("reset retry budget: %w", err)
+	}
+	if !matched {
+		return ErrNotFound
+	}
+	return nil
+}
+
 // Touch sets updatedAt (the reconciler after re-enqueueing a job).
 func (s *Store) Touch(ctx context.Context, job *Job) error {
 	ctx, cancel := s.ctx(ctx)
