@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/bmsview/insights/internal/testenv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -393,5 +394,41 @@ func TestTimeoutIsACountedFailureThenArchived(t *testing.T) {
 	}
 	if r := runs(j); r[tasks.StepProcessInsights] != maxRetries+1 || r[tasks.StepValidate] != 1 {
 		t.Fatalf("runs %v: each cut-off counted once, earlier steps once", r)
+	}
+}
+
+// A producer without the store (insights trigger with only REDIS_URL, a Go
+// client without Jobs) cannot claim a run; re-sending an ended jobId still
+// starts a new run, which the worker records (steps afresh), while a task
+// of the earlier run stays stale.
+func TestStorelessResendStartsNewRun(t *testing.T) {
+	b := setup(t, options{})
+	first := b.send(t, event("storeless"))
+	waitStep(t, b, "storeless", tasks.StepSendCompletion)
+	bare := tasks.NewClient(b.redis, tasks.ClientConfig{})
+	t.Cleanup(func() { bare.Close() })
+	second, err := bare.TriggerInsights(context.Background(), event("storeless"))
+	if err != nil || second.SendStatus != "succeeded" || second.EventID == first.EventID {
+		t.Fatalf("store-less re-send: %+v %v", second, err)
+	}
+	var j *store.Job
+	testenv.WaitFor(t, 30*time.Second, "the new run completes", func() (bool, error) {
+		j = b.job(t, "storeless")
+		return j.EventID == second.EventID && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted, nil
+	})
+	if r := runs(j); r[tasks.StepInitialize] != 1 || r[tasks.StepProcessInsights] != 1 || !slices.Contains(j.PreviousEventIDs, first.EventID) {
+		t.Fatalf("runs %v previous %v: want a fresh run, the first one recorded", r, j.PreviousEventIDs)
+	}
+	// A task of the first run arriving now is stale: revoked, nothing runs.
+	req := event("storeless")
+	if _, err := bare.Enqueue(context.Background(), tasks.Run{JobID: "storeless", EventID: first.EventID, SystemID: "sys-1", Queue: "critical", Request: req.Request()}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 30*time.Second, "the stale task is done", func() (bool, error) {
+		info, err := b.inspector.GetTaskInfo("critical", first.EventID)
+		return err != nil || info.State == asynq.TaskStateCompleted, nil
+	})
+	if j2 := b.job(t, "storeless"); j2.EventID != second.EventID || j2.Steps[tasks.StepInitialize].Runs != 1 {
+		t.Fatalf("the first run's stale task changed the job: eventId %s runs %v", j2.EventID, runs(j2))
 	}
 }

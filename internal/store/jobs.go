@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/bmsview/insights/internal/insights"
@@ -35,17 +36,20 @@ type Job struct {
 	CreatedAt     time.Time `json:"createdAt" bson:"createdAt"`
 	UpdatedAt     time.Time `json:"updatedAt" bson:"updatedAt"`
 
-	EventID     string               `json:"eventId" bson:"eventId,omitempty"`
-	EventName   string               `json:"eventName" bson:"eventName,omitempty"`
-	Priority    int                  `json:"priority" bson:"priority"`
-	Queue       string               `json:"queue" bson:"queue,omitempty"`
-	ProcessAt   *time.Time           `json:"processAt,omitempty" bson:"processAt,omitempty"`
-	Attempts    int                  `json:"attempts" bson:"attempts"`
-	Failures    int                  `json:"failures" bson:"failures"` // failures of the current run: the retry budget used
-	Failure     *Failure             `json:"failure,omitempty" bson:"failure,omitempty"`
-	Steps       map[string]StepState `json:"steps" bson:"steps"`
-	FollowUp    *FollowUp            `json:"followUp,omitempty" bson:"followUp,omitempty"`
-	CompletedAt *time.Time           `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
+	EventID string `json:"eventId" bson:"eventId,omitempty"`
+	// PreviousEventIDs are the job's earlier runs: a task of one of them
+	// is stale, a task of an eventId never seen is a new send.
+	PreviousEventIDs []string             `json:"previousEventIds,omitempty" bson:"previousEventIds,omitempty"`
+	EventName        string               `json:"eventName" bson:"eventName,omitempty"`
+	Priority         int                  `json:"priority" bson:"priority"`
+	Queue            string               `json:"queue" bson:"queue,omitempty"`
+	ProcessAt        *time.Time           `json:"processAt,omitempty" bson:"processAt,omitempty"`
+	Attempts         int                  `json:"attempts" bson:"attempts"`
+	Failures         int                  `json:"failures" bson:"failures"` // failures of the current run: the retry budget used
+	Failure          *Failure             `json:"failure,omitempty" bson:"failure,omitempty"`
+	Steps            map[string]StepState `json:"steps" bson:"steps"`
+	FollowUp         *FollowUp            `json:"followUp,omitempty" bson:"followUp,omitempty"`
+	CompletedAt      *time.Time           `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
 }
 
 // StoredRequest is the job's request for a task payload: nil when the job
@@ -266,7 +270,7 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 		if err != nil {
 			return nil, fmt.Errorf("claim job run: %w", err)
 		}
-		matched, err := s.updateJob(ctx, cur.DocID, bson.D{{Key: "$set", Value: startRunSet(run, status, now)}},
+		matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, startRunSet(run, status, now), nil),
 			bson.E{Key: "eventId", Value: cur.EventID})
 		if err != nil || !matched {
 			// Repair: without its job write the claim would answer
@@ -280,6 +284,24 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 		return nil, nil
 	}
 	return nil, fmt.Errorf("claim job %s: gave up after repeated conflicts", run.JobID)
+}
+
+// startRunUpdate is the update that starts a new run of cur with set,
+// keeping the run it replaces among the job's previous ones, and appending
+// push to its (fresh) progress.
+func startRunUpdate(cur *Job, set bson.D, push []ProgressEvent) bson.D {
+	if len(push) > 0 {
+		for i := range set {
+			if set[i].Key == "progress" {
+				set[i].Value = push
+			}
+		}
+	}
+	u := bson.D{{Key: "$set", Value: set}}
+	if cur.EventID != "" {
+		u = append(u, bson.E{Key: "$push", Value: bson.D{{Key: "previousEventIds", Value: cur.EventID}}})
+	}
+	return u
 }
 
 // startRunSet is the $set that makes run a job's current run: its steps
@@ -392,7 +414,31 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 		adopt := cur.EventID == "" // a job the app created, sent by a producer without the store
 		switch {
 		case !adopt && cur.EventID != a.EventID:
-			return nil, "", ErrStaleEvent
+			if slices.Contains(cur.PreviousEventIDs, a.EventID) || tasks.Live(cur.Status) {
+				return nil, "", ErrStaleEvent // an earlier run's task, or a second send while one runs
+			}
+			// A new send of an ended job by a producer without the store
+			// (it could not claim the run): this task starts the new run.
+			run := tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
+				Priority: a.Priority, Queue: a.Queue, ProcessAt: now}
+			set := startRunSet(run, tasks.StatusProcessing, now)
+			for i := range set {
+				if set[i].Key == "attempts" {
+					set[i].Value = 1
+				}
+			}
+			matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, set, a.Push), bson.E{Key: "eventId", Value: cur.EventID})
+			if err != nil {
+				return nil, "", fmt.Errorf("start run: %w", err)
+			}
+			if !matched {
+				continue
+			}
+			job, err := s.findJob(ctx, a.JobID)
+			if err != nil {
+				return nil, "", err
+			}
+			return job, cur.Status, nil
 		case cur.Status == tasks.StatusCancelled:
 			return nil, "", ErrCancelled
 		}
