@@ -213,33 +213,49 @@ func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, fr
 	}
 	base := fmt.Sprintf(`SELECT %[2]s, _ferretdb_sjson FROM %[1]q WHERE %[3]s = ? AND %[2]s >= ? AND %[2]s < ? ORDER BY %[2]s`,
 		table, historyTimeExpr, historySystemExpr)
+	// One statement open at a time, so callers never hold one pooled
+	// connection while waiting for another: the date-form records (rare:
+	// the app writes strings) are read first, then merged into the stream
+	// of string-form ones.
+	dates, err := db.QueryContext(ctx, base, systemID, from.UnixMilli(), to.UnixMilli())
+	if err != nil {
+		return fmt.Errorf("devstack: history of %s: %w", systemID, err)
+	}
+	var early []windowRows
+	w := &windowRows{rows: dates}
+	for {
+		if err := w.next(); err != nil {
+			dates.Close()
+			return err
+		}
+		if !w.ok {
+			break
+		}
+		early = append(early, windowRows{ok: true, at: w.at, doc: w.doc})
+	}
+	dates.Close()
 	const iso = "2006-01-02T15:04:05.000Z"
 	strs, err := db.QueryContext(ctx, base, systemID, from.Add(-time.Second).UTC().Format(iso), to.Add(time.Second).UTC().Format(iso))
 	if err != nil {
 		return fmt.Errorf("devstack: history of %s: %w", systemID, err)
 	}
 	defer strs.Close()
-	dates, err := db.QueryContext(ctx, base, systemID, from.UnixMilli(), to.UnixMilli())
-	if err != nil {
-		return fmt.Errorf("devstack: history of %s: %w", systemID, err)
+	a := &windowRows{rows: strs}
+	if err := a.next(); err != nil {
+		return err
 	}
-	defer dates.Close()
-	// Merge the two sorted ranges by time.
-	a, b := &windowRows{rows: strs}, &windowRows{rows: dates}
-	for _, w := range []*windowRows{a, b} {
-		if err := w.next(); err != nil {
+	for a.ok || len(early) > 0 {
+		if !a.ok || (len(early) > 0 && early[0].at.Before(a.at)) {
+			if err := fn(early[0].doc); err != nil {
+				return err
+			}
+			early = early[1:]
+			continue
+		}
+		if err := fn(a.doc); err != nil {
 			return err
 		}
-	}
-	for a.ok || b.ok {
-		w := a
-		if !a.ok || (b.ok && b.at.Before(a.at)) {
-			w = b
-		}
-		if err := fn(w.doc); err != nil {
-			return err
-		}
-		if err := w.next(); err != nil {
+		if err := a.next(); err != nil {
 			return err
 		}
 	}
@@ -262,10 +278,11 @@ func (w *windowRows) next() error {
 		return w.rows.Err()
 	}
 	var ts any
-	w.doc = nil
-	if err := w.rows.Scan(&ts, &w.doc); err != nil {
+	var doc []byte
+	if err := w.rows.Scan(&ts, &doc); err != nil {
 		return fmt.Errorf("devstack: read history: %w", err)
 	}
+	w.doc = doc
 	switch v := ts.(type) {
 	case int64:
 		w.at = time.UnixMilli(v)

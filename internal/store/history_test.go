@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -139,6 +140,41 @@ func TestHistoryRecordsAndRollups(t *testing.T) {
 		if a.Context.Records != len(recs) || a.Context.Records != b.Context.Records || a.HealthScore != b.HealthScore ||
 			!close(a.History.Energy.ChargeKWh, b.History.Energy.ChargeKWh) || !close(a.History.Energy.DischargeKWh, b.History.Energy.DischargeKWh) {
 			t.Fatalf("full=%v: store %+v\nmemory %+v", full, a.Context, b.Context)
+		}
+	}
+}
+
+// Many workers read history windows at once (the embedded store reads them
+// from SQLite through a small pool of connections): none may wait for ever
+// on another's connection.
+func TestHistoryWindowsConcurrently(t *testing.T) {
+	s := testenv.Store(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sys := bmsgen.Systems()[0]
+	to := time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+	recs := bmsgen.History(sys, 3, to.Add(-48*time.Hour), to, 15*time.Minute)
+	if err := s.InsertHistory(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 32)
+	for range 32 {
+		go func() {
+			n := 0
+			err := s.EachRecord(ctx, sys.ID, to.Add(-48*time.Hour), to, func(bms.Record) error {
+				n++
+				time.Sleep(100 * time.Microsecond) // a consumer slower than the reader
+				return nil
+			})
+			if err == nil && n != len(recs) {
+				err = fmt.Errorf("read %d of %d records", n, len(recs))
+			}
+			errs <- err
+		}()
+	}
+	for range 32 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
 		}
 	}
 }
