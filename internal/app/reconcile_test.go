@@ -67,15 +67,7 @@ func TestReconcileRestoresTasksRedisLost(t *testing.T) {
 	if len(queues) == 0 {
 		t.Error("queues not announced again: the dashboard would not see the tasks")
 	}
-	e, err := a.NewEngine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := a.NewWorker(app.WorkerOptions{Engine: e})
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer w.Shutdown()
+	startWorker(t, a)
 	testenv.WaitFor(t, 60*time.Second, "restored job completes", func() (bool, error) {
 		j, err := a.Store.GetJob(ctx, "lost-now")
 		return err == nil && j.EventID == now.EventID && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted, err
@@ -95,15 +87,7 @@ func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
 	defer rdb.Close()
 
 	// A run completes, then loses its follow-up record and Redis its data.
-	e, err := a.NewEngine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := a.NewWorker(app.WorkerOptions{Engine: e})
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer w.Shutdown()
+	w := startWorker(t, a)
 	snap := &tasks.AnalysisData{StateOfCharge: bms.F(70), OverallVoltage: bms.F(52), Current: bms.F(-5)}
 	sent, err := a.Client.TriggerInsights(ctx, tasks.EventData{JobID: "follow-up-lost", SystemID: "s1", AnalysisData: snap})
 	if err != nil {
@@ -143,11 +127,7 @@ func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
 	if size, _ := a.Inspector.GetQueueInfo("low"); size == nil || size.Size < 1005 {
 		t.Fatalf("queue low after reconcile: %+v", size)
 	}
-	w2 := a.NewWorker(app.WorkerOptions{Engine: e})
-	if err := w2.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer w2.Shutdown()
+	startWorker(t, a)
 	testenv.WaitFor(t, 60*time.Second, "the follow-up is sent again", func() (bool, error) {
 		j, err := a.Store.GetJob(ctx, "follow-up-lost")
 		if err != nil || j.FollowUp == nil {
@@ -160,4 +140,20 @@ func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
 	if r := j.Steps[tasks.StepProcessInsights].Runs; r != 1 || j.Steps[tasks.StepSendCompletion].Runs != 1 || j.Status != tasks.StatusCompleted {
 		t.Fatalf("process-insights ran %d times, send-completion %d, status %s: want 1, 1, completed", r, j.Steps[tasks.StepSendCompletion].Runs, j.Status)
 	}
+}
+
+// startWorker starts a worker with the app's own engine, shut down when the
+// test ends (or earlier by the caller).
+func startWorker(t *testing.T, a *app.App) *app.Worker {
+	t.Helper()
+	e, err := a.NewEngine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := a.NewWorker(app.WorkerOptions{Engine: e})
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Shutdown)
+	return w
 }
