@@ -23,7 +23,6 @@ import (
 type JobStore interface {
 	StartAttempt(ctx context.Context, a store.Attempt) (*store.Job, string, error)
 	SaveCheckpoint(ctx context.Context, c store.Checkpoint) error
-	AppendProgress(ctx context.Context, c store.Checkpoint) error
 }
 
 // Sealer encrypts step outputs that hold insights. Nil stores them in clear.
@@ -133,8 +132,15 @@ func (r *Run) Flush(ctx context.Context) error {
 	if len(r.push) == 0 {
 		return nil
 	}
-	c := store.Checkpoint{DocID: r.Job.DocID, JobID: r.Job.ID, EventID: r.Job.EventID, Push: r.push}
-	if err := r.r.cfg.Store.AppendProgress(ctx, c); err != nil {
+	return r.save(ctx, store.Checkpoint{})
+}
+
+// save writes cp to this run's job with the pending progress events: the
+// one write path of a run. A store failure comes back as a *storeErr, a
+// job that left this run as the store's sentinel.
+func (r *Run) save(ctx context.Context, cp store.Checkpoint) error {
+	cp.DocID, cp.JobID, cp.EventID, cp.Push = r.Job.DocID, r.Job.ID, r.Job.EventID, r.push
+	if err := r.r.cfg.Store.SaveCheckpoint(ctx, cp); err != nil {
 		if isRevoke(err) {
 			return err
 		}
@@ -201,12 +207,10 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 		if job.Error != nil {
 			msg = *job.Error
 		}
-		cp := store.Checkpoint{DocID: job.DocID, JobID: job.ID, EventID: job.EventID,
-			Set: bson.D{{Key: "status", Value: tasks.StatusFailed}}}
-		if err := rn.cfg.Store.SaveCheckpoint(context.WithoutCancel(ctx), cp); isRevoke(err) {
+		if err := run.save(context.WithoutCancel(ctx), store.Checkpoint{Set: bson.D{{Key: "status", Value: tasks.StatusFailed}}}); isRevoke(err) {
 			return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
 		} else if err != nil {
-			return tasks.RetryAfter(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
+			return tasks.RetryAfter(rn.cfg.TransientDelay, err)
 		}
 		run.Log.Warn("retry budget already spent: archived", "failures", job.Failures)
 		return fmt.Errorf("%s: %w", msg, asynq.SkipRetry)
@@ -269,7 +273,7 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 	if es := (*stepErr)(nil); errors.As(err, &es) {
 		step = es.step
 	}
-	cp := store.Checkpoint{DocID: job.DocID, JobID: job.ID, EventID: job.EventID, Step: step, Set: run.set}
+	cp := store.Checkpoint{Step: step, Set: run.set}
 	run.set = nil
 	if step != "" {
 		prev := job.Steps[step]
@@ -282,7 +286,6 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 		bson.E{Key: "failure", Value: store.Failure{Kind: kind, Message: err.Error(), Step: step, At: now}},
 		bson.E{Key: "failures", Value: failures})
 	run.Report(insights.ProgressError, map[string]any{"message": err.Error(), "error": err.Error(), "step": step, "kind": kind, "final": final})
-	cp.Push, run.push = run.push, nil
 	status := tasks.StatusRetrying
 	if final {
 		status = tasks.StatusFailed
@@ -293,8 +296,8 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 	} else {
 		cp.Set = append(cp.Set, bson.E{Key: "status", Value: status})
 	}
-	if werr := rn.cfg.Store.SaveCheckpoint(context.WithoutCancel(ctx), cp); werr != nil {
-		if errors.Is(werr, store.ErrCancelled) || errors.Is(werr, store.ErrStaleEvent) {
+	if werr := run.save(context.WithoutCancel(ctx), cp); werr != nil {
+		if isRevoke(werr) {
 			run.Log.Info("task revoked", "step", step, "reason", werr)
 			return fmt.Errorf("%w: %w", asynq.RevokeTask, werr)
 		}

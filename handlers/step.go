@@ -68,15 +68,10 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 
 // checkpoint writes a step state with the pending fields in one update.
 func (r *Run) checkpoint(ctx context.Context, name string, st store.StepState) error {
-	cp := store.Checkpoint{DocID: r.Job.DocID, JobID: r.Job.ID, EventID: r.Job.EventID, Step: name, State: st, Set: r.set, Push: r.push}
-	if err := r.r.cfg.Store.SaveCheckpoint(ctx, cp); err != nil {
-		if isRevoke(err) {
-			return err
-		}
-		return &storeErr{err: err}
+	if err := r.save(ctx, store.Checkpoint{Step: name, State: st, Set: r.set}); err != nil {
+		return err
 	}
-	r.Job.Progress = append(r.Job.Progress, r.push...)
-	r.set, r.push = nil, nil
+	r.set = nil
 	r.Job.Steps[name] = st
 	return nil
 }

@@ -183,10 +183,7 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 // setRequest records the request fields at the job's top level, as the
 // BMS app stores them.
 func setRequest(r *Run, q tasks.Request) {
-	r.AlsoSet("analysisData", q.AnalysisData)
-	r.AlsoSet("customPrompt", q.CustomPrompt)
-	r.AlsoSet("contextWindowDays", q.ContextWindowDays)
-	r.AlsoSet("maxIterations", q.MaxIterations)
-	r.AlsoSet("fullContextMode", q.FullContextMode)
-	r.AlsoSet("modelOverride", q.ModelOverride)
+	for _, e := range store.RequestFields(q) {
+		r.AlsoSet(e.Key, e.Value)
+	}
 }

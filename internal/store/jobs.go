@@ -270,7 +270,7 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 		if err != nil {
 			return nil, fmt.Errorf("claim job run: %w", err)
 		}
-		matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, startRunSet(run, status, now), nil),
+		matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, status, 0, nil, now),
 			bson.E{Key: "eventId", Value: cur.EventID})
 		if err != nil || !matched {
 			// Repair: without its job write the claim would answer
@@ -286,16 +286,28 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 	return nil, fmt.Errorf("claim job %s: gave up after repeated conflicts", run.JobID)
 }
 
-// startRunUpdate is the update that starts a new run of cur with set,
-// keeping the run it replaces among the job's previous ones, and appending
-// push to its (fresh) progress.
-func startRunUpdate(cur *Job, set bson.D, push []ProgressEvent) bson.D {
-	if len(push) > 0 {
-		for i := range set {
-			if set[i].Key == "progress" {
-				set[i].Value = push
-			}
-		}
+// startRunUpdate is the update that makes run the current run of cur:
+// its steps start afresh with attempts done so far and progress events
+// push, the request fields the event carries replace the stored ones
+// (those it omits are kept), and the run it replaces joins the job's
+// previous ones.
+func startRunUpdate(cur *Job, run tasks.Run, status string, attempts int, push []ProgressEvent, now time.Time) bson.D {
+	if push == nil {
+		push = []ProgressEvent{}
+	}
+	set := bson.D{
+		{Key: "eventId", Value: run.EventID}, {Key: "eventName", Value: tasks.EventGenerateInsights},
+		{Key: "status", Value: status}, {Key: "priority", Value: run.Priority}, {Key: "queue", Value: run.Queue},
+		{Key: "processAt", Value: run.ProcessAt.UTC()}, {Key: "attempts", Value: attempts}, {Key: "failures", Value: 0},
+		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: bson.D{}},
+		{Key: "progress", Value: push}, {Key: "partialInsights", Value: nil}, {Key: "finalInsights", Value: nil},
+		{Key: "followUp", Value: nil}, {Key: "completedAt", Value: nil}, {Key: "updatedAt", Value: now},
+	}
+	if run.SystemID != "" {
+		set = append(set, bson.E{Key: "systemId", Value: run.SystemID})
+	}
+	if run.Request != nil {
+		set = append(set, RequestFields(*run.Request)...)
 	}
 	u := bson.D{{Key: "$set", Value: set}}
 	if cur.EventID != "" {
@@ -304,42 +316,14 @@ func startRunUpdate(cur *Job, set bson.D, push []ProgressEvent) bson.D {
 	return u
 }
 
-// startRunSet is the $set that makes run a job's current run: its steps
-// start afresh, and the request fields the event carries replace the
-// stored ones (those it omits are kept).
-func startRunSet(run tasks.Run, status string, now time.Time) bson.D {
-	set := bson.D{
-		{Key: "eventId", Value: run.EventID}, {Key: "eventName", Value: tasks.EventGenerateInsights},
-		{Key: "status", Value: status}, {Key: "priority", Value: run.Priority}, {Key: "queue", Value: run.Queue},
-		{Key: "processAt", Value: run.ProcessAt.UTC()}, {Key: "attempts", Value: 0}, {Key: "failures", Value: 0},
-		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: bson.D{}},
-		{Key: "progress", Value: bson.A{}}, {Key: "partialInsights", Value: nil}, {Key: "finalInsights", Value: nil},
-		{Key: "followUp", Value: nil}, {Key: "completedAt", Value: nil}, {Key: "updatedAt", Value: now},
+// RequestFields are the request fields r sets, as the job's top-level
+// fields: its bson encoding, which leaves the unset ones out.
+func RequestFields(r tasks.Request) bson.D {
+	var d bson.D
+	if b, err := bson.Marshal(r); err == nil {
+		_ = bson.Unmarshal(b, &d)
 	}
-	if run.SystemID != "" {
-		set = append(set, bson.E{Key: "systemId", Value: run.SystemID})
-	}
-	if r := run.Request; r != nil {
-		if r.AnalysisData != nil {
-			set = append(set, bson.E{Key: "analysisData", Value: r.AnalysisData})
-		}
-		if r.CustomPrompt != "" {
-			set = append(set, bson.E{Key: "customPrompt", Value: r.CustomPrompt})
-		}
-		if r.ContextWindowDays != 0 {
-			set = append(set, bson.E{Key: "contextWindowDays", Value: r.ContextWindowDays})
-		}
-		if r.MaxIterations != 0 {
-			set = append(set, bson.E{Key: "maxIterations", Value: r.MaxIterations})
-		}
-		if r.FullContextMode {
-			set = append(set, bson.E{Key: "fullContextMode", Value: true})
-		}
-		if r.ModelOverride != "" {
-			set = append(set, bson.E{Key: "modelOverride", Value: r.ModelOverride})
-		}
-	}
-	return set
+	return d
 }
 
 // AbandonRun removes a run recorded by ClaimRun whose task never reached
@@ -421,13 +405,8 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 			// (it could not claim the run): this task starts the new run.
 			run := tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
 				Priority: a.Priority, Queue: a.Queue, ProcessAt: now}
-			set := startRunSet(run, tasks.StatusProcessing, now)
-			for i := range set {
-				if set[i].Key == "attempts" {
-					set[i].Value = 1
-				}
-			}
-			matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, set, a.Push), bson.E{Key: "eventId", Value: cur.EventID})
+			matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, tasks.StatusProcessing, 1, a.Push, now),
+				bson.E{Key: "eventId", Value: cur.EventID})
 			if err != nil {
 				return nil, "", fmt.Errorf("start run: %w", err)
 			}
@@ -497,8 +476,9 @@ type Checkpoint struct {
 	Push []ProgressEvent
 }
 
-// SaveCheckpoint writes one checkpoint in one update. It returns
-// ErrCancelled or ErrStaleEvent when the job left this run.
+// SaveCheckpoint writes one checkpoint in one update (with no Step: only
+// its fields and progress events). It returns ErrCancelled or
+// ErrStaleEvent when the job left this run.
 func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -563,13 +543,6 @@ func (s *Store) checkRunFerret(ctx context.Context, c Checkpoint) error {
 		return nil
 	}
 	return nil
-}
-
-// AppendProgress appends progress events to the job's current run (the
-// events of a step while it runs).
-func (s *Store) AppendProgress(ctx context.Context, c Checkpoint) error {
-	c.Step = ""
-	return s.SaveCheckpoint(ctx, c)
 }
 
 func (s *Store) whyNotMatched(ctx context.Context, jobID, eventID string) error {
