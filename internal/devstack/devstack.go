@@ -190,17 +190,17 @@ func historyTable(ctx context.Context, db *sql.DB) (string, error) {
 	return t, err
 }
 
-// HistoryWindow reads, in time order, the `history` documents of systemID
-// whose `timestamp` lies in [from, to) (ISO strings compared as strings,
-// widened by a second either side for other precisions; BSON dates, which
-// FerretDB keeps as Unix milliseconds, as numbers), each as FerretDB's
-// JSON, straight from SQLite through the index Prepare adds. FerretDB v1
-// itself pushes no filter but an _id equality down to SQLite: the same
+// HistoryWindow reads, in `timestamp` order, the `history` documents of
+// systemID with from <= timestamp < to, each as FerretDB's JSON, straight
+// from SQLite through the index Prepare adds. The bounds are both strings
+// (ISO timestamps compare as strings) or both Unix milliseconds (FerretDB's
+// form of a BSON date); the store reads each form and merges them. FerretDB
+// v1 itself pushes no filter but an _id equality down to SQLite: the same
 // find decodes the whole collection in Go, so its cost grows with every
 // system's history, this one's with the window. Readers see every commit
 // FerretDB made, as SQLite's WAL readers do. Over PostgreSQL it returns
 // ErrNoWindow.
-func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, from, to time.Time, fn func(doc []byte) error) error {
+func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, from, to any, fn func(doc []byte) error) error {
 	if m.dir == "" {
 		return ErrNoWindow
 	}
@@ -211,88 +211,27 @@ func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, fr
 	if table == "" {
 		return nil // no history written yet
 	}
-	base := fmt.Sprintf(`SELECT %[2]s, _ferretdb_sjson FROM %[1]q WHERE %[3]s = ? AND %[2]s >= ? AND %[2]s < ? ORDER BY %[2]s`,
+	q := fmt.Sprintf(`SELECT _ferretdb_sjson FROM %[1]q WHERE %[3]s = ? AND %[2]s >= ? AND %[2]s < ? ORDER BY %[2]s`,
 		table, historyTimeExpr, historySystemExpr)
-	// One statement open at a time, so callers never hold one pooled
-	// connection while waiting for another: the date-form records (rare:
-	// the app writes strings) are read first, then merged into the stream
-	// of string-form ones.
-	dates, err := db.QueryContext(ctx, base, systemID, from.UnixMilli(), to.UnixMilli())
+	rows, err := db.QueryContext(ctx, q, systemID, from, to)
 	if err != nil {
 		return fmt.Errorf("devstack: history of %s: %w", systemID, err)
 	}
-	var early []windowRows
-	w := &windowRows{rows: dates}
-	for {
-		if err := w.next(); err != nil {
-			dates.Close()
-			return err
+	defer rows.Close()
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return fmt.Errorf("devstack: read history: %w", err)
 		}
-		if !w.ok {
-			break
-		}
-		early = append(early, windowRows{ok: true, at: w.at, doc: w.doc})
-	}
-	dates.Close()
-	const iso = "2006-01-02T15:04:05.000Z"
-	strs, err := db.QueryContext(ctx, base, systemID, from.Add(-time.Second).UTC().Format(iso), to.Add(time.Second).UTC().Format(iso))
-	if err != nil {
-		return fmt.Errorf("devstack: history of %s: %w", systemID, err)
-	}
-	defer strs.Close()
-	a := &windowRows{rows: strs}
-	if err := a.next(); err != nil {
-		return err
-	}
-	for a.ok || len(early) > 0 {
-		if !a.ok || (len(early) > 0 && early[0].at.Before(a.at)) {
-			if err := fn(early[0].doc); err != nil {
-				return err
-			}
-			early = early[1:]
-			continue
-		}
-		if err := fn(a.doc); err != nil {
-			return err
-		}
-		if err := a.next(); err != nil {
+		if err := fn(doc); err != nil {
 			return err
 		}
 	}
-	return nil
+	return rows.Err()
 }
 
 // ErrNoWindow: HistoryWindow serves the SQLite store only.
 var ErrNoWindow = errors.New("devstack: history windows are read from SQLite only")
-
-type windowRows struct {
-	rows *sql.Rows
-	ok   bool
-	at   time.Time
-	doc  []byte
-}
-
-func (w *windowRows) next() error {
-	w.ok = w.rows.Next()
-	if !w.ok {
-		return w.rows.Err()
-	}
-	var ts any
-	var doc []byte
-	if err := w.rows.Scan(&ts, &doc); err != nil {
-		return fmt.Errorf("devstack: read history: %w", err)
-	}
-	w.doc = doc
-	switch v := ts.(type) {
-	case int64:
-		w.at = time.UnixMilli(v)
-	case float64:
-		w.at = time.UnixMilli(int64(v))
-	case string:
-		w.at, _ = time.Parse(time.RFC3339Nano, v)
-	}
-	return nil
-}
 
 // reader is the read handle of database's file and its history table,
 // opened once: reads run beside FerretDB's own handles.

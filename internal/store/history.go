@@ -15,7 +15,6 @@ package store
 // collection.
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -173,112 +172,96 @@ func onlyDuplicates(err error) bool {
 	return true
 }
 
-// HistoryWindowFunc reads, in time order, the history documents of
-// systemID whose `timestamp` (an ISO string or a date) lies in [from, to),
-// each as JSON in FerretDB's SQLite form (dates as Unix milliseconds).
-type HistoryWindowFunc func(ctx context.Context, database, systemID string, from, to time.Time, fn func(doc []byte) error) error
+// HistoryWindowFunc reads, in timestamp order, the history documents of
+// systemID with from <= timestamp < to, each as JSON in FerretDB's SQLite
+// form (dates as Unix milliseconds). The bounds are both ISO strings or
+// both Unix milliseconds: one form of timestamp at a time.
+type HistoryWindowFunc func(ctx context.Context, database, systemID string, from, to any, fn func(doc []byte) error) error
 
 // EachRecord streams the records of systemID with from <= timestamp < to in
-// time order, HistoryBatchSize at a time. Each round trip has the store's
-// per-call deadline; the whole stream is bounded only by ctx. An error of
-// fn stops the stream and is returned as is.
+// time order. The app writes ISO strings; BSON dates are read too. The two
+// forms sort apart (in MongoDB and in SQLite), so each is its own sorted
+// range: the date-form records (rare) are read first, then merged into the
+// stream of string-form ones, one read open at a time. Each round trip has
+// the store's per-call deadline; the whole stream is bounded only by ctx.
+// An error of fn stops the stream and is returned as is.
 func (s *Store) EachRecord(ctx context.Context, systemID string, from, to time.Time, fn func(bms.Record) error) error {
 	from, to = from.UTC(), to.UTC()
-	in := func(r *bms.Record) bool { t := r.At(); return !t.Before(from) && t.Before(to) }
-	if s.historyWindow != nil {
-		return s.historyWindow(ctx, s.db.Name(), systemID, from, to, func(doc []byte) error {
-			var r bms.Record
-			if err := bms.DecodeRecordJSON(doc, &r); err != nil {
-				return fmt.Errorf("store: decode history record: %w", err)
+	emit := func(r bms.Record) error {
+		if t := r.At(); t.Before(from) || !t.Before(to) {
+			return nil // the string range is a second wider for other precisions
+		}
+		return fn(r)
+	}
+	var dated []bms.Record
+	if err := s.eachInRange(ctx, systemID, from, to, true, func(r bms.Record) error {
+		dated = append(dated, r)
+		return nil
+	}); err != nil {
+		return err
+	}
+	err := s.eachInRange(ctx, systemID, from, to, false, func(r bms.Record) error {
+		for len(dated) > 0 && dated[0].At().Before(r.At()) {
+			if err := emit(dated[0]); err != nil {
+				return err
 			}
-			if !in(&r) {
-				return nil
-			}
-			return fn(r)
-		})
+			dated = dated[1:]
+		}
+		return emit(r)
+	})
+	if err != nil {
+		return err
 	}
-	// Strings and dates sort apart in MongoDB, so each form is its own
-	// sorted range, merged here by time.
-	ranges := []bson.D{
-		{{Key: "$gte", Value: from.Add(-time.Second).Format(bms.ISO)}, {Key: "$lt", Value: to.Add(time.Second).Format(bms.ISO)}},
-		{{Key: "$gte", Value: from}, {Key: "$lt", Value: to}},
-	}
-	var curs []*recordCursor
-	defer func() {
-		for _, c := range curs {
-			_ = c.cur.Close(context.WithoutCancel(ctx))
-		}
-	}()
-	for _, rg := range ranges {
-		fctx, cancel := s.scanCtx(ctx)
-		cur, err := s.history.Find(fctx, bson.D{{Key: "systemId", Value: systemID}, {Key: "timestamp", Value: rg}},
-			options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize))
-		cancel()
-		if err != nil {
-			return fmt.Errorf("store: read history of %s: %w", systemID, err)
-		}
-		curs = append(curs, &recordCursor{cur: cur})
-	}
-	h := &recordHeap{}
-	for _, c := range curs {
-		ok, err := c.advance(ctx, s)
-		if err != nil {
-			return fmt.Errorf("store: read history of %s: %w", systemID, err)
-		}
-		if ok {
-			heap.Push(h, c)
-		}
-	}
-	for h.Len() > 0 {
-		c := (*h)[0]
-		r := c.rec
-		ok, err := c.advance(ctx, s)
-		if err != nil {
-			return fmt.Errorf("store: read history of %s: %w", systemID, err)
-		}
-		if ok {
-			heap.Fix(h, 0)
-		} else {
-			heap.Pop(h)
-		}
-		if !in(&r) {
-			continue
-		}
-		if err := fn(r); err != nil {
+	for _, r := range dated {
+		if err := emit(r); err != nil {
 			return err
 		}
 	}
 	return ctx.Err()
 }
 
-// recordCursor is one sorted range of EachRecord with its next record.
-type recordCursor struct {
-	cur *mongo.Cursor
-	rec bms.Record
-}
-
-func (c *recordCursor) advance(ctx context.Context, s *Store) (bool, error) {
-	if !s.next(ctx, c.cur) {
-		return false, c.cur.Err()
+// eachInRange reads, in timestamp order, the records of systemID whose
+// timestamp is a date (dates) or an ISO string (else, widened by a second
+// either side) in [from, to), through HistoryWindow where set, else a find
+// on the {systemId, timestamp} index.
+func (s *Store) eachInRange(ctx context.Context, systemID string, from, to time.Time, dates bool, fn func(bms.Record) error) error {
+	lo, hi := any(from.Add(-time.Second).Format(bms.ISO)), any(to.Add(time.Second).Format(bms.ISO))
+	if s.historyWindow != nil {
+		if dates {
+			lo, hi = from.UnixMilli(), to.UnixMilli()
+		}
+		return s.historyWindow(ctx, s.db.Name(), systemID, lo, hi, func(doc []byte) error {
+			var r bms.Record
+			if err := bms.DecodeRecordJSON(doc, &r); err != nil {
+				return fmt.Errorf("store: decode history record: %w", err)
+			}
+			return fn(r)
+		})
 	}
-	c.rec = bms.Record{}
-	if err := c.cur.Decode(&c.rec); err != nil {
-		return false, fmt.Errorf("decode history record: %w", err)
+	if dates {
+		lo, hi = from, to
 	}
-	return true, nil
-}
-
-type recordHeap []*recordCursor
-
-func (h recordHeap) Len() int           { return len(h) }
-func (h recordHeap) Less(i, j int) bool { return h[i].rec.At().Before(h[j].rec.At()) }
-func (h recordHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *recordHeap) Push(x any)        { *h = append(*h, x.(*recordCursor)) }
-func (h *recordHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+	fctx, cancel := s.scanCtx(ctx)
+	cur, err := s.history.Find(fctx, bson.D{{Key: "systemId", Value: systemID}, {Key: "timestamp", Value: bson.D{{Key: "$gte", Value: lo}, {Key: "$lt", Value: hi}}}},
+		options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("store: read history of %s: %w", systemID, err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for s.next(ctx, cur) {
+		var r bms.Record
+		if err := cur.Decode(&r); err != nil {
+			return fmt.Errorf("store: decode history record: %w", err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return fmt.Errorf("store: read history of %s: %w", systemID, err)
+	}
+	return nil
 }
 
 // HourlyRollups aggregates the window per hour from one streamed read of
