@@ -107,13 +107,8 @@ func (s *Server) bmsStatusOf(job *store.Job) *bmsStatus {
 			at = *job.CompletedAt
 		}
 		st.CompletedAt = &at
-		st.Metadata = &bmsTurnsInfo{}
-		var fi struct {
-			Metadata bmsTurnsInfo `json:"metadata"`
-		}
-		if b, err := json.Marshal(job.FinalInsights); err == nil && json.Unmarshal(b, &fi) == nil {
-			st.Metadata = &fi.Metadata
-		}
+		md := finalOf(job.FinalInsights).Metadata
+		st.Metadata = &bmsTurnsInfo{Turns: md.Turns, ToolCalls: md.ToolCalls}
 	case tasks.StatusFailed:
 		st.Error = job.Error
 		at := job.FailedAt()

@@ -251,7 +251,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	}
 	if job.FinalInsights != nil {
 		data.ResultJSON = prettyJSON(job.FinalInsights)
-		if md := markdownOf(job.FinalInsights); md != "" {
+		if md := finalOf(job.FinalInsights).RawText; md != "" {
 			data.ResultHTML = renderMarkdown(md)
 		}
 	}
@@ -289,17 +289,14 @@ type progressRow struct {
 	Text string
 }
 
-// markdownOf is the report of a finalInsights (its rawText).
-func markdownOf(final any) string {
-	b, err := json.Marshal(final)
-	if err != nil {
-		return ""
+// finalOf reads a stored finalInsights (as decoded from MongoDB, or
+// decrypted) in its document shape; fields it lacks stay zero.
+func finalOf(stored any) store.FinalInsights {
+	var f store.FinalInsights
+	if b, err := json.Marshal(stored); err == nil {
+		_ = json.Unmarshal(b, &f)
 	}
-	var v struct {
-		RawText string `json:"rawText"`
-	}
-	_ = json.Unmarshal(b, &v)
-	return v.RawText
+	return f
 }
 
 // retryPage is POST /jobs/{jobId}/retry (the Retry button).
