@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bmsview/insights/internal/testenv"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
 )

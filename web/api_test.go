@@ -369,10 +369,7 @@ func TestEventLifecycle(t *testing.T) {
 
 func TestRetryArchivedAndLost(t *testing.T) {
 	e := newEnv(t, envOptions{worker: true})
-	e.fail.set(true)
-	id := e.send("job-bad")["eventId"].(string)
-	e.waitStatus("job-bad", tasks.StatusFailed, 20*time.Second)
-	e.waitTask("default", id, 10*time.Second, asynq.TaskStateArchived)
+	id := e.archivedRun("job-bad")
 
 	r := e.do("GET", "/api/events/"+id, nil, authBearer)
 	e.expect(r, 200)
@@ -672,10 +669,7 @@ func TestFormatPayload(t *testing.T) {
 // (the worker never infers a re-run from a status).
 func TestDashboardRunResetsBudget(t *testing.T) {
 	e := newEnv(t, envOptions{worker: true})
-	e.fail.set(true)
-	id := e.send("job-dash")["eventId"].(string)
-	e.waitStatus("job-dash", tasks.StatusFailed, 20*time.Second)
-	e.waitTask("default", id, 10*time.Second, asynq.TaskStateArchived)
+	id := e.archivedRun("job-dash")
 	if j, _ := e.store.GetJob(context.Background(), "job-dash"); j.Failures != 1 {
 		t.Fatalf("failures %d before the Run, want 1", j.Failures)
 	}
@@ -688,4 +682,16 @@ func TestDashboardRunResetsBudget(t *testing.T) {
 	if j.Failures != 0 || runs(j)["process-insights"] != 2 {
 		t.Fatalf("after the dashboard's Run: failures %d runs %v, want 0 and process-insights 2", j.Failures, runs(j))
 	}
+}
+
+// archivedRun sends jobID while every run fails for good, and returns its
+// eventId once the job is failed and its task archived (the failures stay
+// on: e.fail.set(false) fixes the cause).
+func (e *env) archivedRun(jobID string) string {
+	e.t.Helper()
+	e.fail.set(true)
+	id := e.send(jobID)["eventId"].(string)
+	e.waitStatus(jobID, tasks.StatusFailed, 20*time.Second)
+	e.waitTask("default", id, 10*time.Second, asynq.TaskStateArchived)
+	return id
 }

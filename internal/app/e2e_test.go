@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/bmsview/insights/internal/bms"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/app"
+	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/crypt"
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"

@@ -3,13 +3,13 @@ package app_test
 import (
 	"context"
 	"fmt"
-	"github.com/bmsview/insights/internal/bms"
 	"io"
 	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/bmsview/insights/internal/app"
+	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -22,10 +22,7 @@ import (
 // without persistence); every live job's task comes back with its eventId,
 // visible to the Inspector, and runs to the end.
 func TestReconcileRestoresTasksRedisLost(t *testing.T) {
-	opt := testenv.Redis(t, 6).(asynq.RedisClientOpt)
-	a, _ := testenv.App(t, map[string]string{
-		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a, opt := reconcileApp(t)
 	ctx := context.Background()
 
 	snap := &tasks.AnalysisData{StateOfCharge: bms.F(70), OverallVoltage: bms.F(52), Current: bms.F(-5), RemainingCapacity: bms.F(140), FullCapacity: bms.F(200)}
@@ -78,10 +75,7 @@ func TestReconcileRestoresTasksRedisLost(t *testing.T) {
 // live job, not a first page of 1000, and a completed job whose follow-up
 // was still to be sent when Redis lost its data gets it sent, once.
 func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
-	opt := testenv.Redis(t, 6).(asynq.RedisClientOpt)
-	a, _ := testenv.App(t, map[string]string{
-		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a, opt := reconcileApp(t)
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: opt.Addr, DB: opt.DB})
 	defer rdb.Close()
@@ -156,4 +150,15 @@ func startWorker(t *testing.T, a *app.App) *app.Worker {
 	}
 	t.Cleanup(w.Shutdown)
 	return w
+}
+
+// reconcileApp is the app on this file's Redis database (6), with no
+// worker running.
+func reconcileApp(t *testing.T) (*app.App, asynq.RedisClientOpt) {
+	t.Helper()
+	opt := testenv.Redis(t, 6).(asynq.RedisClientOpt)
+	a, _ := testenv.App(t, map[string]string{
+		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
+	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return a, opt
 }

@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/bmsview/insights/internal/bms"
 	"testing"
 	"time"
 
-	"go.mongodb.org/mongo-driver/v2/bson"
-
+	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
+	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // groupSetup opens the embedded store with its Sync behind a gate and one
