@@ -44,7 +44,7 @@ func (rn *Runner) classify(err error) (kind string, delay time.Duration, final b
 		return tasks.KindRateLimit, rn.rateLimitDelay(d), false
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout(),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed),
-		errors.As(err, new(*net.OpError)), isStoreUnavailable(err):
+		errors.As(err, new(*net.OpError)):
 		return tasks.KindTransient, rn.cfg.TransientDelay, false
 	}
 	return tasks.KindInternal, 0, false
@@ -55,12 +55,4 @@ func (rn *Runner) rateLimitDelay(d time.Duration) time.Duration {
 		return d
 	}
 	return rn.cfg.RateLimitDelay
-}
-
-// isStoreUnavailable matches MongoDB driver errors that mean the server
-// could not be reached (history reads inside a step).
-func isStoreUnavailable(err error) bool {
-	msg := err.Error()
-	return strings.Contains(msg, "server selection") || strings.Contains(msg, "connection refused") ||
-		strings.Contains(msg, "connection(") || strings.Contains(msg, "i/o timeout")
 }

@@ -23,6 +23,7 @@ import (
 type JobStore interface {
 	StartAttempt(ctx context.Context, a store.Attempt) (*store.Job, string, error)
 	SaveCheckpoint(ctx context.Context, c store.Checkpoint) error
+	FailEvent(ctx context.Context, eventID, kind, msg string) error
 }
 
 // Sealer encrypts step outputs that hold insights. Nil stores them in clear.
@@ -139,7 +140,7 @@ func (r *Run) Flush(ctx context.Context) error {
 // one write path of a run. A store failure comes back as a *storeErr, a
 // job that left this run as the store's sentinel.
 func (r *Run) save(ctx context.Context, cp store.Checkpoint) error {
-	cp.DocID, cp.JobID, cp.EventID, cp.Push = r.Job.DocID, r.Job.ID, r.Job.EventID, r.push
+	cp.Job, cp.Push = r.Job, r.push
 	if err := r.r.cfg.Store.SaveCheckpoint(ctx, cp); err != nil {
 		if isRevoke(err) {
 			return err
@@ -167,20 +168,17 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 	taskID, _ := asynq.GetTaskID(ctx)
 	log := rn.log.With("eventId", taskID, "type", t.Type())
 	if len(t.Payload()) > tasks.MaxPayloadBytes {
-		log.Error("payload over the size limit: archived", "bytes", len(t.Payload()))
-		return fmt.Errorf("payload of %d bytes is over the %d byte limit: %w", len(t.Payload()), tasks.MaxPayloadBytes, asynq.SkipRetry)
+		return rn.unreadable(ctx, log, taskID, fmt.Errorf("payload of %d bytes is over the %d byte limit", len(t.Payload()), tasks.MaxPayloadBytes))
 	}
 	var p tasks.Payload
 	if err := json.Unmarshal(t.Payload(), &p); err != nil {
-		log.Error("payload is not a valid event: archived", "err", err)
-		return fmt.Errorf("decode payload: %v: %w", err, asynq.SkipRetry)
+		return rn.unreadable(ctx, log, taskID, fmt.Errorf("payload is not a valid event: %v", err))
 	}
 	if p.EventID == "" {
 		p.EventID = taskID
 	}
 	if !tasks.ValidID(p.JobID) {
-		log.Error("payload has no valid jobId: archived", "jobId", p.JobID)
-		return fmt.Errorf("payload jobId %q invalid: %w", p.JobID, asynq.SkipRetry)
+		return rn.unreadable(ctx, log, taskID, fmt.Errorf("payload jobId %q invalid", p.JobID))
 	}
 	if p.Queue == "" {
 		p.Queue, _ = asynq.GetQueueName(ctx)
@@ -222,6 +220,19 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 	return rn.fail(ctx, run, err)
 }
 
+// unreadable archives a task whose payload is no event it can run, and
+// fails the job whose run it is, if any: left queued, every new send of it
+// would answer "duplicate". Only a store outage delays the archive.
+func (rn *Runner) unreadable(ctx context.Context, log *slog.Logger, eventID string, cause error) error {
+	err := rn.cfg.Store.FailEvent(ctx, eventID, tasks.KindBusiness, cause.Error())
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		log.Warn("unreadable task's job not failed, store unavailable: retry", "err", err, "cause", cause)
+		return tasks.RetryAfter(rn.cfg.TransientDelay, errors.Join(cause, err))
+	}
+	log.Error("task archived: "+cause.Error(), "jobFailed", err == nil)
+	return fmt.Errorf("%w: %w", cause, asynq.SkipRetry)
+}
+
 // stepErr is a failure inside a step body.
 type stepErr struct {
 	step string
@@ -249,9 +260,10 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 		return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
 	}
 	var se *storeErr
-	if errors.As(err, &se) {
-		// The store's outage is not the job's fault: no budget used.
-		run.Log.Warn("checkpoint write failed: retry", "step", run.step, "err", err)
+	if errors.As(err, &se) || errors.Is(err, store.ErrUnavailable) {
+		// The store's outage (a checkpoint not written, a read inside a
+		// step refused) is not the job's fault: no budget used.
+		run.Log.Warn("store unavailable: retry", "step", run.step, "err", err)
 		return tasks.RetryAfter(rn.cfg.TransientDelay, err)
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {

@@ -15,26 +15,34 @@ import (
 )
 
 // groupSetup opens the embedded store with its Sync behind a gate and one
-// group writer, and claims jobs j0..j(n-1).
-func groupSetup(t *testing.T, n int) (*store.Store, *testenv.SyncGate) {
+// group writer, claims jobs j0..j(n-1) and starts an attempt of each: the
+// runs whose checkpoints the tests write.
+func groupSetup(t *testing.T, n int) (*store.Store, *testenv.SyncGate, []*store.Job) {
 	t.Helper()
 	if testenv.StoreConfig(t).Sync == nil {
 		t.Skip("group commit runs on the embedded store only (MONGODB_URI is set)")
 	}
 	g := testenv.NewSyncGate()
 	st := testenv.StoreWith(t, func(c *store.Config) { c.Sync, c.GroupWriters = g.Wrap(c.Sync), 1 })
+	ctx := context.Background()
+	jobs := make([]*store.Job, n)
 	for i := range n {
-		if _, err := st.ClaimRun(context.Background(), tasks.Run{JobID: fmt.Sprintf("j%d", i), EventID: fmt.Sprintf("e%d", i),
-			SystemID: "sys", Queue: "default"}); err != nil {
+		jobID, eventID := fmt.Sprintf("j%d", i), fmt.Sprintf("e%d", i)
+		if _, err := st.ClaimRun(ctx, tasks.Run{JobID: jobID, EventID: eventID, SystemID: "sys", Queue: "default"}); err != nil {
 			t.Fatal(err)
 		}
+		j, _, err := st.StartAttempt(ctx, store.Attempt{JobID: jobID, EventID: eventID, Queue: "default"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs[i] = j
 	}
-	return st, g
+	return st, g, jobs
 }
 
-func checkpoint(i int, step string) store.Checkpoint {
+func checkpoint(j *store.Job, step string) store.Checkpoint {
 	now := time.Now().UTC()
-	return store.Checkpoint{JobID: fmt.Sprintf("j%d", i), EventID: fmt.Sprintf("e%d", i), Step: step,
+	return store.Checkpoint{Job: j, Step: step,
 		State: store.StepState{Status: store.StepCompleted, Runs: 1, Attempt: 1, StartedAt: now, FinishedAt: now}}
 }
 
@@ -69,9 +77,14 @@ func holdGroup(t *testing.T, st *store.Store, g *testenv.SyncGate, c store.Check
 // A write is acknowledged only once its group is durable; the writes that
 // queue meanwhile commit together, with one Sync; each gets its own result.
 func TestGroupCommitAcknowledgesWhenDurable(t *testing.T) {
-	st, g := groupSetup(t, 4)
+	st, g, jobs := groupSetup(t, 5)
 	ctx := context.Background()
-	first, base := holdGroup(t, st, g, checkpoint(0, "initialize"))
+	// j4's run goes on writing after its document is gone: its update
+	// matches nothing, in a bulk whose other updates do.
+	if _, err := st.Database().Collection(store.JobsCollection).DeleteOne(ctx, bson.D{{Key: "_id", Value: "j4"}}); err != nil {
+		t.Fatal(err)
+	}
+	first, base := holdGroup(t, st, g, checkpoint(jobs[0], "initialize"))
 	// Committed to the database, not yet durable: not acknowledged.
 	if j, err := st.GetJob(ctx, "j0"); err != nil || j.Steps["initialize"].Status != store.StepCompleted {
 		t.Fatalf("j0 before its sync: %+v, %v; want the write applied", j, err)
@@ -81,9 +94,9 @@ func TestGroupCommitAcknowledgesWhenDurable(t *testing.T) {
 		t.Fatalf("SaveCheckpoint returned %v before its group was durable", err)
 	default:
 	}
-	rest := []<-chan error{save(st, ctx, checkpoint(1, "initialize")), save(st, ctx, checkpoint(2, "initialize")),
-		save(st, ctx, checkpoint(3, "initialize"))}
-	missing := save(st, ctx, store.Checkpoint{JobID: "nope", EventID: "e-nope", Step: "initialize"})
+	rest := []<-chan error{save(st, ctx, checkpoint(jobs[1], "initialize")), save(st, ctx, checkpoint(jobs[2], "initialize")),
+		save(st, ctx, checkpoint(jobs[3], "initialize"))}
+	missing := save(st, ctx, checkpoint(jobs[4], "initialize"))
 	waitQueued(t, st, 4)
 	g.Open()
 	if err := <-first; err != nil {
@@ -104,11 +117,11 @@ func TestGroupCommitAcknowledgesWhenDurable(t *testing.T) {
 
 // A failed Sync fails every write of its group, and only those.
 func TestGroupCommitSyncFailureFailsOnlyItsGroup(t *testing.T) {
-	st, g := groupSetup(t, 3)
+	st, g, jobs := groupSetup(t, 3)
 	ctx := context.Background()
 	g.FailNext(1)
-	first, _ := holdGroup(t, st, g, checkpoint(0, "validate"))
-	second, third := save(st, ctx, checkpoint(1, "validate")), save(st, ctx, checkpoint(2, "validate"))
+	first, _ := holdGroup(t, st, g, checkpoint(jobs[0], "validate"))
+	second, third := save(st, ctx, checkpoint(jobs[1], "validate")), save(st, ctx, checkpoint(jobs[2], "validate"))
 	waitQueued(t, st, 2)
 	g.Open()
 	if err := <-first; !errors.Is(err, testenv.ErrInjected) {
@@ -126,15 +139,15 @@ func TestGroupCommitSyncFailureFailsOnlyItsGroup(t *testing.T) {
 // runs a bulk's updates in order, stops at the first error and reports it
 // at index 0, whatever the bulk's order or which write it was.
 func TestGroupCommitRefusedWriteAcknowledgesNothingUnwritten(t *testing.T) {
-	st, g := groupSetup(t, 3)
+	st, g, jobs := groupSetup(t, 3)
 	ctx := context.Background()
-	first, _ := holdGroup(t, st, g, checkpoint(0, "validate"))
+	first, _ := holdGroup(t, st, g, checkpoint(jobs[0], "validate"))
 	refused := make(chan error, 1)
 	go func() {
 		refused <- st.RawJobUpdate(ctx, "j1", bson.D{{Key: "$inc", Value: bson.D{{Key: "eventId", Value: 1}}}})
 	}()
 	waitQueued(t, st, 1)
-	after := save(st, ctx, checkpoint(2, "validate"))
+	after := save(st, ctx, checkpoint(jobs[2], "validate"))
 	waitQueued(t, st, 2)
 	g.Open()
 	if err := <-first; err != nil {
@@ -156,11 +169,11 @@ func TestGroupCommitRefusedWriteAcknowledgesNothingUnwritten(t *testing.T) {
 
 // A write whose caller gave up before its group started is not written.
 func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
-	st, g := groupSetup(t, 3)
+	st, g, jobs := groupSetup(t, 3)
 	ctx := context.Background()
-	first, _ := holdGroup(t, st, g, checkpoint(0, "fetch-job"))
+	first, _ := holdGroup(t, st, g, checkpoint(jobs[0], "fetch-job"))
 	cctx, cancel := context.WithCancel(ctx)
-	abandoned := save(st, cctx, checkpoint(1, "fetch-job"))
+	abandoned := save(st, cctx, checkpoint(jobs[1], "fetch-job"))
 	waitQueued(t, st, 1)
 	cancel()
 	if err := <-abandoned; !errors.Is(err, context.Canceled) {
@@ -172,7 +185,7 @@ func TestGroupCommitSkipsAbandonedWrite(t *testing.T) {
 	}
 	// Queued after the abandoned one: once it is acknowledged, the abandoned
 	// one has been passed over.
-	if err := <-save(st, ctx, checkpoint(2, "fetch-job")); err != nil {
+	if err := <-save(st, ctx, checkpoint(jobs[2], "fetch-job")); err != nil {
 		t.Fatal(err)
 	}
 	j, err := st.GetJob(ctx, "j1")
@@ -229,9 +242,9 @@ func TestRacingUpsertsOfNewDocument(t *testing.T) {
 // Close gives up when its ctx ends while a group waits on its Sync, and the
 // held write is still acknowledged once the Sync returns.
 func TestCloseBoundedByContext(t *testing.T) {
-	st, g := groupSetup(t, 1)
+	st, g, jobs := groupSetup(t, 1)
 	ctx := context.Background()
-	held, _ := holdGroup(t, st, g, checkpoint(0, "initialize"))
+	held, _ := holdGroup(t, st, g, checkpoint(jobs[0], "initialize"))
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	if err := st.Close(cctx); !errors.Is(err, context.Canceled) {

@@ -58,7 +58,7 @@ func (s *Store) System(ctx context.Context, systemID string) (*bms.System, error
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("store: load system %s: %w", systemID, err)
+		return nil, fmt.Errorf("store: load system %s: %w", systemID, unavailable(ctx, err))
 	}
 	if sys.ID == "" {
 		sys.ID = systemID
@@ -99,23 +99,59 @@ func (s *Store) UpsertSystem(ctx context.Context, sys bms.System) error {
 }
 
 // SetLastInsights stores v as the system's lastInsights, on the app's
-// document (found by `id`) or the demo's (by `_id`). It never creates a
+// document (found by `id`) or the demo's (by `_id`). v's "completedAt" (a
+// time.Time) orders the writes: a follow-up retried late never replaces
+// the insights of a run that completed after it. It never creates a
 // system: ErrNotFound when there is none.
 func (s *Store) SetLastInsights(ctx context.Context, systemID string, v map[string]any) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	update := bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}
-	matched, err := s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: systemID}}).SetUpdate(update))
-	if err == nil && !matched {
-		matched, err = s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "id", Value: systemID}}).SetUpdate(update))
+	held, err := s.lockSystem(ctx, systemID)
+	if err != nil {
+		return fmt.Errorf("store: set lastInsights of %s: %w", systemID, err)
+	}
+	defer held.unlock()
+	var cur struct {
+		DocID any            `bson:"_id"`
+		Last  map[string]any `bson:"lastInsights"`
+	}
+	err = findByID(ctx, s.systems, systemID, &cur)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return fmt.Errorf("store: system %s: %w", systemID, ErrNotFound)
 	}
 	if err != nil {
 		return fmt.Errorf("store: set lastInsights of %s: %w", systemID, err)
 	}
-	if !matched {
-		return fmt.Errorf("store: system %s: %w", systemID, ErrNotFound)
+	at, _ := v["completedAt"].(time.Time)
+	if prev, ok := instant(cur.Last["completedAt"]); ok && !at.IsZero() && prev.After(at) {
+		return nil // a later run's insights are there already
+	}
+	filter := bson.D{{Key: "_id", Value: cur.DocID}}
+	if !s.ferret && !at.IsZero() {
+		// On MongoDB the order holds in the update itself (FerretDB's run
+		// lock orders it there).
+		filter = append(filter, bson.E{Key: "lastInsights.completedAt", Value: bson.D{{Key: "$not", Value: bson.D{{Key: "$gt", Value: at}}}}})
+	}
+	update := bson.D{{Key: "$set", Value: bson.D{{Key: "lastInsights", Value: v}}}}
+	if _, err := s.update(ctx, s.systems, mongo.NewUpdateOneModel().SetFilter(filter).SetUpdate(update)); err != nil {
+		return fmt.Errorf("store: set lastInsights of %s: %w", systemID, err)
 	}
 	return nil
+}
+
+// instant reads a stored time: a BSON date, or an ISO-8601 string as the
+// app writes its own.
+func instant(v any) (time.Time, bool) {
+	switch t := v.(type) {
+	case bson.DateTime:
+		return t.Time(), true
+	case time.Time:
+		return t, true
+	case string:
+		p, err := time.Parse(time.RFC3339Nano, t)
+		return p, err == nil
+	}
+	return time.Time{}, false
 }
 
 // historyDoc is a history document as the app writes it.
@@ -230,13 +266,20 @@ func (s *Store) eachInRange(ctx context.Context, systemID string, from, to time.
 		if dates {
 			lo, hi = from.UnixMilli(), to.UnixMilli()
 		}
-		return s.historyWindow(ctx, s.db.Name(), systemID, lo, hi, func(doc []byte) error {
+		var fnErr error
+		err := s.historyWindow(ctx, s.db.Name(), systemID, lo, hi, func(doc []byte) error {
 			var r bms.Record
 			if err := bms.DecodeRecordJSON(doc, &r); err != nil {
-				return fmt.Errorf("store: decode history record: %w", err)
+				fnErr = fmt.Errorf("store: decode history record: %w", err)
+			} else {
+				fnErr = fn(r)
 			}
-			return fn(r)
+			return fnErr
 		})
+		if err != nil && !errors.Is(err, fnErr) {
+			return fmt.Errorf("store: read history of %s: %w", systemID, unavailable(ctx, err))
+		}
+		return err
 	}
 	if dates {
 		lo, hi = from, to
@@ -246,7 +289,7 @@ func (s *Store) eachInRange(ctx context.Context, systemID string, from, to time.
 		options.Find().SetSort(bson.D{{Key: "timestamp", Value: 1}}).SetBatchSize(HistoryBatchSize))
 	cancel()
 	if err != nil {
-		return fmt.Errorf("store: read history of %s: %w", systemID, err)
+		return fmt.Errorf("store: read history of %s: %w", systemID, unavailable(ctx, err))
 	}
 	defer cur.Close(context.WithoutCancel(ctx))
 	for s.next(ctx, cur) {
@@ -259,7 +302,7 @@ func (s *Store) eachInRange(ctx context.Context, systemID string, from, to time.
 		}
 	}
 	if err := cur.Err(); err != nil {
-		return fmt.Errorf("store: read history of %s: %w", systemID, err)
+		return fmt.Errorf("store: read history of %s: %w", systemID, unavailable(ctx, err))
 	}
 	return nil
 }

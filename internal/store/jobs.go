@@ -50,6 +50,20 @@ type Job struct {
 	Steps            map[string]StepState `json:"steps" bson:"steps"`
 	FollowUp         *FollowUp            `json:"followUp,omitempty" bson:"followUp,omitempty"`
 	CompletedAt      *time.Time           `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
+
+	// seen is the run-lock count this job was last read under (runlock.go):
+	// while it holds, no transition can have ended this run. 0: not read
+	// under the lock.
+	seen uint64
+}
+
+// docID is the job document's _id: DocID, or the jobId for a job built
+// by hand (the jobs this service creates).
+func (j *Job) docID() any {
+	if j.DocID == nil {
+		return j.ID
+	}
+	return j.DocID
 }
 
 // StoredRequest is the job's request for a task payload: nil when the job
@@ -200,8 +214,8 @@ func findByID(ctx context.Context, coll *mongo.Collection, id string, out any) e
 // runFilter selects a job document by its `_id`, and on MongoDB also by
 // the conditions that make the write atomic with the check (FerretDB
 // serves only a bare `_id` equality from its index, and its updates are not
-// atomic anyway: there the caller checks in Go, and the job's one writer
-// keeps it safe).
+// atomic anyway: there the caller holds the job's run lock and checks in
+// Go, runlock.go).
 func (s *Store) runFilter(docID any, cond ...bson.E) bson.D {
 	f := bson.D{{Key: "_id", Value: docID}}
 	if !s.ferret {
@@ -224,16 +238,17 @@ func (s *Store) updateJob(ctx context.Context, docID any, update bson.D, cond ..
 // created the job), and a run_claims document keyed by the previous
 // eventId ("" for a job the app created and never sent) for a job that has
 // no live run, so two sends racing to start it start one run. A claim
-// whose job write fails is removed again, so a later send can start it.
+// whose job write fails is removed again, and one left behind by a process
+// that died between the two writes is removed by the next send (claimOf),
+// so a later send can always start the job.
 func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	now := time.Now().UTC()
 	status := tasks.StatusQueued
 	if run.Scheduled {
 		status = tasks.StatusScheduled
 	}
-	doc := newJobDoc(run, status, now)
+	doc := newJobDoc(run, status, time.Now().UTC())
 	for range 3 {
 		err := s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.InsertOne(ctx, doc); return err })
 		if err == nil {
@@ -242,48 +257,85 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, e
 		if !mongo.IsDuplicateKeyError(err) {
 			return nil, fmt.Errorf("insert job: %w", err)
 		}
-		cur, err := s.findJob(ctx, run.JobID)
-		if errors.Is(err, ErrNotFound) {
-			continue // deleted meanwhile: insert again
+		existing, retry, err := s.claimExisting(ctx, run, status)
+		if err != nil || !retry {
+			return existing, err
 		}
-		if err != nil {
-			return nil, err
-		}
-		if tasks.Live(cur.Status) && cur.EventID != "" {
-			return &tasks.Existing{EventID: cur.EventID, Queue: cur.Queue}, nil
-		}
-		claimID := cur.ID + "|" + cur.EventID
-		err = s.write(ctx, func(ctx context.Context) error {
-			_, err := s.claims.InsertOne(ctx, bson.D{{Key: "_id", Value: claimID}, {Key: "next", Value: run.EventID}, {Key: "at", Value: now}})
-			return err
-		})
-		if mongo.IsDuplicateKeyError(err) {
-			// Another send started it; report that run.
-			var winner struct {
-				Next string `bson:"next"`
-			}
-			if err := s.claims.FindOne(ctx, bson.D{{Key: "_id", Value: claimID}}).Decode(&winner); err != nil {
-				return nil, fmt.Errorf("read claim: %w", err)
-			}
-			return &tasks.Existing{EventID: winner.Next, Queue: run.Queue}, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("claim job run: %w", err)
-		}
-		matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, status, 0, nil, now),
-			bson.E{Key: "eventId", Value: cur.EventID})
-		if err != nil || !matched {
-			// Repair: without its job write the claim would answer
-			// "duplicate" with an eventId that was never enqueued.
-			_, derr := s.claims.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: claimID}})
-			if err != nil {
-				return nil, errors.Join(fmt.Errorf("start job run: %w", err), derr)
-			}
-			continue
-		}
-		return nil, nil
 	}
 	return nil, fmt.Errorf("claim job %s: gave up after repeated conflicts", run.JobID)
+}
+
+// claimGrace is how old a claim must be before a send that finds it not
+// reflected in its job takes it for one left by a dead process, where no
+// run lock orders the claimer's two writes (MongoDB): longer than both
+// writes may take.
+func (s *Store) claimGrace() time.Duration { return 2 * s.opTimeout }
+
+// claimExisting claims the new run of a job that exists. retry: the job
+// changed meanwhile (deleted, or its claim was repaired), try again.
+func (s *Store) claimExisting(ctx context.Context, run tasks.Run, status string) (existing *tasks.Existing, retry bool, err error) {
+	held, err := s.lockJob(ctx, run.JobID)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim job %s: %w", run.JobID, err)
+	}
+	defer held.unlock()
+	cur, err := s.findJob(ctx, run.JobID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, true, nil // deleted meanwhile: insert again
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if tasks.Live(cur.Status) && cur.EventID != "" {
+		return &tasks.Existing{EventID: cur.EventID, Queue: cur.Queue}, false, nil
+	}
+	now := time.Now().UTC()
+	claimID := cur.ID + "|" + cur.EventID
+	err = s.write(ctx, func(ctx context.Context) error {
+		_, err := s.claims.InsertOne(ctx, bson.D{{Key: "_id", Value: claimID}, {Key: "next", Value: run.EventID}, {Key: "at", Value: now}})
+		return err
+	})
+	if mongo.IsDuplicateKeyError(err) {
+		var winner struct {
+			Next string    `bson:"next"`
+			At   time.Time `bson:"at"`
+		}
+		if err := s.claims.FindOne(ctx, bson.D{{Key: "_id", Value: claimID}}).Decode(&winner); errors.Is(err, mongo.ErrNoDocuments) {
+			return nil, true, nil // removed meanwhile
+		} else if err != nil {
+			return nil, false, fmt.Errorf("read claim: %w", err)
+		}
+		// The job still shows the run the claim replaces. Under the run
+		// lock the claimer's job write would be done by now, so the claim
+		// is left over from a process that died between its two writes (or
+		// whose job write failed); without the lock, once it is older than
+		// those writes can take. Left alone it would answer "duplicate"
+		// with an eventId that was never enqueued, for ever.
+		if s.locks != nil || now.Sub(winner.At) > s.claimGrace() {
+			if _, err := s.claims.DeleteOne(ctx, bson.D{{Key: "_id", Value: claimID}, {Key: "next", Value: winner.Next}}); err != nil {
+				return nil, false, fmt.Errorf("remove a left-over claim: %w", err)
+			}
+			return nil, true, nil
+		}
+		// Another send is starting it: report that run.
+		return &tasks.Existing{EventID: winner.Next, Queue: run.Queue}, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("claim job run: %w", err)
+	}
+	held.transition()
+	matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, status, 0, nil, now),
+		bson.E{Key: "eventId", Value: cur.EventID})
+	if err != nil || !matched {
+		// Repair: without its job write the claim would answer
+		// "duplicate" with an eventId that was never enqueued.
+		_, derr := s.claims.DeleteOne(context.WithoutCancel(ctx), bson.D{{Key: "_id", Value: claimID}})
+		if err != nil {
+			return nil, false, errors.Join(fmt.Errorf("start job run: %w", err), derr)
+		}
+		return nil, true, nil
+	}
+	return nil, false, nil
 }
 
 // startRunUpdate is the update that makes run the current run of cur:
@@ -332,6 +384,11 @@ func RequestFields(r tasks.Request) bson.D {
 func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	held, err := s.lockJob(ctx, jobID)
+	if err != nil {
+		return fmt.Errorf("abandon run: %w", err)
+	}
+	defer held.unlock()
 	job, err := s.findJob(ctx, jobID)
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -342,6 +399,7 @@ func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	if job.EventID != eventID || job.Attempts != 0 {
 		return nil
 	}
+	held.transition()
 	now := time.Now().UTC()
 	msg := "the task could not be enqueued"
 	_, err = s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{
@@ -374,6 +432,16 @@ type Attempt struct {
 func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous string, err error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	held, err := s.lockJob(ctx, a.JobID)
+	if err != nil {
+		return nil, "", fmt.Errorf("start attempt: %w", err)
+	}
+	defer held.unlock()
+	defer func() {
+		if job != nil {
+			job.seen = held.seen()
+		}
+	}()
 	now := time.Now().UTC()
 	for range 3 {
 		cur, err := s.findJob(ctx, a.JobID)
@@ -405,6 +473,7 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 			// (it could not claim the run): this task starts the new run.
 			run := tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
 				Priority: a.Priority, Queue: a.Queue, ProcessAt: now}
+			held.transition()
 			matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, tasks.StatusProcessing, 1, a.Push, now),
 				bson.E{Key: "eventId", Value: cur.EventID})
 			if err != nil {
@@ -463,12 +532,12 @@ func pushProgress(evs []ProgressEvent) bson.E {
 // fields that change with it and progress events to append. It is applied
 // only while the job is still on this run and not cancelled.
 type Checkpoint struct {
-	// DocID is the job document's _id; nil means JobID (the jobs this
-	// service creates).
-	DocID          any
-	JobID, EventID string
-	Step           string
-	State          StepState
+	// Job is the run's job as StartAttempt returned it: its _id, jobId and
+	// eventId name the run the write belongs to.
+	Job  *Job
+	Step string
+	// State is the step's checkpoint (Step set).
+	State StepState
 	// Set holds more top-level fields to set in the same update (status,
 	// finalInsights, error, failure, failures, followUp, completedAt...).
 	Set bson.D
@@ -478,25 +547,32 @@ type Checkpoint struct {
 
 // SaveCheckpoint writes one checkpoint in one update (with no Step: only
 // its fields and progress events). It returns ErrCancelled or
-// ErrStaleEvent when the job left this run.
+// ErrStaleEvent when the job left this run: the write is then not made.
 func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if c.DocID == nil {
-		c.DocID = c.JobID
+	job := c.Job
+	held, err := s.lockJob(ctx, job.ID)
+	if err != nil {
+		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
 	}
-	if s.ferret {
-		if err := s.checkRunFerret(ctx, c); err != nil {
+	defer held.unlock()
+	if s.locks != nil && job.seen != held.seen() {
+		// A transition happened in this job's stripe since the run last
+		// read its job (or it never did): check the run in Go, as
+		// FerretDB's filter would not.
+		if err := s.checkRun(ctx, job); err != nil {
 			return err
 		}
+		job.seen = held.seen()
 	}
-	matched, err := s.updateJob(ctx, c.DocID, checkpointUpdate(c),
-		bson.E{Key: "eventId", Value: c.EventID}, bson.E{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCancelled}}})
+	matched, err := s.updateJob(ctx, job.docID(), checkpointUpdate(c),
+		bson.E{Key: "eventId", Value: job.EventID}, bson.E{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCancelled}}})
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
 	}
 	if !matched {
-		return s.whyNotMatched(ctx, c.JobID, c.EventID)
+		return s.whyNotMatched(ctx, job.ID, job.EventID)
 	}
 	return nil
 }
@@ -514,33 +590,24 @@ func checkpointUpdate(c Checkpoint) bson.D {
 	return u
 }
 
-// checkRunFerret is SaveCheckpoint's check on FerretDB: a checkpoint that
-// changes the job's status (completed, retrying, failed) first reads that
-// the job is still on this run and not cancelled; plain step checkpoints
-// rely on the attempt's own check at its start and on the cancel stopping
-// the task.
-func (s *Store) checkRunFerret(ctx context.Context, c Checkpoint) error {
-	for _, e := range c.Set {
-		if e.Key != "status" {
-			continue
-		}
-		var cur struct {
-			EventID string `bson:"eventId"`
-			Status  string `bson:"status"`
-		}
-		if err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: c.DocID}}).Decode(&cur); err != nil {
-			if errors.Is(err, mongo.ErrNoDocuments) {
-				return ErrStaleEvent
-			}
-			return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
-		}
-		switch {
-		case cur.EventID != c.EventID:
+// checkRun reads whether job's document is still on job's run and not
+// cancelled: ErrStaleEvent or ErrCancelled when not.
+func (s *Store) checkRun(ctx context.Context, job *Job) error {
+	var cur struct {
+		EventID string `bson:"eventId"`
+		Status  string `bson:"status"`
+	}
+	if err := s.jobs.FindOne(ctx, bson.D{{Key: "_id", Value: job.docID()}}).Decode(&cur); err != nil {
+		if errors.Is(err, mongo.ErrNoDocuments) {
 			return ErrStaleEvent
-		case cur.Status == tasks.StatusCancelled:
-			return ErrCancelled
 		}
-		return nil
+		return fmt.Errorf("read job %s: %w", job.ID, err)
+	}
+	switch {
+	case cur.EventID != job.EventID:
+		return ErrStaleEvent
+	case cur.Status == tasks.StatusCancelled:
+		return ErrCancelled
 	}
 	return nil
 }
@@ -581,6 +648,47 @@ func (s *Store) GetJobByEvent(ctx context.Context, eventID string) (*Job, error)
 		j.Steps = map[string]StepState{}
 	}
 	return &j, nil
+}
+
+// FailEvent ends, failed for good, the live run eventID of a job whose task
+// cannot be run (its payload is not a readable event): without it the job
+// would stay queued and every new send would answer "duplicate". kind and
+// msg are the failure's. ErrNotFound when no job is on that run, or its run
+// has ended.
+func (s *Store) FailEvent(ctx context.Context, eventID, kind, msg string) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	found, err := s.GetJobByEvent(ctx, eventID)
+	if err != nil {
+		return err
+	}
+	held, err := s.lockJob(ctx, found.ID)
+	if err != nil {
+		return fmt.Errorf("fail event %s: %w", eventID, err)
+	}
+	defer held.unlock()
+	job, err := s.findJob(ctx, found.ID)
+	if err != nil {
+		return err
+	}
+	if job.EventID != eventID || !tasks.Live(job.Status) {
+		return ErrNotFound
+	}
+	held.transition()
+	now := time.Now().UTC()
+	matched, err := s.updateJob(ctx, job.DocID, bson.D{
+		{Key: "$set", Value: bson.D{
+			{Key: "status", Value: tasks.StatusFailed}, {Key: "error", Value: msg},
+			{Key: "failure", Value: Failure{Kind: kind, Message: msg, At: now}}, {Key: "updatedAt", Value: now}}},
+		pushProgress([]ProgressEvent{{Timestamp: now, Type: insights.ProgressError, Data: map[string]any{"message": msg, "error": msg, "kind": kind, "final": true}}}),
+	}, bson.E{Key: "eventId", Value: eventID}, bson.E{Key: "status", Value: job.Status})
+	if err != nil {
+		return fmt.Errorf("fail event %s: %w", eventID, err)
+	}
+	if !matched {
+		return ErrNotFound
+	}
+	return nil
 }
 
 // JobFilter selects jobs for ListJobs.
@@ -646,6 +754,11 @@ func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	held, err := s.lockJob(ctx, jobID)
+	if err != nil {
+		return fmt.Errorf("cancel job: %w", err)
+	}
+	defer held.unlock()
 	job, err := s.findJob(ctx, jobID)
 	if err != nil {
 		return fmt.Errorf("cancel job: %w", err)
@@ -653,6 +766,7 @@ func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error 
 	if job.EventID != eventID || job.Status == tasks.StatusCompleted {
 		return ErrNotFound
 	}
+	held.transition()
 	now := time.Now().UTC()
 	matched, err := s.updateJob(ctx, job.DocID,
 		bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "updatedAt", Value: now}}}},
@@ -710,6 +824,11 @@ func (s *Store) EachStale(ctx context.Context, before time.Time, fn func(*Job) e
 func (s *Store) ResetBudget(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	held, err := s.lockJob(ctx, jobID)
+	if err != nil {
+		return fmt.Errorf("reset retry budget: %w", err)
+	}
+	defer held.unlock()
 	job, err := s.findJob(ctx, jobID)
 	if err != nil {
 		return err
@@ -734,7 +853,12 @@ func (s *Store) ResetBudget(ctx context.Context, jobID, eventID string) error {
 func (s *Store) Touch(ctx context.Context, job *Job) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	_, err := s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{{Key: "updatedAt", Value: time.Now().UTC()}}}},
+	held, err := s.lockJob(ctx, job.ID)
+	if err != nil {
+		return err
+	}
+	defer held.unlock()
+	_, err = s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{{Key: "updatedAt", Value: time.Now().UTC()}}}},
 		bson.E{Key: "eventId", Value: job.EventID})
 	return err
 }

@@ -3,8 +3,9 @@
 // history, read and written in the app's own shapes.
 //
 // It uses only what both MongoDB and FerretDB v1 support. FerretDB's updates
-// are not atomic under concurrency, so every job document has one writer
-// (the worker holding its task) and every claim is a unique insert.
+// are not atomic under concurrency, so every claim is a unique insert and,
+// on FerretDB, every write of a job document holds its run lock
+// (runlock.go).
 package store
 
 import (
@@ -51,6 +52,9 @@ type Store struct {
 	// updates are not atomic anyway. Job writes then filter by _id alone
 	// and check the run in Go.
 	ferret bool
+	// locks serialise the writes of each job and system document on
+	// FerretDB (runlock.go); nil on MongoDB.
+	locks *runLocks
 	// historyWindow reads history windows beside FerretDB (Config).
 	historyWindow HistoryWindowFunc
 }
@@ -134,6 +138,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	var info bson.M
 	if err := client.Database("admin").RunCommand(pctx, bson.D{{Key: "buildInfo", Value: 1}}).Decode(&info); err == nil {
 		_, s.ferret = info["ferretdbVersion"]
+	}
+	if s.ferret {
+		s.locks = newRunLocks()
 	}
 	if cfg.Sync != nil && !s.ferret {
 		// Sync-based group commit leaves each write's durability to Sync,
@@ -296,6 +303,21 @@ func indexExists(err error) bool {
 
 // ErrNotFound is returned when a job or system does not exist.
 var ErrNotFound = errors.New("not found")
+
+// ErrUnavailable is wrapped by a failure of MongoDB itself (unreachable,
+// timed out, a command refused) in a read a step makes: the step's work is
+// not at fault, so the runner retries it after RETRY_TRANSIENT_DELAY without
+// using the run's retry budget, and an outage never dead-letters work.
+var ErrUnavailable = errors.New("store unavailable")
+
+// unavailable marks err as the store's failure, unless ctx ended first: a
+// caller's own deadline (TASK_TIMEOUT) or cancel is not the store's fault.
+func unavailable(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
 
 func redactURI(uri string) string {
 	// Never print credentials: keep scheme and host part only.
