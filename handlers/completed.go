@@ -12,6 +12,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/bmsview/insights/internal/store"
@@ -33,12 +35,20 @@ type CompletedConfig struct {
 	WebhookSecret string
 	// HTTPClient posts the webhook. Nil: a client with a 15 s timeout.
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// TransientDelay is the wait before the next attempt after the store
+	// failed to set lastInsights; such a retry does not use the follow-up's
+	// retry budget (tasks.RetryWithoutBudget), so a store outage never
+	// dead-letters it. 0: 30s.
+	TransientDelay time.Duration
+	Logger         *slog.Logger
 }
 
 // Completed handles insights-completed: it updates the system's
-// lastInsights and calls the completion webhook. A failure is retried by
-// asynq on the backoff schedule; both actions are idempotent.
+// lastInsights and calls the completion webhook. Both actions are
+// idempotent, so a failure is retried: a store failure after
+// TransientDelay without using the retry budget, a webhook failure on the
+// backoff schedule (a 429 after its Retry-After), except a webhook 4xx
+// that retrying cannot fix, which archives the task.
 type Completed struct{ cfg CompletedConfig }
 
 // NewCompleted returns the follow-up handler.
@@ -48,6 +58,9 @@ func NewCompleted(cfg CompletedConfig) *Completed {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.TransientDelay <= 0 {
+		cfg.TransientDelay = 30 * time.Second
 	}
 	return &Completed{cfg: cfg}
 }
@@ -69,12 +82,15 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			// registered keeps no lastInsights.
 			log.Info("no such system: lastInsights not set", "systemId", p.SystemID)
 		} else if err != nil {
-			log.Warn("lastInsights not updated: retry", "err", err)
-			return fmt.Errorf("update system %s: %w", p.SystemID, err)
+			log.Warn("lastInsights not updated, store unavailable: retry", "err", err, "in", c.cfg.TransientDelay)
+			return tasks.RetryWithoutBudget(c.cfg.TransientDelay, fmt.Errorf("update system %s: %w", p.SystemID, err))
 		}
 	}
 	if c.cfg.WebhookURL != "" {
-		if err := c.post(ctx, t.Payload()); err != nil {
+		if err := c.post(ctx, t.Payload()); errors.Is(err, asynq.SkipRetry) {
+			log.Warn("completion webhook refused: archived", "err", err)
+			return err
+		} else if err != nil {
 			log.Warn("completion webhook failed: retry", "err", err)
 			return err
 		}
@@ -104,8 +120,31 @@ func (c *Completed) post(ctx context.Context, body []byte) error {
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("webhook: HTTP %d", resp.StatusCode)
+	code := resp.StatusCode
+	switch {
+	case code/100 == 2:
+		return nil
+	case code == http.StatusTooManyRequests:
+		err := fmt.Errorf("webhook: HTTP %d", code)
+		if d, ok := retryAfter(resp.Header.Get("Retry-After")); ok {
+			return tasks.RetryAfter(d, err)
+		}
+		return err
+	case code/100 == 4 && code != http.StatusRequestTimeout && code != http.StatusTooEarly:
+		// The receiver refused this completion (bad URL, auth, payload):
+		// the same request would be refused again.
+		return fmt.Errorf("webhook: HTTP %d, not retried: %w", code, asynq.SkipRetry)
+	default:
+		return fmt.Errorf("webhook: HTTP %d", code)
 	}
-	return nil
+}
+
+// retryAfter reads a Retry-After header given in seconds (the HTTP-date
+// form is left to the backoff schedule).
+func retryAfter(v string) (time.Duration, bool) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return time.Duration(n) * time.Second, true
 }

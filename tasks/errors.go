@@ -62,6 +62,34 @@ func (e *SleepError) Error() string {
 	return fmt.Sprintf("step %s sleeping until %s", e.Step, e.Until.UTC().Format(time.RFC3339))
 }
 
+// NotAFailureError asks for the next attempt after Delay without using the
+// task's retry budget: for an outage of a dependency (the store) that is
+// not the task's fault, so a long outage never dead-letters it. IsFailure
+// reports false, and asynq (v0.26, rdb.Retry) then leaves the task's
+// retried count as it is; it still archives a task whose count has already
+// reached its MaxRetry, so a task with MaxRetry 0 cannot use it.
+type NotAFailureError struct {
+	Delay time.Duration
+	Err   error
+}
+
+func (e *NotAFailureError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("retry after %v (no failure)", e.Delay)
+	}
+	return e.Err.Error()
+}
+func (e *NotAFailureError) Unwrap() error { return e.Err }
+
+// RetryWithoutBudget returns an error that makes the task run again after
+// d without counting as a failure (see NotAFailureError).
+func RetryWithoutBudget(d time.Duration, cause error) error {
+	if d < 0 {
+		d = 0
+	}
+	return &NotAFailureError{Delay: d, Err: cause}
+}
+
 // Error kinds stored on a job's failures.
 const (
 	KindTransient = "transient"
@@ -70,10 +98,15 @@ const (
 	KindInternal  = "internal"
 )
 
-// IsFailure is asynq.Config.IsFailure: a sleep, or a revoke, is no failure.
+// IsFailure is asynq.Config.IsFailure: a sleep, a RetryWithoutBudget or a
+// revoke is no failure.
 func IsFailure(err error) bool {
 	var s *SleepError
 	if errors.As(err, &s) {
+		return false
+	}
+	var nf *NotAFailureError
+	if errors.As(err, &nf) {
 		return false
 	}
 	return err != nil && !errors.Is(err, asynq.RevokeTask)
@@ -109,12 +142,16 @@ func (p RetryPolicy) Backoff(n int) time.Duration {
 }
 
 // RetryDelayFunc is asynq.Config.RetryDelayFunc: a sleep until its time, a
-// RetryAfter after exactly its delay, anything else after the schedule's
-// delay for asynq's retry count n.
+// RetryWithoutBudget or a RetryAfter after exactly its delay, anything else
+// after the schedule's delay for asynq's retry count n.
 func (p RetryPolicy) RetryDelayFunc(n int, err error, _ *asynq.Task) time.Duration {
 	var s *SleepError
 	if errors.As(err, &s) {
 		return max(time.Until(s.Until), 0)
+	}
+	var nf *NotAFailureError
+	if errors.As(err, &nf) {
+		return nf.Delay
 	}
 	var ra *RetryAfterError
 	if errors.As(err, &ra) {

@@ -36,7 +36,8 @@ func (a *App) NewWorker(o WorkerOptions) *Worker {
 	mux := asynq.NewServeMux()
 	handlers.Register(mux, runner,
 		handlers.NewInsights(handlers.InsightsConfig{Engine: o.Engine, FollowUps: fu, FollowUpMaxRetry: max(c.MaxRetries, 1), Retention: c.TaskRetention}),
-		handlers.NewCompleted(handlers.CompletedConfig{Systems: a.Store, WebhookURL: c.WebhookURL, WebhookSecret: c.WebhookSecret, Logger: a.Log}))
+		handlers.NewCompleted(handlers.CompletedConfig{Systems: a.Store, WebhookURL: c.WebhookURL, WebhookSecret: c.WebhookSecret,
+			TransientDelay: c.RetryTransientDelay, Logger: a.Log}))
 	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: c.WorkerConcurrency, Queues: c.QueueWeights,
 		Backoff: c.BackoffSchedule, TransientDelay: c.RetryTransientDelay, ShutdownTimeout: c.ShutdownTimeout})
 	cfg.Logger = asynqLogger{a.Log}
