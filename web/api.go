@@ -83,8 +83,10 @@ type EventStatus struct {
 	// archived, completed); null when Redis no longer has the task.
 	State *string `json:"state"`
 	Queue string  `json:"queue,omitempty"`
-	// Retried counts the failures of the current run (the job's retry
-	// budget used); MaxRetry is that budget (MAX_RETRIES).
+	// Retried counts the retries scheduled in the current run (the job's
+	// retry budget used): its failures, less the last one when that ended
+	// the run (job failed), which was never retried. MaxRetry is that
+	// budget (MAX_RETRIES).
 	Retried       int        `json:"retried"`
 	MaxRetry      int        `json:"maxRetry"`
 	NextProcessAt *time.Time `json:"nextProcessAt"`
@@ -103,13 +105,24 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
+// retriesOf is the number of retries a job's current run has had
+// scheduled: a failure that failed the job (no-retry error, budget spent)
+// was not followed by one.
+func retriesOf(j *store.Job) int {
+	n := j.Failures
+	if j.Status == tasks.StatusFailed {
+		n--
+	}
+	return max(n, 0)
+}
+
 func (s *Server) eventStatus(ev *event) *EventStatus {
 	st := &EventStatus{EventID: ev.ID, JobID: ev.JobID, MaxRetry: s.maxRetry}
 	if ev.Job != nil {
 		st.Job = s.view(ev.Job)
 		st.EventName = ev.Job.EventName
 		st.Queue = ev.Job.Queue
-		st.Retried = ev.Job.Failures
+		st.Retried = retriesOf(ev.Job)
 		if ev.Job.Error != nil && ev.Job.Status != tasks.StatusCompleted {
 			msg := *ev.Job.Error
 			st.LastError = &msg

@@ -374,7 +374,7 @@ func TestRetryArchivedAndLost(t *testing.T) {
 	r := e.do("GET", "/api/events/"+id, nil, authBearer)
 	e.expect(r, 200)
 	m := r.json(t)
-	if m["state"] != "archived" || !strings.Contains(m["lastError"].(string), "inconsistent") || m["retried"] != 1.0 {
+	if m["state"] != "archived" || !strings.Contains(m["lastError"].(string), "inconsistent") || m["retried"] != 0.0 {
 		t.Fatalf("archived event: %s", r.body)
 	}
 	if j := m["job"].(map[string]any); j["status"] != "failed" || j["failure"].(map[string]any)["kind"] != tasks.KindBusiness || !strings.Contains(j["error"].(string), "inconsistent") {

@@ -69,13 +69,15 @@ func (s *systems) SetLastInsights(_ context.Context, _ string, v map[string]any)
 }
 
 // failSwitch fails process-insights with tasks.DoNotRetry while set (for
-// the jobs it names, or all when the set is empty), and can block a step
-// until its context ends.
+// the jobs it names, or all when the set is empty), with a plain (retried)
+// error instead when retryable is set, and can block a step until its
+// context ends.
 type failSwitch struct {
-	on    atomic.Bool
-	block atomic.Bool
-	mu    sync.Mutex
-	jobs  map[string]bool
+	on        atomic.Bool
+	retryable atomic.Bool
+	block     atomic.Bool
+	mu        sync.Mutex
+	jobs      map[string]bool
 }
 
 func (f *failSwitch) set(on bool, jobIDs ...string) {
@@ -102,6 +104,9 @@ func (f *failSwitch) hook(ctx context.Context, r *handlers.Run, step string) err
 	f.mu.Lock()
 	hit := len(f.jobs) == 0 || f.jobs[r.Job.ID]
 	f.mu.Unlock()
+	if hit && f.retryable.Load() {
+		return errors.New("analysis failed: the provider is unavailable")
+	}
 	if hit {
 		return tasks.DoNotRetry(errors.New("analysis refused: the snapshot's cell data is inconsistent"))
 	}
@@ -120,6 +125,8 @@ type env struct {
 	ts        *httptest.Server
 	fail      *failSwitch
 	systems   *systems
+	// maxRetries is the job's budget of the server and the worker.
+	maxRetries int
 	// bodyRead counts the bytes handlers read of request bodies.
 	bodyRead atomic.Int64
 }
@@ -130,11 +137,17 @@ type envOptions struct {
 	cors    []string
 	ready   func(context.Context) error
 	store   *store.Store
+	// maxRetries is MAX_RETRIES. 0: testRetries.
+	maxRetries int
 }
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, redis: testenv.Redis(t, redisDB), store: o.store, fail: &failSwitch{}, systems: &systems{n: map[string]int{}}}
+	e := &env{t: t, redis: testenv.Redis(t, redisDB), store: o.store, fail: &failSwitch{}, systems: &systems{n: map[string]int{}},
+		maxRetries: o.maxRetries}
+	if e.maxRetries == 0 {
+		e.maxRetries = testRetries
+	}
 	if e.store == nil {
 		e.store = testenv.Store(t)
 	}
@@ -144,7 +157,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	e.registry = prometheus.NewRegistry()
 	e.metrics = NewMetrics(e.registry)
 	e.server = New(Config{Store: e.store, Client: e.client, Inspector: e.inspector, RedisConnOpt: e.redis,
-		APIToken: testToken, AdminPassword: testPassword, CORSOrigins: o.cors, MaxRetries: testRetries,
+		APIToken: testToken, AdminPassword: testPassword, CORSOrigins: o.cors, MaxRetries: e.maxRetries,
 		Decrypt: o.decrypt, Metrics: e.registry, Ready: o.ready, Logger: quietLogger()})
 	t.Cleanup(func() { e.server.Close() })
 	h := e.server.Handler()
@@ -166,7 +179,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 
 func (e *env) startWorker() {
 	t := e.t
-	runner := handlers.NewRunner(handlers.RunnerConfig{Store: e.store, MaxRetries: testRetries,
+	runner := handlers.NewRunner(handlers.RunnerConfig{Store: e.store, MaxRetries: e.maxRetries,
 		Backoff: []time.Duration{time.Second}, TransientDelay: time.Second, RateLimitDelay: time.Second,
 		Observer: e.metrics, Hook: e.fail.hook, Logger: quietLogger()})
 	fu := asynq.NewClient(e.redis)

@@ -303,6 +303,8 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
+// readyz is /readyz: it names the store that is down, never the cause's
+// text (addresses, driver messages), which goes to the log.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
@@ -311,10 +313,37 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		check = s.defaultReady
 	}
 	if err := check(ctx); err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+		if s.cfg.Ready != nil {
+			s.log.Warn("readiness: not ready", "err", err)
+		}
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": readyReason(err)})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// readyReasons are the reasons defaultReady gives, shown as they are.
+var readyReasons = map[string]bool{"unreachable": true, "not configured": true, "no answer": true}
+
+// readyReason keeps of a readiness error only which stores it names: the
+// checks (defaultReady, the service's app.Ready) prefix each store's error
+// with "redis: " or "mongodb: ", one a line as errors.Join writes them.
+func readyReason(err error) string {
+	var out []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		name, why, _ := strings.Cut(line, ": ")
+		if name != "redis" && name != "mongodb" {
+			continue
+		}
+		if !readyReasons[why] {
+			why = "unreachable"
+		}
+		out = append(out, name+": "+why)
+	}
+	if len(out) == 0 {
+		return "unavailable"
+	}
+	return strings.Join(out, "\n")
 }
 
 func (s *Server) defaultReady(ctx context.Context) error {
