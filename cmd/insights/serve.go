@@ -39,6 +39,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Before anything starts or DATA_DIR is written.
+	if err := checkRole(*role, cfg); err != nil {
+		return err
+	}
 	if err := cfg.EnsureCredentials(); err != nil {
 		return err
 	}
@@ -56,9 +60,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	metrics := web.NewMetrics(reg)
 
 	runAPI, runWorker := *role != "worker", *role != "api"
-	if cfg.EmbeddedRedis() && !(runAPI && runWorker) {
-		return usagef("--role %s needs a shared Redis: set REDIS_URL (the embedded one lives in one process)", *role)
-	}
 	var worker *app.Worker
 	if runWorker {
 		engine, err := a.NewEngine()
@@ -73,9 +74,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("worker started", "concurrency", cfg.WorkerConcurrency, "queues", cfg.QueueWeights)
 	}
 
-	// Bounded reads and idle connections: a slow or idle client cannot hold
-	// a connection open for ever (no write limit: asynqmon's pages poll).
-	srv := &http.Server{Addr: cfg.HTTPAddr, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	srv := newHTTPServer(cfg.HTTPAddr)
 	var ws *web.Server
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -120,6 +119,34 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// checkRole refuses a split role (api or worker) on an embedded store: each
+// process would run its own in-memory Redis or its own FerretDB over
+// DATA_DIR, so the api's work would never reach the worker.
+func checkRole(role string, cfg *config.Config) error {
+	if role == "all" {
+		return nil
+	}
+	var missing []string
+	if cfg.EmbeddedRedis() {
+		missing = append(missing, "REDIS_URL")
+	}
+	if cfg.EmbeddedMongo() {
+		missing = append(missing, "MONGODB_URI")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return usagef("--role %s needs a shared Redis and MongoDB: set %s (the embedded stores live inside one process)",
+		role, strings.Join(missing, " and "))
+}
+
+// newHTTPServer bounds reads and idle connections: a slow or idle client
+// cannot hold a connection open for ever (no write limit: asynqmon's pages
+// poll).
+func newHTTPServer(addr string) *http.Server {
+	return &http.Server{Addr: addr, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 }
 
 func printBanner(w io.Writer, cfg *config.Config, addr, role string) {

@@ -19,7 +19,8 @@ import (
 )
 
 // Config is the whole configuration. Every field is documented with the
-// variable it comes from and what happens when that is unset.
+// variable it comes from and what happens when that is unset. No duration
+// is 0: Load refuses it, because the consumers read 0 as "the default".
 type Config struct {
 	RedisURL          string   // REDIS_URL; "" → embedded miniredis
 	RedisClusterAddrs []string // REDIS_CLUSTER_ADDRS; takes precedence over REDIS_URL
@@ -37,10 +38,10 @@ type Config struct {
 	QueueWeights        map[string]int // QUEUE_WEIGHTS; critical=6,high=4,default=2,low=1
 	MaxRetries          int            // MAX_RETRIES; 15
 	BackoffSchedule     []time.Duration
-	RetryTransientDelay time.Duration // RETRY_TRANSIENT_DELAY; 30s
-	RetryRateLimitDelay time.Duration // RETRY_RATE_LIMIT_DELAY; 5m
-	TaskTimeout         time.Duration // TASK_TIMEOUT; 24h
-	TaskRetention       time.Duration // TASK_RETENTION; 168h
+	RetryTransientDelay time.Duration // RETRY_TRANSIENT_DELAY; 30s; > 0
+	RetryRateLimitDelay time.Duration // RETRY_RATE_LIMIT_DELAY; 5m; > 0
+	TaskTimeout         time.Duration // TASK_TIMEOUT; 24h; ≥ 1s
+	TaskRetention       time.Duration // TASK_RETENTION; 168h; ≥ 1s
 	EncryptionKey       string        // DATA_ENCRYPTION_KEY; "" → stored in clear
 	InsightsProvider    string        // INSIGHTS_PROVIDER; "rules"
 	GeminiAPIKey        string        // GEMINI_API_KEY
@@ -48,7 +49,7 @@ type Config struct {
 	GeminiBaseURL       string        // GEMINI_BASE_URL; Google's
 	WebhookURL          string        // COMPLETION_WEBHOOK_URL; "" → no webhook
 	WebhookSecret       string        // WEBHOOK_SECRET
-	ShutdownTimeout     time.Duration // SHUTDOWN_TIMEOUT; 25s
+	ShutdownTimeout     time.Duration // SHUTDOWN_TIMEOUT; 25s; > 0
 	CORSOrigins         []string      // CORS_ORIGINS; none
 }
 
@@ -76,10 +77,10 @@ func Load(getenv func(string) string) (*Config, error) {
 		WorkerConcurrency:   p.intRange("WORKER_CONCURRENCY", 10, 1, 10000),
 		MaxRetries:          p.intRange("MAX_RETRIES", 15, 0, 1000),
 		BackoffSchedule:     p.durations("BACKOFF_SCHEDULE", tasks.DefaultBackoff),
-		RetryTransientDelay: p.duration("RETRY_TRANSIENT_DELAY", 30*time.Second),
-		RetryRateLimitDelay: p.duration("RETRY_RATE_LIMIT_DELAY", 5*time.Minute),
-		TaskTimeout:         p.duration("TASK_TIMEOUT", 24*time.Hour),
-		TaskRetention:       p.duration("TASK_RETENTION", 168*time.Hour),
+		RetryTransientDelay: p.duration("RETRY_TRANSIENT_DELAY", 30*time.Second, 0, ""),
+		RetryRateLimitDelay: p.duration("RETRY_RATE_LIMIT_DELAY", 5*time.Minute, 0, ""),
+		TaskTimeout:         p.duration("TASK_TIMEOUT", 24*time.Hour, time.Second, "asynq keeps whole seconds and reads 0 as its own 30m default"),
+		TaskRetention:       p.duration("TASK_RETENTION", 168*time.Hour, time.Second, "asynq keeps whole seconds and drops a completed task at once with 0"),
 		EncryptionKey:       getenv("DATA_ENCRYPTION_KEY"),
 		InsightsProvider:    p.oneOf("INSIGHTS_PROVIDER", "rules", "rules", "gemini"),
 		GeminiAPIKey:        getenv("GEMINI_API_KEY"),
@@ -87,7 +88,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		GeminiBaseURL:       p.url("GEMINI_BASE_URL", "http", "https"),
 		WebhookURL:          p.url("COMPLETION_WEBHOOK_URL", "http", "https"),
 		WebhookSecret:       getenv("WEBHOOK_SECRET"),
-		ShutdownTimeout:     p.duration("SHUTDOWN_TIMEOUT", 25*time.Second),
+		ShutdownTimeout:     p.duration("SHUTDOWN_TIMEOUT", 25*time.Second, 0, ""),
 		CORSOrigins:         p.list("CORS_ORIGINS"),
 	}
 	weights := p.str("QUEUE_WEIGHTS", tasks.DefaultQueueWeights)
@@ -223,34 +224,70 @@ func (p *parser) intRange(name string, def, lo, hi int) int {
 	return n
 }
 
-func (p *parser) duration(name string, def time.Duration) time.Duration {
+// duration reads a duration greater than 0 and, when floor is set, at
+// least floor (why says what asynq would do below it). 0 is refused, not
+// passed on: handlers.NewRunner, handlers.ServerConfig, handlers.NewInsights
+// and tasks.NewClient read 0 as "use the default", so RETRY_TRANSIENT_DELAY=0s
+// would quietly become 30s and TASK_RETENTION=0s 168h, not "keep nothing".
+func (p *parser) duration(name string, def, floor time.Duration, why string) time.Duration {
 	v := strings.TrimSpace(p.getenv(name))
 	if v == "" {
 		return def
 	}
 	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
+	if err != nil {
 		p.fail(name, fmt.Sprintf("want a duration such as 30s or 5m, got %q", v))
+		return def
+	}
+	switch {
+	case d == 0:
+		p.fail(name, fmt.Sprintf("must be greater than 0 (got 0s): 0 would silently become the default %s; unset it for that", short(def)))
+		return def
+	case d < 0:
+		p.fail(name, fmt.Sprintf("must be greater than 0 (got %s): a time span cannot be negative", short(d)))
+		return def
+	case d < floor:
+		p.fail(name, fmt.Sprintf("must be at least %s (got %s): %s", short(floor), short(d), why))
 		return def
 	}
 	return d
 }
 
+// durations reads BACKOFF_SCHEDULE. Every entry must be greater than 0: a
+// zero delay would retry at once (asynq's next 1 s check), spending the
+// whole retry budget in seconds, and 0 is also the runner's "no delay
+// chosen" mark, so it only reaches asynq by coincidence.
 func (p *parser) durations(name string, def []time.Duration) []time.Duration {
 	v := strings.TrimSpace(p.getenv(name))
 	if v == "" {
 		return def
 	}
 	var out []time.Duration
-	for _, s := range strings.Split(v, ",") {
+	for i, s := range strings.Split(v, ",") {
 		d, err := time.ParseDuration(strings.TrimSpace(s))
-		if err != nil || d < 0 {
+		if err != nil {
 			p.fail(name, fmt.Sprintf("want comma-separated durations such as 5s,10s,30s, got %q", s))
+			return def
+		}
+		if d <= 0 {
+			p.fail(name, fmt.Sprintf("entry %d must be greater than 0 (got %s): a zero or negative delay retries at once and spends the retry budget in seconds", i+1, short(d)))
 			return def
 		}
 		out = append(out, d)
 	}
 	return out
+}
+
+// short prints a duration without trailing zero units: 5m, not 5m0s.
+func short(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func (p *parser) oneOf(name, def string, allowed ...string) string {

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -63,5 +64,71 @@ func TestGeneratedCredentialsKeptInDataDir(t *testing.T) {
 	_ = c3.EnsureCredentials()
 	if c3.APIToken != "given" {
 		t.Error("API_TOKEN not honoured")
+	}
+}
+
+// TestDurationsRefuseWhatWouldBeReplaced: the consumers of these values
+// read 0 as "the default", so 0 (and a negative value, and for asynq's
+// whole-second fields anything under 1s) stops start-up with the variable
+// and the reason, instead of quietly running with another value.
+func TestDurationsRefuseWhatWouldBeReplaced(t *testing.T) {
+	for _, tc := range []struct{ name, val, want string }{
+		{"RETRY_TRANSIENT_DELAY", "0s", "RETRY_TRANSIENT_DELAY: must be greater than 0 (got 0s): 0 would silently become the default 30s"},
+		{"RETRY_TRANSIENT_DELAY", "0", "RETRY_TRANSIENT_DELAY: must be greater than 0 (got 0s)"},
+		{"RETRY_TRANSIENT_DELAY", "-1s", "RETRY_TRANSIENT_DELAY: must be greater than 0 (got -1s): a time span cannot be negative"},
+		{"RETRY_RATE_LIMIT_DELAY", "0s", "RETRY_RATE_LIMIT_DELAY: must be greater than 0 (got 0s): 0 would silently become the default 5m"},
+		{"RETRY_RATE_LIMIT_DELAY", "-5m", "RETRY_RATE_LIMIT_DELAY: must be greater than 0 (got -5m)"},
+		{"TASK_TIMEOUT", "0s", "TASK_TIMEOUT: must be greater than 0 (got 0s): 0 would silently become the default 24h"},
+		{"TASK_TIMEOUT", "-1h", "TASK_TIMEOUT: must be greater than 0 (got -1h)"},
+		{"TASK_TIMEOUT", "999ms", "TASK_TIMEOUT: must be at least 1s (got 999ms): asynq keeps whole seconds and reads 0 as its own 30m default"},
+		{"TASK_RETENTION", "0s", "TASK_RETENTION: must be greater than 0 (got 0s): 0 would silently become the default 168h"},
+		{"TASK_RETENTION", "-5s", "TASK_RETENTION: must be greater than 0 (got -5s)"},
+		{"TASK_RETENTION", "500ms", "TASK_RETENTION: must be at least 1s (got 500ms): asynq keeps whole seconds"},
+		{"SHUTDOWN_TIMEOUT", "0s", "SHUTDOWN_TIMEOUT: must be greater than 0 (got 0s): 0 would silently become the default 25s"},
+		{"SHUTDOWN_TIMEOUT", "-25s", "SHUTDOWN_TIMEOUT: must be greater than 0 (got -25s)"},
+		{"BACKOFF_SCHEDULE", "0s", "BACKOFF_SCHEDULE: entry 1 must be greater than 0 (got 0s): a zero or negative delay retries at once"},
+		{"BACKOFF_SCHEDULE", "5s,0s,30s", "BACKOFF_SCHEDULE: entry 2 must be greater than 0 (got 0s)"},
+		{"BACKOFF_SCHEDULE", "5s,-10s", "BACKOFF_SCHEDULE: entry 2 must be greater than 0 (got -10s)"},
+	} {
+		t.Run(tc.name+"="+tc.val, func(t *testing.T) {
+			c, err := Load(env(map[string]string{tc.name: tc.val}))
+			if err == nil {
+				t.Fatalf("accepted, config %+v", c)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err %q\nwant it to contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestDurationEdgesAccepted: the smallest values that reach their consumer
+// unchanged, and MAX_RETRIES=0 (no retries, honoured downstream).
+func TestDurationEdgesAccepted(t *testing.T) {
+	for _, tc := range []struct {
+		name, val string
+		got       func(*Config) any
+		want      any
+	}{
+		{"RETRY_TRANSIENT_DELAY", "1ns", func(c *Config) any { return c.RetryTransientDelay }, time.Nanosecond},
+		{"RETRY_RATE_LIMIT_DELAY", "1ms", func(c *Config) any { return c.RetryRateLimitDelay }, time.Millisecond},
+		{"TASK_TIMEOUT", "1s", func(c *Config) any { return c.TaskTimeout }, time.Second},
+		{"TASK_RETENTION", "1s", func(c *Config) any { return c.TaskRetention }, time.Second},
+		{"SHUTDOWN_TIMEOUT", "1ms", func(c *Config) any { return c.ShutdownTimeout }, time.Millisecond},
+		{"BACKOFF_SCHEDULE", "1ms", func(c *Config) any { return c.BackoffSchedule }, []time.Duration{time.Millisecond}},
+		{"BACKOFF_SCHEDULE", " 1s , 2m ", func(c *Config) any { return c.BackoffSchedule }, []time.Duration{time.Second, 2 * time.Minute}},
+		{"MAX_RETRIES", "0", func(c *Config) any { return c.MaxRetries }, 0},
+		// Blank is unset: the default, not 0.
+		{"RETRY_TRANSIENT_DELAY", "  ", func(c *Config) any { return c.RetryTransientDelay }, 30 * time.Second},
+	} {
+		t.Run(tc.name+"="+tc.val, func(t *testing.T) {
+			c, err := Load(env(map[string]string{tc.name: tc.val}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tc.got(c); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
 	}
 }
