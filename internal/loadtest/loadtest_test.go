@@ -27,9 +27,11 @@ func TestRun(t *testing.T) {
 	if res.PerSec <= 0 || res.P50 <= 0 {
 		t.Fatalf("result %+v: want a rate and latencies", res)
 	}
-	// Seven job updates (attempt start and six steps) and lastInsights.
-	if res.WritesPerWorkflow < 8 {
-		t.Fatalf("writes per workflow %.1f, want at least 8", res.WritesPerWorkflow)
+	// Seven job updates (attempt start and six steps) and lastInsights,
+	// which is not written when a later completion of the same system was
+	// stored first (follow-ups run out of order under load).
+	if res.WritesPerWorkflow < 7 || res.WritesPerWorkflow > 8 {
+		t.Fatalf("writes per workflow %.2f, want 7 to 8", res.WritesPerWorkflow)
 	}
 }
 
