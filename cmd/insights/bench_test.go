@@ -3,6 +3,7 @@ package main
 import (
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -31,7 +32,9 @@ func TestBenchOurs(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stdout, "| ours, FerretDB SQLite (embedded) | ") || !strings.Contains(stdout, "| 1.00 | 8.0 |") {
+	// 7 to 8 writes a workflow: lastInsights is skipped when a later
+	// completion of the same system was stored first.
+	if !strings.Contains(stdout, "| ours, FerretDB SQLite (embedded) | ") || !regexp.MustCompile(`\| 1\.00 \| (7\.\d|8\.0) \|`).MatchString(stdout) {
 		t.Errorf("table without our measured row:\n%s", stdout)
 	}
 }
