@@ -13,10 +13,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/bmsview/insights/internal/config"
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/hibiken/asynq"
+
+	"github.com/bmsview/insights/internal/config"
 )
 
 const (
@@ -31,7 +32,7 @@ var secrets = []string{"API_TOKEN", "ADMIN_PASSWORD", "DATA_ENCRYPTION_KEY", "GE
 // requiredSecrets stop `docker compose` when unset (${VAR:?...}).
 var requiredSecrets = []string{"API_TOKEN", "ADMIN_PASSWORD"}
 
-// section4 is DESIGN.md section 4 less what the compose file wires itself
+// section4 is docs/DESIGN.md section 4 less what the compose file wires itself
 // (REDIS_URL, MONGODB_URI, HTTP_ADDR, DATA_DIR): each must be settable
 // from .env.
 var section4 = []string{
@@ -471,7 +472,7 @@ func TestComposeRequiresSecrets(t *testing.T) {
 }
 
 // TestEnvExampleMatchesCompose: .env.example lists every variable the
-// compose file reads and every variable of DESIGN.md section 4 that an
+// compose file reads and every variable of docs/DESIGN.md section 4 that an
 // operator sets, each with a comment, and nothing the compose file ignores.
 func TestEnvExampleMatchesCompose(t *testing.T) {
 	names, _ := readEnvExample(t)
@@ -501,7 +502,7 @@ func TestEnvExampleMatchesCompose(t *testing.T) {
 	}
 	for _, k := range section4 {
 		if !slices.Contains(names, k) {
-			t.Errorf(".env.example lacks %s (DESIGN.md section 4)", k)
+			t.Errorf(".env.example lacks %s (docs/DESIGN.md section 4)", k)
 		}
 	}
 	// .env.example's own values load as a valid configuration (secrets

@@ -13,15 +13,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/bms"
@@ -30,7 +30,6 @@ import (
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
 	"github.com/bmsview/insights/web"
-	"github.com/hibiken/asynq"
 )
 
 const (
@@ -92,7 +91,10 @@ func startOurService(t *testing.T, vars map[string]string) *ourService {
 	if err != nil {
 		t.Fatalf("NewEngine: %v", err)
 	}
-	w := a.NewWorker(app.WorkerOptions{Engine: e})
+	w, err := a.NewWorker(app.WorkerOptions{Engine: e})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := w.Start(); err != nil {
 		t.Fatalf("worker start: %v", err)
 	}
@@ -263,18 +265,6 @@ func runOurJobs(t *testing.T, s *ourService, prefix string) {
 	t.Logf("dashboard lists the %d completed tasks in %d queues", ourJobs, len(byQueue))
 }
 
-// deadLoopbackAddr is a loopback address nothing listens on.
-func deadLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-}
-
 // TestOurWorkerSentinel: the service on REDIS_URL=redis-sentinel://...
 // finds the master through the sentinels and runs ten jobs to completion.
 // asynq.ParseRedisURI takes several sentinels as a comma-separated host
@@ -284,7 +274,7 @@ func TestOurWorkerSentinel(t *testing.T) {
 	begin := time.Now()
 	master, sentinels := testenv.StartSentinel(t)
 	t.Logf("sentinel up in %v: master %s, sentinels %v", time.Since(begin).Round(time.Millisecond), master, sentinels)
-	addrs := append([]string{deadLoopbackAddr(t)}, sentinels...)
+	addrs := append([]string{testenv.FreeAddr(t)}, sentinels...)
 	uri := "redis-sentinel://" + strings.Join(addrs, ",") + "?master=" + master
 
 	cfg, err := config.Load(func(k string) string {
@@ -388,7 +378,7 @@ func ourReconcile(t *testing.T, s *ourService) {
 		t.Fatalf("restored task: id %s state %v next %v type %s; want %s scheduled %v %s",
 			info.ID, info.State, info.NextProcessAt, info.Type, res.EventID, at, tasks.EventGenerateInsights)
 	}
-	var p tasks.Payload
+	var p tasks.Run
 	if err := json.Unmarshal(info.Payload, &p); err != nil {
 		t.Fatalf("restored payload: %v", err)
 	}

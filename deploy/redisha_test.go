@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bmsview/insights/internal/testenv"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/bmsview/insights/internal/testenv"
 )
 
 const (

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -17,37 +15,52 @@ func isRevoke(err error) bool {
 	return errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent)
 }
 
+// What an error says of itself, implemented where it is made (the model
+// provider's errors, insights.ProviderError): the runner reads these, never
+// an error's text.
+type (
+	// permanentError is refused as such: retrying cannot help.
+	permanentError interface{ Permanent() bool }
+	// rateLimitError is a rate limit or an exhausted quota, with the delay
+	// the server named (0: none).
+	rateLimitError interface {
+		RateLimited() (time.Duration, bool)
+	}
+	// temporaryError is a failure a later call may not meet (a 5xx).
+	temporaryError interface{ Temporary() bool }
+)
+
 // classify decides what a step failure means: its kind, the delay before
 // the next attempt (0: the backoff schedule) and whether it is final (no
 // retry).
 func (rn *Runner) classify(err error) (kind string, delay time.Duration, final bool) {
-	var ra *tasks.RetryAfterError
-	var pe *insights.ProviderError
-	var ne net.Error
-	msg := strings.ToLower(err.Error())
+	var (
+		ra   *RetryAfterError
+		perm permanentError
+		rl   rateLimitError
+		tmp  temporaryError
+		ne   net.Error
+	)
 	switch {
-	case errors.Is(err, tasks.ErrDoNotRetry), errors.Is(err, tasks.ErrInvalidEvent):
-		return tasks.KindBusiness, 0, true
+	case errors.Is(err, ErrDoNotRetry), errors.Is(err, tasks.ErrInvalidEvent):
+		return store.KindBusiness, 0, true
 	case errors.As(err, &ra):
-		return tasks.KindInternal, ra.Delay, false
-	case errors.As(err, &pe) && pe.StatusCode == 429:
-		return tasks.KindRateLimit, rn.rateLimitDelay(pe.RetryAfter), false
-	case errors.As(err, &pe) && pe.StatusCode >= 500:
-		return tasks.KindTransient, rn.cfg.TransientDelay, false
-	case errors.As(err, &pe) && (pe.StatusCode == 400 || pe.StatusCode == 401 || pe.StatusCode == 403 || pe.StatusCode == 404):
-		return tasks.KindBusiness, 0, true
-	case strings.Contains(msg, "rate limit") || strings.Contains(msg, "quota") || strings.Contains(msg, "resource_exhausted"):
-		var d time.Duration
-		if pe != nil {
-			d = pe.RetryAfter
+		return store.KindInternal, ra.Delay, false
+	case errors.As(err, &perm) && perm.Permanent():
+		return store.KindBusiness, 0, true
+	case errors.As(err, &rl):
+		if d, ok := rl.RateLimited(); ok {
+			return store.KindRateLimit, rn.rateLimitDelay(d), false
 		}
-		return tasks.KindRateLimit, rn.rateLimitDelay(d), false
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout(),
+	}
+	switch {
+	case errors.As(err, &tmp) && tmp.Temporary(),
+		errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout(),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed),
 		errors.As(err, new(*net.OpError)):
-		return tasks.KindTransient, rn.cfg.TransientDelay, false
+		return store.KindTransient, rn.cfg.TransientDelay, false
 	}
-	return tasks.KindInternal, 0, false
+	return store.KindInternal, 0, false
 }
 
 func (rn *Runner) rateLimitDelay(d time.Duration) time.Duration {

@@ -16,9 +16,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 // SystemUpdater records a system's latest insights.
@@ -37,8 +38,8 @@ type CompletedConfig struct {
 	HTTPClient *http.Client
 	// TransientDelay is the wait before the next attempt after the store
 	// failed to set lastInsights; such a retry does not use the follow-up's
-	// retry budget (tasks.RetryWithoutBudget), so a store outage never
-	// dead-letters it. 0: 30s.
+	// retry budget (RetryWithoutBudget), so a store outage never
+	// dead-letters it. 0: DefaultTransientDelay.
 	TransientDelay time.Duration
 	Logger         *slog.Logger
 }
@@ -60,7 +61,7 @@ func NewCompleted(cfg CompletedConfig) *Completed {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.TransientDelay <= 0 {
-		cfg.TransientDelay = 30 * time.Second
+		cfg.TransientDelay = DefaultTransientDelay
 	}
 	return &Completed{cfg: cfg}
 }
@@ -83,7 +84,7 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			log.Info("no such system: lastInsights not set", "systemId", p.SystemID)
 		} else if err != nil {
 			log.Warn("lastInsights not updated, store unavailable: retry", "err", err, "in", c.cfg.TransientDelay)
-			return tasks.RetryWithoutBudget(c.cfg.TransientDelay, fmt.Errorf("update system %s: %w", p.SystemID, err))
+			return RetryWithoutBudget(c.cfg.TransientDelay, fmt.Errorf("update system %s: %w", p.SystemID, err))
 		}
 	}
 	if c.cfg.WebhookURL != "" {
@@ -97,6 +98,19 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	log.Info("completion handled")
 	return nil
+}
+
+// NewCompletedTask builds the insights-completed follow-up of a run: on
+// the low queue, with task id insights-completed:<eventId>, so that a second
+// send of the same follow-up is a conflict (asynq.ErrTaskIDConflict), not
+// a duplicate.
+func NewCompletedTask(p tasks.CompletedPayload, maxRetry int, retention time.Duration) (*asynq.Task, []asynq.Option, error) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %s: %w", tasks.EventInsightsCompleted, err)
+	}
+	return asynq.NewTask(tasks.EventInsightsCompleted, b), []asynq.Option{asynq.Queue(tasks.QueueLow),
+		asynq.TaskID(tasks.FollowUpTaskIDPrefix + p.EventID), asynq.MaxRetry(maxRetry), asynq.Retention(retention)}, nil
 }
 
 // Sign returns the X-Signature-256 value of body for secret.
@@ -127,7 +141,7 @@ func (c *Completed) post(ctx context.Context, body []byte) error {
 	case code == http.StatusTooManyRequests:
 		err := fmt.Errorf("webhook: HTTP %d", code)
 		if d, ok := retryAfter(resp.Header.Get("Retry-After")); ok {
-			return tasks.RetryAfter(d, err)
+			return RetryAfter(d, err)
 		}
 		return err
 	case code/100 == 4 && code != http.StatusRequestTimeout && code != http.StatusTooEarly:

@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 // webhook answers the completion webhook with the given codes in turn (the
@@ -75,9 +76,9 @@ func completedPayload(eventID string) tasks.CompletedPayload {
 // follow-up eventID, enqueued with maxRetry.
 func completedWorker(t *testing.T, cfg handlers.CompletedConfig, eventID string, maxRetry int) (*asynq.Inspector, string) {
 	t.Helper()
-	redis := testenv.Redis(t, redisDB)
+	redis := testenv.Redis(t)
 	mux := asynq.NewServeMux()
-	cfg.Logger = quietLogger()
+	cfg.Logger = testenv.Logger()
 	mux.Handle(tasks.EventInsightsCompleted, handlers.NewCompleted(cfg))
 	scfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: 2, Backoff: []time.Duration{time.Second}, ShutdownTimeout: 5 * time.Second})
 	scfg.LogLevel = asynq.FatalLevel
@@ -89,12 +90,12 @@ func completedWorker(t *testing.T, cfg handlers.CompletedConfig, eventID string,
 	client := asynq.NewClient(redis)
 	insp := asynq.NewInspector(redis)
 	t.Cleanup(func() { client.Close(); insp.Close() })
-	task, opts, err := tasks.NewCompletedTask(completedPayload(eventID), time.Hour)
+	// A small budget makes a counted retry visible.
+	task, opts, err := handlers.NewCompletedTask(completedPayload(eventID), maxRetry, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The later MaxRetry wins: a small budget makes a counted retry visible.
-	info, err := client.Enqueue(task, append(opts, asynq.MaxRetry(maxRetry))...)
+	info, err := client.Enqueue(task, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,16 +104,12 @@ func completedWorker(t *testing.T, cfg handlers.CompletedConfig, eventID string,
 
 func waitFollowUp(t *testing.T, insp *asynq.Inspector, id string, state asynq.TaskState) *asynq.TaskInfo {
 	t.Helper()
-	var info *asynq.TaskInfo
-	testenv.WaitFor(t, 30*time.Second, fmt.Sprintf("follow-up %s %s", id, state), func() (bool, error) {
-		var err error
-		info, err = insp.GetTaskInfo(tasks.QueueLow, id)
-		if err == nil && info.State == asynq.TaskStateArchived && state != asynq.TaskStateArchived {
+	return testenv.WaitTask(t, insp, tasks.QueueLow, id, 30*time.Second, func(info *asynq.TaskInfo) bool {
+		if info.State == asynq.TaskStateArchived && state != asynq.TaskStateArchived {
 			t.Fatalf("follow-up archived after %d retries (%s), want %s", info.Retried, info.LastErr, state)
 		}
-		return err == nil && info.State == state, nil
+		return info.State == state
 	})
-	return info
 }
 
 // A webhook that answers 400 will answer 400 again: archived after one call.
@@ -143,7 +140,7 @@ func TestCompletedWebhook503ThenSucceeds(t *testing.T) {
 
 // Each webhook answer's classification, as asynq reads the returned error.
 func TestCompletedWebhookStatusClasses(t *testing.T) {
-	policy := tasks.RetryPolicy{Schedule: []time.Duration{5 * time.Second}}
+	policy := handlers.RetryPolicy{Schedule: []time.Duration{5 * time.Second}}
 	for _, c := range []struct {
 		code       int
 		retryAfter string
@@ -166,7 +163,7 @@ func TestCompletedWebhookStatusClasses(t *testing.T) {
 			if c.retryAfter != "" {
 				hook.hdr.Set("Retry-After", c.retryAfter)
 			}
-			h := handlers.NewCompleted(handlers.CompletedConfig{WebhookURL: url, Logger: quietLogger()})
+			h := handlers.NewCompleted(handlers.CompletedConfig{WebhookURL: url, Logger: testenv.Logger()})
 			b, _ := json.Marshal(completedPayload("ev-class"))
 			err := h.ProcessTask(context.Background(), asynq.NewTask(tasks.EventInsightsCompleted, b))
 			if err == nil {
@@ -181,7 +178,7 @@ func TestCompletedWebhookStatusClasses(t *testing.T) {
 			if c.permanent {
 				return
 			}
-			if !tasks.IsFailure(err) {
+			if !handlers.IsFailure(err) {
 				t.Errorf("a webhook failure must count: %v", err)
 			}
 			if got := policy.RetryDelayFunc(0, err, nil); got != c.delay {
@@ -196,12 +193,12 @@ func TestCompletedWebhookStatusClasses(t *testing.T) {
 func TestCompletedStoreFailureIsNoFailure(t *testing.T) {
 	b, _ := json.Marshal(completedPayload("ev-store"))
 	task := asynq.NewTask(tasks.EventInsightsCompleted, b)
-	policy := tasks.RetryPolicy{Schedule: []time.Duration{5 * time.Second}}
+	policy := handlers.RetryPolicy{Schedule: []time.Duration{5 * time.Second}}
 	for _, d := range []time.Duration{0, 3 * time.Second} {
-		h := handlers.NewCompleted(handlers.CompletedConfig{Systems: &systemsDown{fails: 1}, TransientDelay: d, Logger: quietLogger()})
+		h := handlers.NewCompleted(handlers.CompletedConfig{Systems: &systemsDown{fails: 1}, TransientDelay: d, Logger: testenv.Logger()})
 		err := h.ProcessTask(context.Background(), task)
-		if err == nil || tasks.IsFailure(err) || errors.Is(err, asynq.SkipRetry) {
-			t.Fatalf("TransientDelay %v: err %v, IsFailure %v: want a retried error that is no failure", d, err, tasks.IsFailure(err))
+		if err == nil || handlers.IsFailure(err) || errors.Is(err, asynq.SkipRetry) {
+			t.Fatalf("TransientDelay %v: err %v, IsFailure %v: want a retried error that is no failure", d, err, handlers.IsFailure(err))
 		}
 		want := d
 		if d == 0 {
@@ -213,7 +210,7 @@ func TestCompletedStoreFailureIsNoFailure(t *testing.T) {
 	}
 	missing := handlers.NewCompleted(handlers.CompletedConfig{Systems: systemFunc(func() error {
 		return fmt.Errorf("store: system sys-1: %w", store.ErrNotFound)
-	}), Logger: quietLogger()})
+	}), Logger: testenv.Logger()})
 	if err := missing.ProcessTask(context.Background(), task); err != nil {
 		t.Errorf("missing system: %v, want no error", err)
 	}

@@ -9,11 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 func TestMain(m *testing.M) {
@@ -52,7 +53,7 @@ func TestWorkerKilledMidStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for asynq's 30 s lease to expire")
 	}
-	b := setup(t, options{maxRetries: 3, noServer: true})
+	b := setup(t, options{maxRetries: 3, concurrency: 2, noServer: true})
 	opt := b.redis.(asynq.RedisClientOpt)
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), "INSIGHTS_CRASH_WORKER=1", "CRASH_REDIS_ADDR="+opt.Addr, "CRASH_REDIS_DB="+strconv.Itoa(opt.DB),
@@ -74,13 +75,13 @@ func TestWorkerKilledMidStep(t *testing.T) {
 	killed := time.Now()
 
 	// Another worker takes over once the lease expires.
-	b.startServer(t, 2, []time.Duration{time.Second})
+	b.startServer(t)
 	j := b.waitStatus(t, "crashing", tasks.StatusCompleted, 150*time.Second)
 	j = waitStep(t, b, "crashing", tasks.StepSendCompletion)
 	t.Logf("recovered %v after the kill", time.Since(killed).Round(time.Second))
 	want := map[string]int{tasks.StepInitialize: 1, tasks.StepFetchJob: 1, tasks.StepValidate: 1,
 		tasks.StepProcessInsights: 1, tasks.StepStoreResults: 1, tasks.StepSendCompletion: 1}
-	if got := runs(j); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := testenv.Runs(j); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("runs = %v, want %v (the killed body is not counted, nothing re-ran)", got, want)
 	}
 	if j.Steps[tasks.StepInitialize].Attempt != 1 || j.Steps[tasks.StepProcessInsights].Attempt != 2 {

@@ -14,12 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/devstack"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 // The tests here hold or fail the group commit of the embedded store
@@ -50,7 +51,7 @@ func gatedBundle(t *testing.T) (*bundle, *testenv.SyncGate) {
 		t.Skip("group commit runs on the embedded store only (MONGODB_URI is set)")
 	}
 	g := testenv.NewSyncGate()
-	b := setup(t, options{maxRetries: 3, noServer: true, adjustStore: func(c *store.Config) { c.Sync = g.Wrap(c.Sync) }})
+	b := setup(t, options{maxRetries: 3, concurrency: 4, noServer: true, adjustStore: func(c *store.Config) { c.Sync = g.Wrap(c.Sync) }})
 	return b, g
 }
 
@@ -69,7 +70,7 @@ func TestStepWaitsForDurableCheckpoint(t *testing.T) {
 	b.send(t, event("held"))
 	base := g.Entered()
 	g.Close()
-	b.startServer(t, 4, []time.Duration{time.Second})
+	b.startServer(t)
 	// The attempt's start, then one checkpoint per step.
 	for k := 0; k <= len(tasks.Steps); k++ {
 		waitSyncs(t, g, base+int64(k)+1)
@@ -99,7 +100,7 @@ func TestFailedGroupRetriesItsStep(t *testing.T) {
 	b.send(t, event("failing-sync"))
 	base := g.Entered()
 	g.Close()
-	b.startServer(t, 4, []time.Duration{time.Second})
+	b.startServer(t)
 	// Syncs: attempt start, initialize, fetch-job, then validate's.
 	for k := int64(1); k <= 3; k++ {
 		waitSyncs(t, g, base+k)
@@ -129,18 +130,21 @@ func TestFailedGroupRetriesItsStep(t *testing.T) {
 
 // groupWorker starts a worker running the workload on st (no follow-up
 // store): the crash tests' children.
-func groupWorker(st *store.Store, redis asynq.RedisClientOpt, hook handlers.StepHook) *asynq.Server {
-	runner := handlers.NewRunner(handlers.RunnerConfig{Store: st, MaxRetries: 3, TransientDelay: time.Second, Hook: hook, Logger: quietLogger()})
-	mux := asynq.NewServeMux()
-	handlers.Register(mux, runner, handlers.NewInsights(handlers.InsightsConfig{Engine: snapshotEngine{}, FollowUps: asynq.NewClient(redis)}),
-		handlers.NewCompleted(handlers.CompletedConfig{Logger: quietLogger()}))
-	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: 2, Backoff: []time.Duration{time.Second}})
-	cfg.LogLevel = asynq.FatalLevel
-	srv := asynq.NewServer(redis, cfg)
-	if err := srv.Start(mux); err != nil {
+func groupWorker(st *store.Store, redis asynq.RedisClientOpt, hook handlers.StepHook) *handlers.Worker {
+	w, err := handlers.NewWorker(redis, handlers.WorkerConfig{
+		Runner:        handlers.RunnerConfig{Store: st, MaxRetries: 3, Backoff: []time.Duration{time.Second}, TransientDelay: time.Second, Hook: hook},
+		Insights:      handlers.InsightsConfig{Engine: testenv.Engine{}},
+		Server:        handlers.ServerOptions{Concurrency: 2},
+		Logger:        testenv.Logger(),
+		AsynqLogLevel: asynq.FatalLevel,
+	})
+	if err != nil {
 		panic(err)
 	}
-	return srv
+	if err := w.Start(); err != nil {
+		panic(err)
+	}
+	return w
 }
 
 // groupCrashWorker is the child of TestCrashBetweenGroupAndAck: a worker
@@ -190,7 +194,7 @@ func TestCrashBetweenGroupAndAck(t *testing.T) {
 	if os.Getenv("MONGODB_URI") != "" {
 		t.Skip("group commit runs on the embedded store only")
 	}
-	opt := testenv.Redis(t, redisDB).(asynq.RedisClientOpt)
+	opt := testenv.Redis(t)
 	dir := t.TempDir()
 	child := exec.Command(os.Args[0], "-test.run=^$")
 	child.Env = append(os.Environ(), "INSIGHTS_GROUP_CRASH_DIR="+dir, "CRASH_REDIS_ADDR="+opt.Addr, "CRASH_REDIS_DB="+strconv.Itoa(opt.DB))

@@ -8,11 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 // A run started again from the archive that fails again at its first step
@@ -48,7 +49,7 @@ func TestRerunFailingAgainAtFirstStepGetsFullBudget(t *testing.T) {
 	})
 	b.waitTask(t, res.Queue, res.EventID, 30*time.Second, archived)
 	j = b.job(t, "fails-first")
-	if j.Failures != maxRetries+1 || j.Failure == nil || j.Failure.Kind != tasks.KindInternal || j.Failure.Step != tasks.StepInitialize {
+	if j.Failures != maxRetries+1 || j.Failure == nil || j.Failure.Kind != store.KindInternal || j.Failure.Step != tasks.StepInitialize {
 		t.Fatalf("re-run: failures %d failure %+v; want %d internal failures of initialize", j.Failures, j.Failure, maxRetries+1)
 	}
 	if j.Attempts != 2*(maxRetries+1) {
@@ -80,7 +81,7 @@ func TestUnreadablePayloadFailsItsJob(t *testing.T) {
 		t.Errorf("retried %d times, want archived at once", info.Retried)
 	}
 	j := b.waitStatus(t, "poisoned", tasks.StatusFailed, 10*time.Second)
-	if j.Failure == nil || j.Failure.Kind != tasks.KindBusiness {
+	if j.Failure == nil || j.Failure.Kind != store.KindBusiness {
 		t.Fatalf("failure %+v, want a business failure", j.Failure)
 	}
 	res := b.send(t, event("poisoned"))

@@ -1,30 +1,29 @@
 package handlers
 
 import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
-)
 
-// Register adds the workload and follow-up handlers to mux.
-func Register(mux *asynq.ServeMux, rn *Runner, w *Insights, c *Completed) {
-	mux.Handle(tasks.EventGenerateInsights, rn.Handler(w.Workflow))
-	mux.Handle(tasks.EventInsightsCompleted, c)
-}
+	"github.com/bmsview/insights/tasks"
+)
 
 // ServerOptions are the settings of ServerConfig.
 type ServerOptions struct {
-	// Concurrency is WORKER_CONCURRENCY. 0: 10.
+	// Concurrency is WORKER_CONCURRENCY. 0: DefaultConcurrency.
 	Concurrency int
-	// Queues are QUEUE_WEIGHTS. Nil: critical=6,high=4,default=2,low=1.
+	// Queues are QUEUE_WEIGHTS. Nil: DefaultQueueWeights.
 	Queues map[string]int
-	// Backoff is BACKOFF_SCHEDULE. Nil: tasks.DefaultBackoff.
+	// Backoff is BACKOFF_SCHEDULE. Nil: DefaultBackoff.
 	Backoff []time.Duration
 	// TransientDelay is RETRY_TRANSIENT_DELAY, used when an attempt hits
 	// TASK_TIMEOUT. 0: the backoff schedule.
 	TransientDelay time.Duration
-	// ShutdownTimeout is SHUTDOWN_TIMEOUT. 0: 25s.
+	// ShutdownTimeout is SHUTDOWN_TIMEOUT. 0: DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 }
 
@@ -41,22 +40,53 @@ const TaskCheckInterval = 20 * time.Millisecond
 // second, and TaskCheckInterval.
 func ServerConfig(o ServerOptions) asynq.Config {
 	if o.Concurrency == 0 {
-		o.Concurrency = 10
+		o.Concurrency = DefaultConcurrency
 	}
 	if o.Queues == nil {
-		o.Queues, _ = tasks.ParseQueueWeights(tasks.DefaultQueueWeights)
+		o.Queues, _ = ParseQueueWeights(DefaultQueueWeights)
 	}
 	if o.ShutdownTimeout == 0 {
-		o.ShutdownTimeout = 25 * time.Second
+		o.ShutdownTimeout = DefaultShutdownTimeout
 	}
-	p := tasks.RetryPolicy{Schedule: o.Backoff, TransientDelay: o.TransientDelay}
+	p := RetryPolicy{Schedule: o.Backoff, TransientDelay: o.TransientDelay}
 	return asynq.Config{
 		Concurrency:              o.Concurrency,
 		Queues:                   o.Queues,
 		RetryDelayFunc:           p.RetryDelayFunc,
-		IsFailure:                tasks.IsFailure,
+		IsFailure:                IsFailure,
 		DelayedTaskCheckInterval: time.Second,
 		TaskCheckInterval:        TaskCheckInterval,
 		ShutdownTimeout:          o.ShutdownTimeout,
 	}
+}
+
+// ParseQueueWeights reads "name=weight,..." as asynq.Config.Queues wants it.
+// Every queue of Queues must be present with a weight ≥ 1.
+func ParseQueueWeights(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, w, ok := strings.Cut(part, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q is not name=weight", part)
+		}
+		name = strings.TrimSpace(name)
+		n, err := strconv.Atoi(strings.TrimSpace(w))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("weight of %q must be an integer ≥ 1, got %q", name, w)
+		}
+		if !slices.Contains(tasks.Queues, name) {
+			return nil, fmt.Errorf("unknown queue %q (want %s)", name, strings.Join(tasks.Queues, ", "))
+		}
+		out[name] = n
+	}
+	for _, q := range tasks.Queues {
+		if _, ok := out[q]; !ok {
+			return nil, fmt.Errorf("queue %q has no weight", q)
+		}
+	}
+	return out, nil
 }

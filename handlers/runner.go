@@ -12,16 +12,17 @@ import (
 	"slices"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // JobStore is what the runner needs of the store.
 type JobStore interface {
-	StartAttempt(ctx context.Context, a store.Attempt) (*store.Job, string, error)
+	StartAttempt(ctx context.Context, run tasks.Run) (*store.Job, string, error)
 	SaveCheckpoint(ctx context.Context, c store.Checkpoint) error
 	FailEvent(ctx context.Context, eventID, kind, msg string) error
 }
@@ -52,12 +53,13 @@ type RunnerConfig struct {
 	// MaxRetries is the job's retry budget: failures of the current run
 	// before it is archived. 0 means none: the first failure archives.
 	MaxRetries int
-	// Backoff is BACKOFF_SCHEDULE. Nil: tasks.DefaultBackoff.
+	// Backoff is BACKOFF_SCHEDULE. Nil: DefaultBackoff.
 	Backoff []time.Duration
 	// TransientDelay follows a timeout, connection error, 5xx or store
-	// failure. 0: 30s.
+	// failure. 0: DefaultTransientDelay.
 	TransientDelay time.Duration
-	// RateLimitDelay follows a rate limit without its own delay. 0: 5m.
+	// RateLimitDelay follows a rate limit without its own delay. 0:
+	// DefaultRateLimitDelay.
 	RateLimitDelay time.Duration
 	// Sealer encrypts insights-bearing outputs. Nil: stored in clear.
 	Sealer Sealer
@@ -72,28 +74,29 @@ type RunnerConfig struct {
 // Runner runs workflows durably.
 type Runner struct {
 	cfg    RunnerConfig
-	policy tasks.RetryPolicy
+	policy RetryPolicy
 	log    *slog.Logger
 }
 
 // NewRunner returns a runner.
 func NewRunner(cfg RunnerConfig) *Runner {
 	if cfg.TransientDelay == 0 {
-		cfg.TransientDelay = 30 * time.Second
+		cfg.TransientDelay = DefaultTransientDelay
 	}
 	if cfg.RateLimitDelay == 0 {
-		cfg.RateLimitDelay = 5 * time.Minute
+		cfg.RateLimitDelay = DefaultRateLimitDelay
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Runner{cfg: cfg, policy: tasks.RetryPolicy{Schedule: cfg.Backoff}, log: cfg.Logger}
+	return &Runner{cfg: cfg, policy: RetryPolicy{Schedule: cfg.Backoff}, log: cfg.Logger}
 }
 
 // Run is one attempt of a job's run, handed to the workflow's steps.
 type Run struct {
-	Job     *store.Job
-	Payload tasks.Payload
+	Job *store.Job
+	// Task is the run as its task carries it (the payload).
+	Task    tasks.Run
 	Attempt int
 	Log     *slog.Logger
 
@@ -152,12 +155,28 @@ func (r *Run) save(ctx context.Context, cp store.Checkpoint) error {
 	return nil
 }
 
+// Seal encrypts v with the runner's Sealer (DATA_ENCRYPTION_KEY), for
+// fields that hold insights; without one v is stored as it is.
+func (r *Run) Seal(v any) (any, error) {
+	if s := r.r.cfg.Sealer; s != nil {
+		return s.Seal(v)
+	}
+	return v, nil
+}
+
+// jobDone tells the observer (metrics) the job ended with status.
+func (r *Run) jobDone(status, kind string) {
+	if o := r.r.cfg.Observer; o != nil {
+		o.JobDone(status, kind)
+	}
+}
+
 // Workflow is the body of a durable task: a sequence of Step and Sleep
 // calls.
 type Workflow func(ctx context.Context, r *Run) error
 
 // Handler returns the asynq handler that runs wf durably for tasks whose
-// payload is a tasks.Payload.
+// payload is a tasks.Run.
 func (rn *Runner) Handler(wf Workflow) asynq.Handler {
 	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 		return rn.process(ctx, t, wf)
@@ -170,7 +189,7 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 	if len(t.Payload()) > tasks.MaxPayloadBytes {
 		return rn.unreadable(ctx, log, taskID, fmt.Errorf("payload of %d bytes is over the %d byte limit", len(t.Payload()), tasks.MaxPayloadBytes))
 	}
-	var p tasks.Payload
+	var p tasks.Run
 	if err := json.Unmarshal(t.Payload(), &p); err != nil {
 		return rn.unreadable(ctx, log, taskID, fmt.Errorf("payload is not a valid event: %v", err))
 	}
@@ -183,17 +202,16 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 	if p.Queue == "" {
 		p.Queue, _ = asynq.GetQueueName(ctx)
 	}
-	job, previous, err := rn.cfg.Store.StartAttempt(ctx, store.Attempt{JobID: p.JobID, EventID: p.EventID,
-		SystemID: p.SystemID, Request: p.Request, Priority: p.Priority, Queue: p.Queue})
+	job, previous, err := rn.cfg.Store.StartAttempt(ctx, p)
 	switch {
 	case errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent):
 		log.Info("task revoked", "jobId", p.JobID, "reason", err)
 		return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
 	case err != nil:
 		log.Warn("store unavailable at attempt start: retry", "jobId", p.JobID, "err", err)
-		return tasks.RetryAfter(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
+		return RetryAfter(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
 	}
-	run := &Run{Job: job, Payload: p, Attempt: job.Attempts, r: rn}
+	run := &Run{Job: job, Task: p, Attempt: job.Attempts, r: rn}
 	run.Log = log.With("jobId", p.JobID, "attempt", job.Attempts)
 	run.Log.Debug("attempt started", "previous", previous)
 	if job.Status != tasks.StatusCompleted && job.Failures > rn.cfg.MaxRetries {
@@ -208,7 +226,7 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 		if err := run.save(context.WithoutCancel(ctx), store.Checkpoint{Set: bson.D{{Key: "status", Value: tasks.StatusFailed}}}); isRevoke(err) {
 			return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
 		} else if err != nil {
-			return tasks.RetryAfter(rn.cfg.TransientDelay, err)
+			return RetryAfter(rn.cfg.TransientDelay, err)
 		}
 		run.Log.Warn("retry budget already spent: archived", "failures", job.Failures)
 		return fmt.Errorf("%s: %w", msg, asynq.SkipRetry)
@@ -224,10 +242,10 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 // fails the job whose run it is, if any: left queued, every new send of it
 // would answer "duplicate". Only a store outage delays the archive.
 func (rn *Runner) unreadable(ctx context.Context, log *slog.Logger, eventID string, cause error) error {
-	err := rn.cfg.Store.FailEvent(ctx, eventID, tasks.KindBusiness, cause.Error())
+	err := rn.cfg.Store.FailEvent(ctx, eventID, store.KindBusiness, cause.Error())
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		log.Warn("unreadable task's job not failed, store unavailable: retry", "err", err, "cause", cause)
-		return tasks.RetryAfter(rn.cfg.TransientDelay, errors.Join(cause, err))
+		return RetryAfter(rn.cfg.TransientDelay, errors.Join(cause, err))
 	}
 	log.Error("task archived: "+cause.Error(), "jobFailed", err == nil)
 	return fmt.Errorf("%w: %w", cause, asynq.SkipRetry)
@@ -251,7 +269,7 @@ func (e *storeErr) Unwrap() error { return e.err }
 // fail turns a workflow error into what asynq should do, recording it on
 // the job first.
 func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
-	var sleep *tasks.SleepError
+	var sleep *SleepError
 	if errors.As(err, &sleep) {
 		return err
 	}
@@ -264,14 +282,14 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 		// The store's outage (a checkpoint not written, a read inside a
 		// step refused) is not the job's fault: no budget used.
 		run.Log.Warn("store unavailable: retry", "step", run.step, "err", err)
-		return tasks.RetryAfter(rn.cfg.TransientDelay, err)
+		return RetryAfter(rn.cfg.TransientDelay, err)
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		// Cut off by a shutdown or a cancel, not by its own fault: asynq
 		// puts the task back (shutdown) or the cancel deletes it. Like a
 		// crash, the cut-off body is not counted and uses no budget.
 		run.Log.Warn("attempt cut off", "step", run.step, "err", err)
-		return tasks.RetryAfter(rn.cfg.TransientDelay, err)
+		return RetryAfter(rn.cfg.TransientDelay, err)
 	}
 	kind, delay, final := rn.classify(err)
 	job := run.Job
@@ -314,7 +332,7 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 			return fmt.Errorf("%w: %w", asynq.RevokeTask, werr)
 		}
 		run.Log.Warn("failure not recorded, store unavailable: retry", "step", step, "err", werr, "cause", err)
-		return tasks.RetryAfter(rn.cfg.TransientDelay, errors.Join(err, werr))
+		return RetryAfter(rn.cfg.TransientDelay, errors.Join(err, werr))
 	}
 	if step != "" {
 		job.Steps[step] = stepState
@@ -324,8 +342,8 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 		rn.cfg.Observer.StepDone(step, "failed", now.Sub(run.stepStart))
 	}
 	if final {
-		if rn.cfg.Observer != nil && status == tasks.StatusFailed {
-			rn.cfg.Observer.JobDone(tasks.StatusFailed, kind)
+		if status == tasks.StatusFailed {
+			run.jobDone(tasks.StatusFailed, kind)
 		}
 		run.Log.Error("job failed for good: archived", "step", step, "kind", kind, "failures", failures, "err", err)
 		return fmt.Errorf("%w: %w", asynq.SkipRetry, err)
@@ -334,5 +352,5 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 		delay = rn.policy.Backoff(failures - 1)
 	}
 	run.Log.Warn("step failed: retry", "step", step, "kind", kind, "failures", failures, "retryIn", delay, "err", err)
-	return tasks.RetryAfter(delay, err)
+	return RetryAfter(delay, err)
 }

@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 type stepOut struct {
@@ -20,7 +22,7 @@ func TestSleepFreesWorkerAndResumesWithoutRetry(t *testing.T) {
 	// One worker: the other job can only run while the sleeper holds none.
 	b := setup(t, options{maxRetries: 0, concurrency: 1, noServer: true})
 	const nap = 3 * time.Second
-	b.mux.Handle("test-sleep", b.runner.Handler(func(ctx context.Context, r *handlers.Run) error {
+	b.worker.Handle("test-sleep", b.worker.Runner().Handler(func(ctx context.Context, r *handlers.Run) error {
 		if _, err := handlers.Step(ctx, r, "before", func(context.Context) (stepOut, error) { return stepOut{At: time.Now()}, nil }); err != nil {
 			return err
 		}
@@ -33,12 +35,12 @@ func TestSleepFreesWorkerAndResumesWithoutRetry(t *testing.T) {
 		}
 		return err
 	}))
-	b.startServer(t, 1, []time.Duration{time.Second})
+	b.startServer(t)
 
-	payload, _ := json.Marshal(tasks.Payload{EventID: "sleep-ev", JobID: "sleeper", Queue: tasks.QueueDefault})
+	payload, _ := json.Marshal(tasks.Run{EventID: "sleep-ev", JobID: "sleeper", Queue: tasks.QueueDefault})
 	c := asynq.NewClient(b.redis)
 	defer c.Close()
-	if _, err := c.Enqueue(asynq.NewTask("test-sleep", payload), asynq.TaskID("sleep-ev"), asynq.MaxRetry(tasks.AsynqMaxRetry)); err != nil {
+	if _, err := c.Enqueue(asynq.NewTask("test-sleep", payload), asynq.TaskID("sleep-ev"), asynq.MaxRetry(25)); err != nil {
 		t.Fatal(err)
 	}
 	started := time.Now()
@@ -65,7 +67,7 @@ func TestSleepFreesWorkerAndResumesWithoutRetry(t *testing.T) {
 		t.Errorf("resumed after %v, before the %v sleep ended", time.Since(started), nap)
 	}
 	if j.Steps["before"].Runs != 1 || j.Steps["nap"].Status != store.StepCompleted || j.Failures != 0 || j.Attempts != 2 {
-		t.Errorf("after sleep: runs %v failures %d attempts %d", runs(j), j.Failures, j.Attempts)
+		t.Errorf("after sleep: runs %v failures %d attempts %d", testenv.Runs(j), j.Failures, j.Attempts)
 	}
 	info, err := b.inspector.GetTaskInfo(tasks.QueueDefault, "sleep-ev")
 	if err == nil && info.Retried != 0 {

@@ -7,10 +7,11 @@ import (
 	"runtime/debug"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // Step runs fn as the step name of r's run, or, when the step's checkpoint
@@ -35,7 +36,7 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 	if st, ok := r.Job.Steps[name]; ok && st.Status == store.StepCompleted {
 		if err := r.decodeOutput(st.Output, &out); err != nil {
 			// A checkpoint we cannot read will not read better later.
-			return out, tasks.DoNotRetry(fmt.Errorf("step %s: read checkpoint: %w", name, err))
+			return out, DoNotRetry(fmt.Errorf("step %s: read checkpoint: %w", name, err))
 		}
 		return out, nil
 	}
@@ -47,8 +48,8 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 		return out, &stepErr{step: name, err: err}
 	}
 	stored := any(out)
-	if sealed && r.r.cfg.Sealer != nil {
-		if stored, err = r.r.cfg.Sealer.Seal(out); err != nil {
+	if sealed {
+		if stored, err = r.Seal(out); err != nil {
 			return out, &stepErr{step: name, err: fmt.Errorf("seal output: %w", err)}
 		}
 	}
@@ -88,7 +89,7 @@ func Sleep(ctx context.Context, r *Run, name string, d time.Duration) error {
 		return nil
 	case ok && st.Status == store.StepSleeping && st.SleepUntil != nil:
 		if now.Before(*st.SleepUntil) {
-			return &tasks.SleepError{Step: name, Until: *st.SleepUntil}
+			return &SleepError{Step: name, Until: *st.SleepUntil}
 		}
 		done := st
 		done.Status, done.Runs, done.FinishedAt = store.StepCompleted, st.Runs+1, now
@@ -108,7 +109,7 @@ func Sleep(ctx context.Context, r *Run, name string, d time.Duration) error {
 	}
 	r.step = ""
 	r.Log.Info("sleeping", "step", name, "until", until)
-	return &tasks.SleepError{Step: name, Until: until}
+	return &SleepError{Step: name, Until: until}
 }
 
 func (r *Run) decodeOutput(stored any, out any) error {

@@ -11,11 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 // failOnce makes step fail on its first run only.
@@ -51,7 +52,7 @@ func TestFailureAtEachStepResumes(t *testing.T) {
 					want[s] = 2
 				}
 			}
-			if got := runs(j); fmt.Sprint(got) != fmt.Sprint(want) {
+			if got := testenv.Runs(j); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Errorf("runs = %v, want %v", got, want)
 			}
 			if j.Attempts != 2 {
@@ -68,29 +69,16 @@ func TestFailureAtEachStepResumes(t *testing.T) {
 
 func waitStep(t *testing.T, b *bundle, jobID, step string) *store.Job {
 	t.Helper()
-	var j *store.Job
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		j = b.job(t, jobID)
-		if j.Steps[step].Status == store.StepCompleted {
-			return j
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("step %s of %s not completed: %+v", step, jobID, j.Steps)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return testenv.WaitJob(t, b.store, jobID, 30*time.Second, step+" completed", func(j *store.Job) bool {
+		return j.Steps[step].Status == store.StepCompleted
+	})
 }
 
 func waitFollowUps(t *testing.T, b *bundle, jobID string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for b.followUps.count(jobID) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("follow-up of %s handled %d times, want %d", jobID, b.followUps.count(jobID), n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 30*time.Second, fmt.Sprintf("follow-up of %s handled %d times", jobID, n), func() (bool, error) {
+		return b.followUps.Count(jobID) >= n, nil
+	})
 }
 
 // assertOneFollowUpTask checks the low queue holds exactly one
@@ -121,7 +109,7 @@ func TestDoNotRetryArchivesAtOnce(t *testing.T) {
 	b := setup(t, options{maxRetries: 5})
 	b.hooks.set("bad-input", func(_ context.Context, _ *handlers.Run, s string) error {
 		if s == tasks.StepProcessInsights {
-			return tasks.DoNotRetry(errors.New("analysisData is not from this system"))
+			return handlers.DoNotRetry(errors.New("analysisData is not from this system"))
 		}
 		return nil
 	})
@@ -131,7 +119,7 @@ func TestDoNotRetryArchivesAtOnce(t *testing.T) {
 		t.Errorf("retried = %d, want 0", info.Retried)
 	}
 	j := b.waitStatus(t, "bad-input", tasks.StatusFailed, 10*time.Second)
-	if j.Failure == nil || j.Error == nil || j.Failure.Kind != tasks.KindBusiness || j.Failure.Step != tasks.StepProcessInsights {
+	if j.Failure == nil || j.Error == nil || j.Failure.Kind != store.KindBusiness || j.Failure.Step != tasks.StepProcessInsights {
 		t.Errorf("job error = %+v, want kind business at process-insights", j.Error)
 	}
 	if j.Steps[tasks.StepProcessInsights].Status != store.StepFailed || j.Steps[tasks.StepProcessInsights].Runs != 1 {
@@ -143,7 +131,7 @@ func TestRetryAfterExactDelay(t *testing.T) {
 	b := setup(t, options{maxRetries: 5})
 	b.hooks.set("slow-down", func(_ context.Context, _ *handlers.Run, s string) error {
 		if s == tasks.StepProcessInsights {
-			return tasks.RetryAfter(7*time.Minute, errors.New("upstream asked for 7 minutes"))
+			return handlers.RetryAfter(7*time.Minute, errors.New("upstream asked for 7 minutes"))
 		}
 		return nil
 	})
@@ -188,7 +176,7 @@ func TestBackoffScheduleThenArchive(t *testing.T) {
 		t.Errorf("archived after %d retries, want %d", info.Retried, maxRetries)
 	}
 	j := b.waitStatus(t, "always-fails", tasks.StatusFailed, 10*time.Second)
-	if j.Failures != maxRetries+1 || j.Failure == nil || j.Error == nil || j.Failure.Kind != tasks.KindInternal {
+	if j.Failures != maxRetries+1 || j.Failure == nil || j.Error == nil || j.Failure.Kind != store.KindInternal {
 		t.Errorf("job failures=%d error=%+v, want %d internal", j.Failures, j.Error, maxRetries+1)
 	}
 	if got := j.Steps[tasks.StepInitialize].Runs; got != 1 {
@@ -237,7 +225,7 @@ func TestRerunArchivedResumesAtFailedStep(t *testing.T) {
 	j := waitStep(t, b, "fix-me", tasks.StepSendCompletion)
 	want := map[string]int{tasks.StepInitialize: 1, tasks.StepFetchJob: 1, tasks.StepValidate: 1,
 		tasks.StepProcessInsights: 2, tasks.StepStoreResults: 1, tasks.StepSendCompletion: 1}
-	if got := runs(j); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := testenv.Runs(j); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("runs = %v, want %v", got, want)
 	}
 	if j.Status != tasks.StatusCompleted || j.Failures != 0 {
@@ -329,7 +317,7 @@ func TestSendAgainAfterCompletionStartsNewRun(t *testing.T) {
 	j := b.waitStatus(t, "again", tasks.StatusCompleted, 30*time.Second)
 	j = waitStep(t, b, "again", tasks.StepSendCompletion)
 	if j.EventID != second.EventID || j.Steps[tasks.StepInitialize].Runs != 1 || j.Attempts != 1 {
-		t.Errorf("second run: eventId %s attempts %d runs %v", j.EventID, j.Attempts, runs(j))
+		t.Errorf("second run: eventId %s attempts %d runs %v", j.EventID, j.Attempts, testenv.Runs(j))
 	}
 	waitFollowUps(t, b, "again", 2)
 }
@@ -339,7 +327,7 @@ func TestJobWithoutRequestFailsWithoutRetry(t *testing.T) {
 	res := b.send(t, tasks.EventData{JobID: "never-seen"})
 	b.waitTask(t, res.Queue, res.EventID, 30*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateArchived })
 	j := b.waitStatus(t, "never-seen", tasks.StatusFailed, 10*time.Second)
-	if j.Failure.Kind != tasks.KindBusiness || j.Failure.Step != tasks.StepFetchJob {
+	if j.Failure.Kind != store.KindBusiness || j.Failure.Step != tasks.StepFetchJob {
 		t.Errorf("error %+v, want business at fetch-job", j.Error)
 	}
 }
@@ -359,11 +347,11 @@ func TestPanicInStepIsACountedFailure(t *testing.T) {
 	res := b.send(t, event("panics"))
 	b.waitTask(t, res.Queue, res.EventID, 30*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateArchived })
 	j := b.waitStatus(t, "panics", tasks.StatusFailed, 10*time.Second)
-	if j.Failures != maxRetries+1 || j.Failure == nil || j.Failure.Kind != tasks.KindInternal || j.Failure.Step != tasks.StepProcessInsights ||
+	if j.Failures != maxRetries+1 || j.Failure == nil || j.Failure.Kind != store.KindInternal || j.Failure.Step != tasks.StepProcessInsights ||
 		j.Error == nil || !strings.Contains(*j.Error, "nil map in the engine") {
 		t.Fatalf("failures %d failure %+v error %v, want %d internal failures of process-insights", j.Failures, j.Failure, j.Error, maxRetries+1)
 	}
-	if r := runs(j); r[tasks.StepValidate] != 1 || r[tasks.StepProcessInsights] != maxRetries+1 {
+	if r := testenv.Runs(j); r[tasks.StepValidate] != 1 || r[tasks.StepProcessInsights] != maxRetries+1 {
 		t.Fatalf("runs %v: validate once, process-insights %d times (each panic counted)", r, maxRetries+1)
 	}
 }
@@ -392,7 +380,7 @@ func TestTimeoutIsACountedFailureThenArchived(t *testing.T) {
 	if j.Failures != maxRetries+1 || j.Failure == nil || j.Failure.Step != tasks.StepProcessInsights {
 		t.Fatalf("failures %d failure %+v, want %d failures of process-insights", j.Failures, j.Failure, maxRetries+1)
 	}
-	if r := runs(j); r[tasks.StepProcessInsights] != maxRetries+1 || r[tasks.StepValidate] != 1 {
+	if r := testenv.Runs(j); r[tasks.StepProcessInsights] != maxRetries+1 || r[tasks.StepValidate] != 1 {
 		t.Fatalf("runs %v: each cut-off counted once, earlier steps once", r)
 	}
 }
@@ -416,12 +404,12 @@ func TestStorelessResendStartsNewRun(t *testing.T) {
 		j = b.job(t, "storeless")
 		return j.EventID == second.EventID && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted, nil
 	})
-	if r := runs(j); r[tasks.StepInitialize] != 1 || r[tasks.StepProcessInsights] != 1 || !slices.Contains(j.PreviousEventIDs, first.EventID) {
+	if r := testenv.Runs(j); r[tasks.StepInitialize] != 1 || r[tasks.StepProcessInsights] != 1 || !slices.Contains(j.PreviousEventIDs, first.EventID) {
 		t.Fatalf("runs %v previous %v: want a fresh run, the first one recorded", r, j.PreviousEventIDs)
 	}
 	// A task of the first run arriving now is stale: revoked, nothing runs.
 	req := event("storeless")
-	if _, err := bare.Enqueue(context.Background(), tasks.Run{JobID: "storeless", EventID: first.EventID, SystemID: "sys-1", Queue: "critical", Request: req.Request()}); err != nil {
+	if _, err := bare.Restore(context.Background(), tasks.Run{JobID: "storeless", EventID: first.EventID, SystemID: "sys-1", Queue: "critical", Request: req.Request()}); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 30*time.Second, "the stale task is done", func() (bool, error) {
@@ -429,6 +417,6 @@ func TestStorelessResendStartsNewRun(t *testing.T) {
 		return err != nil || info.State == asynq.TaskStateCompleted, nil
 	})
 	if j2 := b.job(t, "storeless"); j2.EventID != second.EventID || j2.Steps[tasks.StepInitialize].Runs != 1 {
-		t.Fatalf("the first run's stale task changed the job: eventId %s runs %v", j2.EventID, runs(j2))
+		t.Fatalf("the first run's stale task changed the job: eventId %s runs %v", j2.EventID, testenv.Runs(j2))
 	}
 }

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 // Enqueuer sends the follow-up event (an *asynq.Client).
@@ -20,28 +21,27 @@ type Enqueuer interface {
 // InsightsConfig configures the generate-insights workload.
 type InsightsConfig struct {
 	Engine insights.Engine
-	// FollowUps enqueues insights-completed.
-	FollowUps Enqueuer
-	// FollowUpMaxRetry is the follow-up's retry budget. 0: 15.
+	// FollowUpMaxRetry is the follow-up's retry budget; 0: none (a retry
+	// budget's 0 is a value, as asynq's MaxRetry(0)).
 	FollowUpMaxRetry int
-	// Retention keeps the follow-up visible once done. 0: 168h.
+	// Retention keeps the follow-up visible once done. 0:
+	// tasks.DefaultTaskRetention.
 	Retention time.Duration
 }
 
 // Insights is the generate-insights workload.
 type Insights struct {
-	cfg InsightsConfig
+	cfg       InsightsConfig
+	followUps Enqueuer
 }
 
-// NewInsights returns the workload.
-func NewInsights(cfg InsightsConfig) *Insights {
-	if cfg.FollowUpMaxRetry == 0 {
-		cfg.FollowUpMaxRetry = 15
-	}
+// NewInsights returns the workload; followUps enqueues its
+// insights-completed (the Worker's own client).
+func NewInsights(cfg InsightsConfig, followUps Enqueuer) *Insights {
 	if cfg.Retention == 0 {
-		cfg.Retention = 168 * time.Hour
+		cfg.Retention = tasks.DefaultTaskRetention
 	}
-	return &Insights{cfg: cfg}
+	return &Insights{cfg: cfg, followUps: followUps}
 }
 
 type initOutput struct {
@@ -72,7 +72,7 @@ type completionOutput struct {
 
 // Workflow is the six steps of generate-insights.
 func (w *Insights) Workflow(ctx context.Context, r *Run) error {
-	job, p := r.Job, r.Payload
+	job, p := r.Job, r.Task
 	if _, err := Step(ctx, r, tasks.StepInitialize, func(ctx context.Context) (initOutput, error) {
 		r.AlsoSet("queue", p.Queue)
 		r.AlsoSet("priority", p.Priority)
@@ -92,7 +92,7 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 	}
 	fetched, err := Step(ctx, r, tasks.StepFetchJob, func(ctx context.Context) (fetchOutput, error) {
 		if job.AnalysisData == nil || job.SystemID == "" {
-			return fetchOutput{}, tasks.DoNotRetry(fmt.Errorf("job %s is missing its request: it needs analysisData and systemId", job.ID))
+			return fetchOutput{}, DoNotRetry(fmt.Errorf("job %s is missing its request: it needs analysisData and systemId", job.ID))
 		}
 		source := "job"
 		if p.Request != nil && p.Request.AnalysisData != nil {
@@ -106,8 +106,10 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 	req := job.Request.WithDefaults()
 	systemID := fetched.SystemID
 	if _, err := Step(ctx, r, tasks.StepValidate, func(ctx context.Context) (validateOutput, error) {
-		if err := tasks.ValidateRequest(systemID, &req); err != nil {
-			return validateOutput{}, tasks.DoNotRetry(err)
+		// Requests that did not pass Client.Send (the app's own jobs, tasks
+		// of other producers) are checked here.
+		if err := req.Validate(systemID); err != nil {
+			return validateOutput{}, DoNotRetry(err)
 		}
 		return validateOutput{Valid: true}, nil
 	}); err != nil {
@@ -132,12 +134,9 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 		return err
 	}
 	stored, err := SealedStep(ctx, r, tasks.StepStoreResults, func(ctx context.Context) (storeOutput, error) {
-		final := any(store.NewFinalInsights(result))
-		if s := r.r.cfg.Sealer; s != nil {
-			var err error
-			if final, err = s.Seal(final); err != nil {
-				return storeOutput{}, fmt.Errorf("seal result: %w", err)
-			}
+		final, err := r.Seal(store.NewFinalInsights(result))
+		if err != nil {
+			return storeOutput{}, fmt.Errorf("seal result: %w", err)
 		}
 		now := time.Now().UTC()
 		r.AlsoSet("finalInsights", final)
@@ -153,22 +152,19 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 	}
 	if job.Status != tasks.StatusCompleted {
 		job.Status = tasks.StatusCompleted
-		if o := r.r.cfg.Observer; o != nil {
-			o.JobDone(tasks.StatusCompleted, "")
-		}
+		r.jobDone(tasks.StatusCompleted, "")
 	}
 	_, err = Step(ctx, r, tasks.StepSendCompletion, func(ctx context.Context) (completionOutput, error) {
-		task, opts, err := tasks.NewCompletedTask(tasks.CompletedPayload{
+		task, opts, err := NewCompletedTask(tasks.CompletedPayload{
 			EventID: p.EventID, JobID: job.ID, SystemID: systemID, CompletedAt: stored.StoredAt, HasInsights: true,
 			HealthScore: stored.HealthScore, Status: stored.Status,
-		}, w.cfg.Retention)
+		}, w.cfg.FollowUpMaxRetry, w.cfg.Retention)
 		if err != nil {
 			return completionOutput{}, err
 		}
-		opts = append(opts, asynq.MaxRetry(w.cfg.FollowUpMaxRetry))
 		id := tasks.FollowUpTaskIDPrefix + p.EventID
 		out := completionOutput{FollowUpEventID: id}
-		if _, err := w.cfg.FollowUps.EnqueueContext(ctx, task, opts...); err != nil {
+		if _, err := w.followUps.EnqueueContext(ctx, task, opts...); err != nil {
 			if !errors.Is(err, asynq.ErrTaskIDConflict) {
 				return out, fmt.Errorf("enqueue %s: %w", tasks.EventInsightsCompleted, err)
 			}

@@ -9,20 +9,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 )
-
-// Run is one run of a job as the producer records it before enqueueing.
-type Run struct {
-	JobID    string
-	EventID  string
-	SystemID string
-	// Request is nil for a jobId-only event: the stored request is kept.
-	Request   *Request
-	Priority  int
-	Queue     string
-	ProcessAt time.Time
-	Scheduled bool
-}
 
 // Existing is the live run found for a jobId that was sent again.
 type Existing struct {
@@ -47,14 +35,17 @@ type ClientConfig struct {
 	// is recorded; the worker creates the job when the task arrives, and a
 	// jobId sent twice may run twice.
 	Jobs JobStore
-	// Timeout is the per-attempt limit. 0: 24h.
+	// Timeout is the per-attempt limit (TASK_TIMEOUT). 0:
+	// DefaultTaskTimeout.
 	Timeout time.Duration
-	// Retention keeps completed tasks visible. 0: 168h.
+	// Retention keeps completed tasks visible (TASK_RETENTION). 0:
+	// DefaultTaskRetention.
 	Retention time.Duration
 }
 
 // Client sends generate-insights events. It is safe for concurrent use.
 type Client struct {
+	rdb       redis.UniversalClient
 	asynq     *asynq.Client
 	inspector *asynq.Inspector
 	cfg       ClientConfig
@@ -63,17 +54,18 @@ type Client struct {
 // NewClient returns a producer on the given Redis connection.
 func NewClient(r asynq.RedisConnOpt, cfg ClientConfig) *Client {
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 24 * time.Hour
+		cfg.Timeout = DefaultTaskTimeout
 	}
 	if cfg.Retention == 0 {
-		cfg.Retention = 168 * time.Hour
+		cfg.Retention = DefaultTaskRetention
 	}
-	return &Client{asynq: asynq.NewClient(r), inspector: asynq.NewInspector(r), cfg: cfg}
+	rdb, _ := r.MakeRedisClient().(redis.UniversalClient) // every asynq.RedisConnOpt makes one
+	return &Client{rdb: rdb, asynq: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb), cfg: cfg}
 }
 
 // Close closes the Redis connections.
 func (c *Client) Close() error {
-	return errors.Join(c.asynq.Close(), c.inspector.Close())
+	return errors.Join(c.asynq.Close(), c.inspector.Close(), c.rdb.Close())
 }
 
 // SendResult is the answer to a send (contract: the JSON of POST /api/events).
@@ -114,33 +106,31 @@ func (c *Client) ScheduleInsights(ctx context.Context, data EventData, t time.Ti
 	return c.TriggerInsights(ctx, data, append(opts, At(t))...)
 }
 
-// Send validates and sends one event. Validation errors wrap
-// ErrInvalidEvent and name the field.
+// Send validates and sends one event: the one gate every producer passes
+// (the API, the CLI, Go callers). Validation errors wrap ErrInvalidEvent and
+// name the field.
 func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
-	if err := s.Data.Validate("eventData."); err != nil {
+	if err := s.Validate(); err != nil {
 		return nil, err
-	}
-	if s.Priority < minPriority || s.Priority > maxPriorty {
-		return nil, fieldErr("priority", "must be an integer 0–10, got %d", s.Priority)
 	}
 	jobID := s.Data.JobID
 	if jobID == "" {
 		jobID = "job-" + uuid.NewString()
 	}
+	now := time.Now()
 	run := Run{
-		JobID:    jobID,
-		EventID:  uuid.NewString(),
-		SystemID: s.Data.SystemID,
-		Priority: s.Priority,
-		Queue:    QueueFor(s.Priority),
+		JobID:     jobID,
+		EventID:   uuid.NewString(),
+		SystemID:  s.Data.SystemID,
+		Priority:  s.Priority,
+		Queue:     QueueFor(s.Priority),
+		ProcessAt: now,
 	}
 	if s.Data.HasRequest() {
 		run.Request = s.Data.Request()
 	}
-	now := time.Now()
-	run.ProcessAt = now
-	if !s.At.IsZero() && s.At.After(now) {
-		run.ProcessAt, run.Scheduled = s.At, true
+	if s.At.After(now) {
+		run.ProcessAt = s.At
 	}
 	if c.cfg.Jobs != nil {
 		existing, err := c.cfg.Jobs.ClaimRun(ctx, run)
@@ -149,10 +139,10 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 		}
 		if existing != nil {
 			return &SendResult{SendStatus: "duplicate", EventID: existing.EventID, JobID: jobID,
-				Queue: existing.Queue, State: c.State(existing.Queue, existing.EventID)}, nil
+				Queue: existing.Queue, State: c.state(existing.Queue, existing.EventID)}, nil
 		}
 	}
-	info, err := c.Enqueue(ctx, run)
+	info, err := c.Restore(ctx, run)
 	if err != nil {
 		if c.cfg.Jobs != nil {
 			// Undo the record: the caller is told the send failed, so the
@@ -164,26 +154,44 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 	return &SendResult{SendStatus: "succeeded", EventID: run.EventID, JobID: jobID, Queue: run.Queue, State: info.State.String()}, nil
 }
 
-// Enqueue puts run's task on its queue with the run's eventId as task id.
-// The reconciler uses it to restore a task Redis lost.
-func (c *Client) Enqueue(ctx context.Context, run Run) (*asynq.TaskInfo, error) {
-	task, err := NewInsightsTask(Payload{EventID: run.EventID, JobID: run.JobID, SystemID: run.SystemID,
-		Request: run.Request, Priority: run.Priority, Queue: run.Queue})
+// Restore puts a run whose job is already recorded on its queue, with its
+// eventId as task id: the reconciler (a task Redis lost) and an operator's
+// retry of a failed run. It claims and checks nothing; asynq refuses it
+// with asynq.ErrTaskIDConflict while the task exists. Producers use Send.
+//
+// It announces the queue again each time: asynq's long-lived Client does
+// so once per process, so after Redis lost its data (the case Restore is
+// for) a restored task would run unseen by the Inspector and the dashboard.
+func (c *Client) Restore(ctx context.Context, run Run) (*asynq.TaskInfo, error) {
+	b, err := json.Marshal(run)
+	if err != nil {
+		return nil, fmt.Errorf("encode payload: %w", err)
+	}
+	if len(b) > MaxPayloadBytes {
+		return nil, fieldErr("eventData.analysisData", "event is %d bytes, over the %d byte limit", len(b), MaxPayloadBytes)
+	}
+	opts := []asynq.Option{
+		asynq.Queue(run.Queue), asynq.TaskID(run.EventID), asynq.MaxRetry(asynqMaxRetry),
+		asynq.Timeout(c.cfg.Timeout), asynq.Retention(c.cfg.Retention),
+	}
+	if run.Scheduled(time.Now()) {
+		opts = append(opts, asynq.ProcessAt(run.ProcessAt))
+	}
+	info, err := c.asynq.EnqueueContext(ctx, asynq.NewTask(EventGenerateInsights, b), opts...)
 	if err != nil {
 		return nil, err
 	}
-	opts := []asynq.Option{
-		asynq.Queue(run.Queue), asynq.TaskID(run.EventID), asynq.MaxRetry(AsynqMaxRetry),
-		asynq.Timeout(c.cfg.Timeout), asynq.Retention(c.cfg.Retention),
+	if err := c.rdb.SAdd(ctx, asynqQueuesKey, run.Queue).Err(); err != nil {
+		return info, fmt.Errorf("announce queue %s: %w", run.Queue, err)
 	}
-	if run.Scheduled {
-		opts = append(opts, asynq.ProcessAt(run.ProcessAt))
-	}
-	return c.asynq.EnqueueContext(ctx, task, opts...)
+	return info, nil
 }
 
-// State is the asynq state of a task, or "" when Redis does not have it.
-func (c *Client) State(queue, eventID string) string {
+// asynqQueuesKey is the set of queue names asynq's Inspector lists.
+const asynqQueuesKey = "asynq:queues"
+
+// state is the asynq state of a task, or "" when Redis does not have it.
+func (c *Client) state(queue, eventID string) string {
 	info, err := c.inspector.GetTaskInfo(queue, eventID)
 	if err != nil {
 		return ""
@@ -191,34 +199,9 @@ func (c *Client) State(queue, eventID string) string {
 	return info.State.String()
 }
 
-// AsynqMaxRetry is the MaxRetry given to asynq. The retry budget is the
+// asynqMaxRetry is the MaxRetry given to asynq. The retry budget is the
 // job's (MAX_RETRIES failures of the current run, enforced by the handler
 // with SkipRetry), because asynq keeps its retried count when an archived
 // task is run again and because store outages must not use the budget.
 // asynq's own limit is only a backstop.
-const AsynqMaxRetry = 100000
-
-// NewInsightsTask builds a generate-insights task from its payload.
-func NewInsightsTask(p Payload) (*asynq.Task, error) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		return nil, fmt.Errorf("encode payload: %w", err)
-	}
-	if len(b) > MaxPayloadBytes {
-		return nil, fieldErr("eventData.analysisData", "event is %d bytes, over the %d byte limit", len(b), MaxPayloadBytes)
-	}
-	return asynq.NewTask(EventGenerateInsights, b), nil
-}
-
-// NewCompletedTask builds the insights-completed follow-up; its task id
-// makes a second send of the same follow-up a conflict, not a duplicate.
-func NewCompletedTask(p CompletedPayload, retention time.Duration) (*asynq.Task, []asynq.Option, error) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode payload: %w", err)
-	}
-	return asynq.NewTask(EventInsightsCompleted, b), []asynq.Option{
-		asynq.Queue(followUpQueue), asynq.TaskID(FollowUpTaskIDPrefix + p.EventID),
-		asynq.MaxRetry(15), asynq.Retention(retention),
-	}, nil
-}
+const asynqMaxRetry = 100000

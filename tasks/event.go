@@ -13,7 +13,7 @@ import (
 )
 
 // EventData is the `eventData` of a generate-insights event as producers
-// send it (DESIGN.md section 5). Pointers tell "absent" from a zero value so
+// send it (docs/DESIGN.md section 5). Pointers tell "absent" from a zero value so
 // that defaults apply only to what was left out.
 type EventData struct {
 	JobID             string        `json:"jobId,omitempty"`
@@ -75,19 +75,19 @@ func (d *EventData) Validate(prefix string) error {
 	if d.SystemID != "" && !ValidID(d.SystemID) {
 		return fieldErr(prefix+"systemId", "must match [A-Za-z0-9._:-]{1,128}")
 	}
-	if n := len([]rune(d.CustomPrompt)); n > MaxCustomPromptLen {
-		return fieldErr(prefix+"customPrompt", "at most %d characters, got %d", MaxCustomPromptLen, n)
+	// A value sent is checked as sent: an explicit 0 is out of range, not
+	// "use the default" (which is what the request's 0 means).
+	if v := d.ContextWindowDays; v != nil {
+		if err := inRange(prefix+"contextWindowDays", *v, minContextWindow, maxContextWindow); err != nil {
+			return err
+		}
 	}
-	if v := d.ContextWindowDays; v != nil && (*v < minContextWindow || *v > maxContextWindow) {
-		return fieldErr(prefix+"contextWindowDays", "must be %d–%d, got %d", minContextWindow, maxContextWindow, *v)
+	if v := d.MaxIterations; v != nil {
+		if err := inRange(prefix+"maxIterations", *v, minIterations, maxIterations); err != nil {
+			return err
+		}
 	}
-	if v := d.MaxIterations; v != nil && (*v < minIterations || *v > maxIterations) {
-		return fieldErr(prefix+"maxIterations", "must be %d–%d, got %d", minIterations, maxIterations, *v)
-	}
-	if d.ModelOverride != "" && !modelPattern.MatchString(d.ModelOverride) {
-		return fieldErr(prefix+"modelOverride", "must match [A-Za-z0-9._-]{1,64}")
-	}
-	return nil
+	return d.Request().check(prefix)
 }
 
 // HasRequest reports whether the event carries its own request (rather than
@@ -114,29 +114,47 @@ func (d *EventData) Request() *Request {
 	return r
 }
 
-// ValidateRequest checks a request as the validate step sees it: the
-// snapshot is there and every range holds.
-func ValidateRequest(systemID string, r *Request) error {
+// Validate checks a run's request as the worker's validate step does, for
+// requests that did not pass Client.Send (a job the BMS app stored, a task
+// put in Redis by another producer): the snapshot is there, systemID is
+// valid and every range holds, with the defaults in place of unset fields.
+func (r *Request) Validate(systemID string) error {
 	if r == nil || r.AnalysisData == nil {
 		return fieldErr("analysisData", "required")
-	}
-	if r.ModelOverride != "" && !modelPattern.MatchString(r.ModelOverride) {
-		return fieldErr("modelOverride", "must match [A-Za-z0-9._-]{1,64}")
 	}
 	if !ValidID(systemID) {
 		return fieldErr("systemId", "must match [A-Za-z0-9._:-]{1,128}")
 	}
-	if r.ContextWindowDays < minContextWindow || r.ContextWindowDays > maxContextWindow {
-		return fieldErr("contextWindowDays", "must be %d–%d, got %d", minContextWindow, maxContextWindow, r.ContextWindowDays)
+	return r.check("")
+}
+
+// check is the range checks a request shares with its event: unset
+// fields take their defaults; a field at fault is named with prefix.
+func (r *Request) check(prefix string) error {
+	d := r.WithDefaults()
+	if n := len([]rune(d.CustomPrompt)); n > MaxCustomPromptLen {
+		return fieldErr(prefix+"customPrompt", "at most %d characters, got %d", MaxCustomPromptLen, n)
 	}
-	if r.MaxIterations < minIterations || r.MaxIterations > maxIterations {
-		return fieldErr("maxIterations", "must be %d–%d, got %d", minIterations, maxIterations, r.MaxIterations)
+	if err := inRange(prefix+"contextWindowDays", d.ContextWindowDays, minContextWindow, maxContextWindow); err != nil {
+		return err
 	}
-	if n := len([]rune(r.CustomPrompt)); n > MaxCustomPromptLen {
-		return fieldErr("customPrompt", "at most %d characters, got %d", MaxCustomPromptLen, n)
+	if err := inRange(prefix+"maxIterations", d.MaxIterations, minIterations, maxIterations); err != nil {
+		return err
 	}
-	if soc := r.AnalysisData.StateOfCharge; soc != nil && (*soc < 0 || *soc > 100) {
-		return fieldErr("analysisData.stateOfCharge", "must be 0–100 %%, got %g", *soc)
+	if d.ModelOverride != "" && !modelPattern.MatchString(d.ModelOverride) {
+		return fieldErr(prefix+"modelOverride", "must match [A-Za-z0-9._-]{1,64}")
+	}
+	if d.AnalysisData != nil {
+		if soc := d.AnalysisData.StateOfCharge; soc != nil && (*soc < 0 || *soc > 100) {
+			return fieldErr(prefix+"analysisData.stateOfCharge", "must be 0–100 %%, got %g", *soc)
+		}
+	}
+	return nil
+}
+
+func inRange(field string, v, lo, hi int) error {
+	if v < lo || v > hi {
+		return fieldErr(field, "must be %d–%d, got %d", lo, hi, v)
 	}
 	return nil
 }
@@ -156,7 +174,7 @@ var (
 	ErrUnknownEvent = errors.New("unknown event name")
 )
 
-// Send is a parsed, validated event ready to be sent.
+// Send is one event to send: Client.Send validates it.
 type Send struct {
 	Data     EventData
 	Priority int
@@ -164,7 +182,18 @@ type Send struct {
 	At time.Time
 }
 
-// ParseEnvelope reads and checks an event as the HTTP API receives it.
+// Validate applies the event filter and every range check (Client.Send
+// calls it); the error names the field as the API body spells it.
+func (s *Send) Validate() error {
+	if err := s.Data.Validate("eventData."); err != nil {
+		return err
+	}
+	return inRange("priority", s.Priority, minPriority, maxPriority)
+}
+
+// ParseEnvelope reads an event as the HTTP API receives it: strict JSON,
+// strict types, the event name, nulls as absent and empty ids refused. It
+// does not apply the event filter or the ranges: Client.Send does, once.
 // Errors wrap ErrMalformed, ErrUnknownEvent or ErrInvalidEvent (a
 // *FieldError naming the field).
 func ParseEnvelope(body []byte) (*Send, error) {
@@ -196,17 +225,11 @@ func ParseEnvelope(body []byte) (*Send, error) {
 			return nil, fieldErr("eventData.systemId", "must not be empty")
 		}
 	}
-	if err := s.Data.Validate("eventData."); err != nil {
-		return nil, err
-	}
 	if env.Priority != nil {
-		if *env.Priority < minPriority || *env.Priority > maxPriorty {
-			return nil, fieldErr("priority", "must be an integer 0–10, got %d", *env.Priority)
-		}
 		s.Priority = *env.Priority
 	}
 	if len(env.DelayUntil) > 0 && string(env.DelayUntil) != "null" {
-		at, err := ParseDelayUntil(env.DelayUntil)
+		at, err := parseDelayUntil(env.DelayUntil)
 		if err != nil {
 			return nil, err
 		}
@@ -215,9 +238,9 @@ func ParseEnvelope(body []byte) (*Send, error) {
 	return s, nil
 }
 
-// ParseDelayUntil reads an RFC 3339 string, or Unix milliseconds as a JSON
+// parseDelayUntil reads an RFC 3339 string, or Unix milliseconds as a JSON
 // number or numeric string.
-func ParseDelayUntil(raw json.RawMessage) (time.Time, error) {
+func parseDelayUntil(raw json.RawMessage) (time.Time, error) {
 	var v any
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()

@@ -7,7 +7,10 @@ import (
 	"time"
 )
 
-func TestParseEnvelopeRefusesNamingTheField(t *testing.T) {
+// An event the API receives is refused, naming the field, either where it
+// is read (ParseEnvelope: JSON, types, names) or at the gate every send
+// passes (Send.Validate: the filter and the ranges).
+func TestEventRefusedNamingTheField(t *testing.T) {
 	big := strings.Repeat("x", MaxCustomPromptLen+1)
 	for _, tc := range []struct {
 		name, body string
@@ -29,6 +32,7 @@ func TestParseEnvelopeRefusesNamingTheField(t *testing.T) {
 		{"window float", `{"eventName":"generate-insights","eventData":{"jobId":"j","contextWindowDays":5.5}}`, ErrInvalidEvent, "eventData.contextWindowDays"},
 		{"iterations 51", `{"eventName":"generate-insights","eventData":{"jobId":"j","maxIterations":51}}`, ErrInvalidEvent, "eventData.maxIterations"},
 		{"iterations 0", `{"eventName":"generate-insights","eventData":{"jobId":"j","maxIterations":0}}`, ErrInvalidEvent, "eventData.maxIterations"},
+		{"soc 150", `{"eventName":"generate-insights","eventData":{"systemId":"s","analysisData":{"stateOfCharge":150}}}`, ErrInvalidEvent, "eventData.analysisData.stateOfCharge"},
 		{"prompt too long", `{"eventName":"generate-insights","eventData":{"jobId":"j","customPrompt":"` + big + `"}}`, ErrInvalidEvent, "eventData.customPrompt"},
 		{"soc as string", `{"eventName":"generate-insights","eventData":{"systemId":"s","analysisData":{"stateOfCharge":"80"}}}`, ErrInvalidEvent, "eventData.analysisData.stateOfCharge"},
 		{"fullContext as string", `{"eventName":"generate-insights","eventData":{"jobId":"j","fullContextMode":"yes"}}`, ErrInvalidEvent, "eventData.fullContextMode"},
@@ -45,7 +49,10 @@ func TestParseEnvelopeRefusesNamingTheField(t *testing.T) {
 		{"eventData array", `{"eventName":"generate-insights","eventData":[1]}`, ErrMalformed, "eventData"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseEnvelope([]byte(tc.body))
+			s, err := ParseEnvelope([]byte(tc.body))
+			if err == nil {
+				err = s.Validate()
+			}
 			if !errors.Is(err, tc.sentinel) {
 				t.Fatalf("err = %v, want %v", err, tc.sentinel)
 			}
@@ -76,7 +83,7 @@ func TestParseEnvelopeAccepts(t *testing.T) {
 		t.Errorf("at %v", s.At)
 	}
 	for _, raw := range []string{`"2030-01-01T00:00:00Z"`, `"1893456000000"`, `1893456000000`} {
-		at, err := ParseDelayUntil([]byte(raw))
+		at, err := parseDelayUntil([]byte(raw))
 		if err != nil || !at.Equal(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)) {
 			t.Errorf("delayUntil %s → %v %v", raw, at, err)
 		}
@@ -97,36 +104,6 @@ func TestQueueFor(t *testing.T) {
 	for p, q := range want {
 		if got := QueueFor(p); got != q {
 			t.Errorf("QueueFor(%d) = %s, want %s", p, got, q)
-		}
-	}
-}
-
-func TestBackoffAndDelays(t *testing.T) {
-	p := RetryPolicy{Schedule: []time.Duration{5 * time.Second, 10 * time.Second, 30 * time.Second, 60 * time.Second}}
-	for n, want := range []time.Duration{5 * time.Second, 10 * time.Second, 30 * time.Second, 60 * time.Second, 60 * time.Second, 60 * time.Second} {
-		if got := p.RetryDelayFunc(n, errors.New("x"), nil); got != want {
-			t.Errorf("n=%d: %v, want %v", n, got, want)
-		}
-	}
-	if got := p.RetryDelayFunc(0, RetryAfter(42*time.Second, errors.New("x")), nil); got != 42*time.Second {
-		t.Errorf("RetryAfter: %v", got)
-	}
-	if IsFailure(&SleepError{Until: time.Now()}) || !IsFailure(errors.New("x")) {
-		t.Error("IsFailure: a sleep is no failure, an error is")
-	}
-	if !errors.Is(DoNotRetry(errors.New("bad")), ErrDoNotRetry) {
-		t.Error("DoNotRetry does not wrap ErrDoNotRetry")
-	}
-}
-
-func TestParseQueueWeights(t *testing.T) {
-	w, err := ParseQueueWeights(DefaultQueueWeights)
-	if err != nil || w["critical"] != 6 || w["low"] != 1 {
-		t.Errorf("%v %v", w, err)
-	}
-	for _, bad := range []string{"critical=6", "critical=x,high=4,default=2,low=1", "urgent=1,critical=6,high=4,default=2,low=1", "critical=0,high=4,default=2,low=1"} {
-		if _, err := ParseQueueWeights(bad); err == nil {
-			t.Errorf("%q accepted", bad)
 		}
 	}
 }

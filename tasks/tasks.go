@@ -1,6 +1,7 @@
-// Package tasks is the wire contract of the insights workloads: event names,
-// payloads, the event filter, priorities and queues, task constructors, the
-// Go producer client, the error values handlers return and the retry policy.
+// Package tasks is the producer's side of the insights workloads: event
+// names, the event and its filter, priorities and queues, the run a send
+// records and enqueues (the task payload), and the Go client that sends.
+// What a worker does with a run (steps, retries, errors) is in handlers.
 //
 // It imports nothing of this module but the leaf type package bms, so a Go
 // producer can depend on it alone.
@@ -12,24 +13,30 @@ import (
 	"github.com/bmsview/insights/internal/bms"
 )
 
-// Event names. The asynq task type is the event name.
+// Event names. The asynq task type is the event name; a follow-up's task
+// id is FollowUpTaskIDPrefix + the eventId of its run.
 const (
-	EventGenerateInsights   = "generate-insights"
-	EventInsightsCompleted  = "insights-completed"
-	FollowUpTaskIDPrefix    = "insights-completed:"
-	DefaultContextWindow    = 90
-	DefaultMaxIterations    = 10
-	DefaultPriority         = 5
-	UrgentPriority          = 10
-	MaxCustomPromptLen      = 5000
-	MaxPayloadBytes         = 500 * 1024
-	followUpQueue           = QueueLow
-	maxIDLen                = 128
-	minContextWindow        = 1
-	maxContextWindow        = 365
-	minIterations           = 1
-	maxIterations           = 50
-	minPriority, maxPriorty = 0, 10
+	EventGenerateInsights  = "generate-insights"
+	EventInsightsCompleted = "insights-completed"
+	FollowUpTaskIDPrefix   = "insights-completed:"
+)
+
+// Defaults and limits of a run. The defaults apply where a field is unset.
+const (
+	DefaultContextWindow     = 90
+	DefaultMaxIterations     = 10
+	DefaultPriority          = 5
+	UrgentPriority           = 10
+	MaxCustomPromptLen       = 5000
+	MaxPayloadBytes          = 500 * 1024
+	DefaultTaskTimeout       = 24 * time.Hour  // TASK_TIMEOUT: "unlimited" in practice
+	DefaultTaskRetention     = 168 * time.Hour // TASK_RETENTION
+	maxIDLen                 = 128
+	minContextWindow         = 1
+	maxContextWindow         = 365
+	minIterations            = 1
+	maxIterations            = 50
+	minPriority, maxPriority = 0, 10
 )
 
 // Step names of generate-insights, in order.
@@ -45,7 +52,7 @@ const (
 // Steps lists the workflow's steps in the order they run.
 var Steps = []string{StepInitialize, StepFetchJob, StepValidate, StepProcessInsights, StepStoreResults, StepSendCompletion}
 
-// AnalysisData is one BMS snapshot (DESIGN.md section 7).
+// AnalysisData is one BMS snapshot (docs/DESIGN.md section 7).
 type AnalysisData = bms.Snapshot
 
 // Request is what a run analyses: the event's request fields. The job
@@ -98,8 +105,11 @@ func (r Request) Merge(o *Request) Request {
 	return r
 }
 
-// Payload is the asynq task payload of generate-insights.
-type Payload struct {
+// Run is one run of a job, the one type its identity travels in: what a
+// send records (JobStore.ClaimRun) and enqueues as the task's payload, what
+// the worker decodes and starts, and what the reconciler or an operator's
+// retry enqueues again from the job. Its EventID is the asynq task id.
+type Run struct {
 	EventID  string `json:"eventId"`
 	JobID    string `json:"jobId"`
 	SystemID string `json:"systemId,omitempty"`
@@ -108,7 +118,13 @@ type Payload struct {
 	Request  *Request `json:"request,omitempty"`
 	Priority int      `json:"priority"`
 	Queue    string   `json:"queue"`
+	// ProcessAt is when the run is due; zero means now.
+	ProcessAt time.Time `json:"processAt,omitzero"`
 }
+
+// Scheduled reports whether the run is due after now (asynq ProcessAt; the
+// job reads scheduled until then).
+func (r Run) Scheduled(now time.Time) bool { return r.ProcessAt.After(now) }
 
 // CompletedPayload is the asynq task payload of insights-completed.
 type CompletedPayload struct {

@@ -9,15 +9,15 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // postEvent is POST /api/events and POST …/async-workloads/send.
 func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Client == nil {
-		s.writeErr(w, r, errNoClient)
+		s.writeErr(w, r, ops.ErrNoClient)
 		return
 	}
 	tooLarge := func() {
@@ -74,123 +74,10 @@ func writeSendError(w http.ResponseWriter, err error) {
 	}
 }
 
-// EventStatus is the answer of GET /api/events/{eventId}.
-type EventStatus struct {
-	EventID   string `json:"eventId"`
-	EventName string `json:"eventName,omitempty"`
-	JobID     string `json:"jobId,omitempty"`
-	// State is the asynq task state (pending, scheduled, active, retry,
-	// archived, completed); null when Redis no longer has the task.
-	State *string `json:"state"`
-	Queue string  `json:"queue,omitempty"`
-	// Retried counts the retries scheduled in the current run (the job's
-	// retry budget used): its failures, less the last one when that ended
-	// the run (job failed), which was never retried. MaxRetry is that
-	// budget (MAX_RETRIES).
-	Retried       int        `json:"retried"`
-	MaxRetry      int        `json:"maxRetry"`
-	NextProcessAt *time.Time `json:"nextProcessAt"`
-	LastError     *string    `json:"lastError"`
-	LastFailedAt  *time.Time `json:"lastFailedAt,omitempty"`
-	CompletedAt   *time.Time `json:"completedAt,omitempty"`
-	// Job is the job whose current run this event is, with its steps.
-	Job *store.Job `json:"job"`
-}
-
-func timePtr(t time.Time) *time.Time {
-	if t.IsZero() {
-		return nil
-	}
-	t = t.UTC()
-	return &t
-}
-
-// retriesOf is the number of retries a job's current run has had
-// scheduled: a failure that failed the job (no-retry error, budget spent)
-// was not followed by one.
-func retriesOf(j *store.Job) int {
-	n := j.Failures
-	if j.Status == tasks.StatusFailed {
-		n--
-	}
-	return max(n, 0)
-}
-
-func (s *Server) eventStatus(ev *event) *EventStatus {
-	st := &EventStatus{EventID: ev.ID, JobID: ev.JobID, MaxRetry: s.maxRetry}
-	if ev.Job != nil {
-		st.Job = s.view(ev.Job)
-		st.EventName = ev.Job.EventName
-		st.Queue = ev.Job.Queue
-		st.Retried = retriesOf(ev.Job)
-		if ev.Job.Error != nil && ev.Job.Status != tasks.StatusCompleted {
-			msg := *ev.Job.Error
-			st.LastError = &msg
-			st.LastFailedAt = timePtr(ev.Job.FailedAt())
-		}
-		if ev.Job.ProcessAt != nil && (ev.Job.Status == tasks.StatusScheduled || ev.Job.Status == tasks.StatusQueued) {
-			st.NextProcessAt = timePtr(*ev.Job.ProcessAt)
-		}
-		if ev.Job.CompletedAt != nil {
-			st.CompletedAt = timePtr(*ev.Job.CompletedAt)
-		}
-	}
-	if t := ev.Task; t != nil {
-		state := t.State.String()
-		st.State = &state
-		st.EventName = t.Type
-		st.Queue = t.Queue
-		st.NextProcessAt = timePtr(t.NextProcessAt)
-		if t.LastErr != "" {
-			msg := t.LastErr
-			st.LastError = &msg
-			st.LastFailedAt = timePtr(t.LastFailedAt)
-		}
-		if !t.CompletedAt.IsZero() {
-			st.CompletedAt = timePtr(t.CompletedAt)
-		}
-		if t.Type != tasks.EventGenerateInsights || ev.Job == nil {
-			// The follow-up's budget is asynq's own.
-			st.Retried, st.MaxRetry = t.Retried, t.MaxRetry
-		}
-	}
-	return st
-}
-
-// getEvent is GET /api/events/{eventId} and GET …/async-workloads/events/{eventId}.
-func (s *Server) getEvent(w http.ResponseWriter, r *http.Request) {
-	ev, err := s.lookupEvent(r.Context(), r.PathValue("eventId"))
-	if err != nil {
-		s.writeErr(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, s.eventStatus(ev))
-}
-
-// retryEvent is POST /api/events/{eventId}/retry.
-func (s *Server) retryEvent(w http.ResponseWriter, r *http.Request) {
-	res, err := s.retry(r.Context(), r.PathValue("eventId"))
-	if err != nil {
-		s.writeErr(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
-}
-
-// cancelEvent is DELETE /api/events/{eventId}.
-func (s *Server) cancelEvent(w http.ResponseWriter, r *http.Request) {
-	res, err := s.cancel(r.Context(), r.PathValue("eventId"))
-	if err != nil {
-		s.writeErr(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
-}
-
 // getJob is GET /api/jobs/{jobId}.
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Store == nil {
-		s.writeErr(w, r, errNoStore)
+		s.writeErr(w, r, ops.ErrNoStore)
 		return
 	}
 	id := r.PathValue("jobId")
@@ -203,7 +90,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, storeErr(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.view(job))
+	writeJSON(w, http.StatusOK, s.ops.View(job))
 }
 
 // JobList is the answer of GET /api/jobs.
@@ -255,7 +142,7 @@ func contains(list []string, v string) bool {
 // listJobs is GET /api/jobs?status=&systemId=&limit=.
 func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Store == nil {
-		s.writeErr(w, r, errNoStore)
+		s.writeErr(w, r, ops.ErrNoStore)
 		return
 	}
 	f, err := parseJobFilter(r)
@@ -270,7 +157,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	out := JobList{Jobs: make([]*store.Job, 0, len(jobs)), Limit: f.Limit}
 	for _, j := range jobs {
-		out.Jobs = append(out.Jobs, s.view(j))
+		out.Jobs = append(out.Jobs, s.ops.View(j))
 	}
 	out.Count = len(out.Jobs)
 	writeJSON(w, http.StatusOK, out)
@@ -310,7 +197,7 @@ const failureExamples = 5
 // groups first, each with its newest examples.
 func (s *Server) failureGroups(ctx context.Context) (*Failures, error) {
 	if s.cfg.Store == nil {
-		return nil, errNoStore
+		return nil, ops.ErrNoStore
 	}
 	jobs, err := s.cfg.Store.ListJobs(ctx, store.JobFilter{Status: tasks.StatusFailed, Limit: maxLimit})
 	if err != nil {
@@ -321,7 +208,7 @@ func (s *Server) failureGroups(ctx context.Context) (*Failures, error) {
 	out := &Failures{Groups: []FailureGroup{}, Truncated: len(jobs) >= maxLimit}
 	sort.SliceStable(jobs, func(a, b int) bool { return failedAt(jobs[a]).After(failedAt(jobs[b])) })
 	for _, j := range jobs {
-		k := key{kind: tasks.KindInternal, msg: "(no error recorded)"}
+		k := key{kind: store.KindInternal, msg: "(no error recorded)"}
 		step := ""
 		if f := j.Failure; f != nil {
 			k = key{kind: f.Kind, msg: f.Message}
@@ -362,57 +249,4 @@ func (s *Server) failures(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-// view returns a copy of job with its result and step outputs decrypted.
-func (s *Server) view(job *store.Job) *store.Job {
-	if job == nil {
-		return nil
-	}
-	v := *job
-	if v.Steps == nil {
-		v.Steps = map[string]store.StepState{}
-	}
-	if s.cfg.Decrypt == nil {
-		return &v
-	}
-	v.FinalInsights = s.open(job.ID, "finalInsights", job.FinalInsights)
-	steps := make(map[string]store.StepState, len(job.Steps))
-	for name, st := range job.Steps {
-		st.Output = s.open(job.ID, "steps."+name+".output", st.Output)
-		steps[name] = st
-	}
-	v.Steps = steps
-	return &v
-}
-
-// open decrypts stored when it is an encrypted envelope; on failure it is
-// left as stored.
-func (s *Server) open(jobID, what string, stored any) any {
-	if !isEncrypted(stored) {
-		return stored
-	}
-	v, err := s.cfg.Decrypt(stored)
-	if err != nil {
-		s.log.Warn("cannot decrypt stored value", "jobId", jobID, "field", what, "err", err)
-		return stored
-	}
-	return v
-}
-
-func isEncrypted(v any) bool {
-	var b bool
-	switch m := v.(type) {
-	case map[string]any:
-		b, _ = m["encrypted"].(bool)
-	case bson.M:
-		b, _ = m["encrypted"].(bool)
-	case bson.D:
-		for _, e := range m {
-			if e.Key == "encrypted" {
-				b, _ = e.Value.(bool)
-			}
-		}
-	}
-	return b
 }

@@ -11,10 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
 
 // routes lists every route but /healthz and /readyz.
@@ -262,18 +263,7 @@ func TestPostEventTooLarge(t *testing.T) {
 func TestPostEventMongoDown(t *testing.T) {
 	for _, mode := range []string{"refused", "silent"} {
 		t.Run(mode, func(t *testing.T) {
-			u, err := url.Parse(testenv.MongoURI(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := newProxy(t, u.Host)
-			u.Host = p.addr()
-			// The store's own default deadline (store.DefaultOpTimeout).
-			st, err := store.Open(context.Background(), store.Config{URI: u.String(), Database: testenv.DBName(t)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = st.Close(context.Background()) })
+			st, p := proxiedStore(t)
 			e := newEnv(t, envOptions{store: st})
 			e.send("job-before-outage")
 			if mode == "refused" {
@@ -377,7 +367,7 @@ func TestRetryArchivedAndLost(t *testing.T) {
 	if m["state"] != "archived" || !strings.Contains(m["lastError"].(string), "inconsistent") || m["retried"] != 0.0 {
 		t.Fatalf("archived event: %s", r.body)
 	}
-	if j := m["job"].(map[string]any); j["status"] != "failed" || j["failure"].(map[string]any)["kind"] != tasks.KindBusiness || !strings.Contains(j["error"].(string), "inconsistent") {
+	if j := m["job"].(map[string]any); j["status"] != "failed" || j["failure"].(map[string]any)["kind"] != store.KindBusiness || !strings.Contains(j["error"].(string), "inconsistent") {
 		t.Fatalf("failed job: %v", j)
 	}
 
@@ -391,8 +381,8 @@ func TestRetryArchivedAndLost(t *testing.T) {
 	j := e.waitDone("job-bad")
 	want := map[string]int{"initialize": 1, "fetch-job": 1, "validate": 1, "process-insights": 2, "store-results": 1, "send-completion": 1}
 	for s, n := range want {
-		if runs(j)[s] != n {
-			t.Fatalf("runs %v, want %v", runs(j), want)
+		if testenv.Runs(j)[s] != n {
+			t.Fatalf("runs %v, want %v", testenv.Runs(j), want)
 		}
 	}
 
@@ -416,8 +406,8 @@ func TestRetryArchivedAndLost(t *testing.T) {
 		t.Fatalf("retry lost: %s", r.body)
 	}
 	j = e.waitDone("job-lost")
-	if runs(j)["validate"] != 1 || runs(j)["process-insights"] != 2 {
-		t.Fatalf("runs after re-enqueue: %v", runs(j))
+	if testenv.Runs(j)["validate"] != 1 || testenv.Runs(j)["process-insights"] != 2 {
+		t.Fatalf("runs after re-enqueue: %v", testenv.Runs(j))
 	}
 }
 
@@ -539,7 +529,7 @@ func TestListJobsAndFailures(t *testing.T) {
 	if err := json.Unmarshal(r.body, &f); err != nil {
 		t.Fatal(err)
 	}
-	if f.Total != 2 || len(f.Groups) != 1 || f.Groups[0].Count != 2 || f.Groups[0].Kind != tasks.KindBusiness ||
+	if f.Total != 2 || len(f.Groups) != 1 || f.Groups[0].Count != 2 || f.Groups[0].Kind != store.KindBusiness ||
 		f.Groups[0].Step != tasks.StepProcessInsights || len(f.Groups[0].Examples) != 2 || !strings.Contains(f.Groups[0].Message, "inconsistent") {
 		t.Fatalf("failures: %s", r.body)
 	}
@@ -646,9 +636,9 @@ func TestFormatPayload(t *testing.T) {
 	for i := range volts {
 		volts[i] = 3.3
 	}
-	snap := snapshot()
+	snap := testenv.Snapshot()
 	snap.CellVoltages = volts
-	b, _ := json.Marshal(tasks.Payload{EventID: "e", JobID: "j", SystemID: "s", Request: &tasks.Request{AnalysisData: snap, CustomPrompt: strings.Repeat("q", 2000)}, Queue: "default"})
+	b, _ := json.Marshal(tasks.Run{EventID: "e", JobID: "j", SystemID: "s", Request: &tasks.Request{AnalysisData: snap, CustomPrompt: strings.Repeat("q", 2000)}, Queue: "default"})
 	out := FormatPayload(tasks.EventGenerateInsights, b)
 	if !strings.Contains(out, "24 more (32 values)") || !strings.Contains(out, `"jobId": "j"`) || strings.Count(out, "3.3") > 10 {
 		t.Fatalf("payload:\n%s", out)
@@ -679,8 +669,8 @@ func TestDashboardRunResetsBudget(t *testing.T) {
 		t.Fatalf("asynqmon Run: %d %s", r.code, r.body)
 	}
 	j := e.waitDone("job-dash")
-	if j.Failures != 0 || runs(j)["process-insights"] != 2 {
-		t.Fatalf("after the dashboard's Run: failures %d runs %v, want 0 and process-insights 2", j.Failures, runs(j))
+	if j.Failures != 0 || testenv.Runs(j)["process-insights"] != 2 {
+		t.Fatalf("after the dashboard's Run: failures %d runs %v, want 0 and process-insights 2", j.Failures, testenv.Runs(j))
 	}
 }
 

@@ -1,6 +1,6 @@
 package web
 
-// The BMS app's status poll (DESIGN.md section 12), answered in the shape
+// The BMS app's status poll (docs/DESIGN.md section 12), answered in the shape
 // of its own netlify/functions/generate-insights-status.cjs, which its
 // front end reads: the failure categories, suggestions and stage lines are
 // that function's, word for word, so the app's screens read the same.
@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -77,7 +78,7 @@ func (s *Server) bmsStatusRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.cfg.Store == nil {
-		s.writeErr(w, r, errNoStore)
+		s.writeErr(w, r, ops.ErrNoStore)
 		return
 	}
 	raw, err := s.cfg.Store.GetJob(r.Context(), jobID)
@@ -89,7 +90,7 @@ func (s *Server) bmsStatusRoute(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, storeErr(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.bmsStatusOf(s.view(raw)))
+	writeJSON(w, http.StatusOK, s.bmsStatusOf(s.ops.View(raw)))
 }
 
 func (s *Server) bmsStatusOf(job *store.Job) *bmsStatus {

@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bmsview/insights/tasks"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/hibiken/asynq"
+
+	"github.com/bmsview/insights/internal/testenv"
+	"github.com/bmsview/insights/tasks"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -190,8 +192,8 @@ func TestBrowserRunArchivedFromDashboard(t *testing.T) {
 	j := e.waitDone(jobID)
 	want := map[string]int{"initialize": 1, "fetch-job": 1, "validate": 1, "process-insights": 2, "store-results": 1, "send-completion": 1}
 	for s, n := range want {
-		if runs(j)[s] != n {
-			t.Fatalf("runs in the store %v, want %v", runs(j), want)
+		if testenv.Runs(j)[s] != n {
+			t.Fatalf("runs in the store %v, want %v", testenv.Runs(j), want)
 		}
 	}
 

@@ -5,12 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -18,18 +17,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/bmsview/insights/handlers"
-	"github.com/bmsview/insights/internal/bms"
-	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
-	"github.com/prometheus/client_golang/prometheus"
 )
-
-// redisDB is this package's own Redis database index.
-const redisDB = 3
 
 const (
 	testToken    = "test-token-0123456789"
@@ -37,38 +32,7 @@ const (
 	testRetries  = 3
 )
 
-func quietLogger() *slog.Logger {
-	if os.Getenv("TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// engine is a tiny deterministic insights engine.
-type engine struct{}
-
-func (engine) Generate(_ context.Context, req insights.Request) (*insights.Result, error) {
-	return &insights.Result{HealthScore: 92, Status: "Normal", Provider: "rules",
-		Markdown: "## KEY FINDINGS\n\n- 🟢 Cell imbalance **20 mV** (excellent)\n\n## RECOMMENDATIONS\n\n- Keep SOC above 20 %\n",
-		Metrics:  map[string]any{"soc": req.Snapshot.StateOfCharge}}, nil
-}
-
-// systems records follow-ups.
-type systems struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (s *systems) SetLastInsights(_ context.Context, _ string, v map[string]any) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if id, ok := v["jobId"].(string); ok {
-		s.n[id]++
-	}
-	return nil
-}
-
-// failSwitch fails process-insights with tasks.DoNotRetry while set (for
+// failSwitch fails process-insights with handlers.DoNotRetry while set (for
 // the jobs it names, or all when the set is empty), with a plain (retried)
 // error instead when retryable is set, and can block a step until its
 // context ends.
@@ -108,7 +72,7 @@ func (f *failSwitch) hook(ctx context.Context, r *handlers.Run, step string) err
 		return errors.New("analysis failed: the provider is unavailable")
 	}
 	if hit {
-		return tasks.DoNotRetry(errors.New("analysis refused: the snapshot's cell data is inconsistent"))
+		return handlers.DoNotRetry(errors.New("analysis refused: the snapshot's cell data is inconsistent"))
 	}
 	return nil
 }
@@ -124,7 +88,7 @@ type env struct {
 	server    *Server
 	ts        *httptest.Server
 	fail      *failSwitch
-	systems   *systems
+	systems   *testenv.Systems
 	// maxRetries is the job's budget of the server and the worker.
 	maxRetries int
 	// bodyRead counts the bytes handlers read of request bodies.
@@ -143,7 +107,7 @@ type envOptions struct {
 
 func newEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, redis: testenv.Redis(t, redisDB), store: o.store, fail: &failSwitch{}, systems: &systems{n: map[string]int{}},
+	e := &env{t: t, redis: testenv.Redis(t), store: o.store, fail: &failSwitch{}, systems: &testenv.Systems{},
 		maxRetries: o.maxRetries}
 	if e.maxRetries == 0 {
 		e.maxRetries = testRetries
@@ -158,7 +122,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	e.metrics = NewMetrics(e.registry)
 	e.server = New(Config{Store: e.store, Client: e.client, Inspector: e.inspector, RedisConnOpt: e.redis,
 		APIToken: testToken, AdminPassword: testPassword, CORSOrigins: o.cors, MaxRetries: e.maxRetries,
-		Decrypt: o.decrypt, Metrics: e.registry, Ready: o.ready, Logger: quietLogger()})
+		Decrypt: o.decrypt, Metrics: e.registry, Ready: o.ready, Logger: testenv.Logger()})
 	t.Cleanup(func() { e.server.Close() })
 	h := e.server.Handler()
 	e.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -179,21 +143,23 @@ func newEnv(t *testing.T, o envOptions) *env {
 
 func (e *env) startWorker() {
 	t := e.t
-	runner := handlers.NewRunner(handlers.RunnerConfig{Store: e.store, MaxRetries: e.maxRetries,
-		Backoff: []time.Duration{time.Second}, TransientDelay: time.Second, RateLimitDelay: time.Second,
-		Observer: e.metrics, Hook: e.fail.hook, Logger: quietLogger()})
-	fu := asynq.NewClient(e.redis)
-	t.Cleanup(func() { fu.Close() })
-	mux := asynq.NewServeMux()
-	handlers.Register(mux, runner, handlers.NewInsights(handlers.InsightsConfig{Engine: engine{}, FollowUps: fu}),
-		handlers.NewCompleted(handlers.CompletedConfig{Systems: e.systems, Logger: quietLogger()}))
-	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: 4, Backoff: []time.Duration{time.Second}, ShutdownTimeout: 3 * time.Second})
-	cfg.LogLevel = asynq.FatalLevel
-	srv := asynq.NewServer(e.redis, cfg)
-	if err := srv.Start(mux); err != nil {
+	w, err := handlers.NewWorker(e.redis, handlers.WorkerConfig{
+		Runner: handlers.RunnerConfig{Store: e.store, MaxRetries: e.maxRetries,
+			Backoff: []time.Duration{time.Second}, TransientDelay: time.Second, RateLimitDelay: time.Second,
+			Observer: e.metrics, Hook: e.fail.hook},
+		Insights:      handlers.InsightsConfig{Engine: testenv.Engine{}, FollowUpMaxRetry: handlers.DefaultMaxRetries},
+		Completed:     handlers.CompletedConfig{Systems: e.systems},
+		Server:        handlers.ServerOptions{Concurrency: 4, ShutdownTimeout: 3 * time.Second},
+		Logger:        testenv.Logger(),
+		AsynqLogLevel: asynq.FatalLevel,
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Shutdown)
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Shutdown)
 }
 
 type countingReader struct {
@@ -297,13 +263,8 @@ func (e *env) expectError(r *resp, code int, field string) map[string]any {
 	return m
 }
 
-func snapshot() *bms.Snapshot {
-	return &bms.Snapshot{StateOfCharge: bms.F(80), OverallVoltage: bms.F(53.2), Current: bms.F(-12), RemainingCapacity: bms.F(160), FullCapacity: bms.F(200),
-		CellVoltageDifference: bms.F(0.02), CellVoltages: []float64{3.32, 3.33, 3.34, 3.32}, Temperatures: []float64{25, 26}}
-}
-
 func eventBody(jobID string, extra ...any) map[string]any {
-	data := map[string]any{"systemId": "sys-1", "analysisData": snapshot()}
+	data := map[string]any{"systemId": "sys-1", "analysisData": testenv.Snapshot()}
 	if jobID != "" {
 		data["jobId"] = jobID
 	}
@@ -324,42 +285,25 @@ func (e *env) send(jobID string, extra ...any) map[string]any {
 
 func (e *env) job(jobID string) *store.Job {
 	e.t.Helper()
-	j, err := e.store.GetJob(context.Background(), jobID)
-	if err != nil {
-		e.t.Fatalf("get job %s: %v", jobID, err)
-	}
-	return j
+	return testenv.Job(e.t, e.store, jobID)
 }
 
 func (e *env) waitStatus(jobID, status string, within time.Duration) *store.Job {
 	e.t.Helper()
-	var j *store.Job
-	testenv.WaitFor(e.t, within, fmt.Sprintf("job %s %s", jobID, status), func() (bool, error) {
-		var err error
-		j, err = e.store.GetJob(context.Background(), jobID)
-		return err == nil && j.Status == status, err
-	})
-	return j
+	return testenv.WaitJob(e.t, e.store, jobID, within, status, func(j *store.Job) bool { return j.Status == status })
 }
 
 // waitDone waits for a job's run to end completed, follow-up sent.
 func (e *env) waitDone(jobID string) *store.Job {
 	e.t.Helper()
-	var j *store.Job
-	testenv.WaitFor(e.t, 20*time.Second, "job "+jobID+" done", func() (bool, error) {
-		var err error
-		j, err = e.store.GetJob(context.Background(), jobID)
-		return err == nil && j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted, err
+	return testenv.WaitJob(e.t, e.store, jobID, 20*time.Second, "done", func(j *store.Job) bool {
+		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
 	})
-	return j
 }
 
 func (e *env) waitTask(queue, id string, within time.Duration, state asynq.TaskState) {
 	e.t.Helper()
-	testenv.WaitFor(e.t, within, fmt.Sprintf("task %s %s", id, state), func() (bool, error) {
-		info, err := e.inspector.GetTaskInfo(queue, id)
-		return err == nil && info.State == state, nil
-	})
+	testenv.WaitTask(e.t, e.inspector, queue, id, within, testenv.InState(state))
 }
 
 func (e *env) waitGone(queue, id string, within time.Duration) {
@@ -368,14 +312,6 @@ func (e *env) waitGone(queue, id string, within time.Duration) {
 		_, err := e.inspector.GetTaskInfo(queue, id)
 		return errors.Is(err, asynq.ErrTaskNotFound), nil
 	})
-}
-
-func runs(j *store.Job) map[string]int {
-	out := map[string]int{}
-	for name, st := range j.Steps {
-		out[name] = st.Runs
-	}
-	return out
 }
 
 // proxy forwards TCP connections to target until closed; closing it
@@ -447,6 +383,25 @@ func newProxy(t *testing.T, target string) *proxy {
 }
 
 func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+// proxiedStore opens a store on a fresh database of its own, reached
+// through a proxy the test can close or hang to take MongoDB away. The
+// store keeps its own default deadline (store.DefaultOpTimeout).
+func proxiedStore(t *testing.T) (*store.Store, *proxy) {
+	t.Helper()
+	u, err := url.Parse(testenv.MongoURI(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newProxy(t, u.Host)
+	u.Host = p.addr()
+	st, err := store.Open(context.Background(), store.Config{URI: u.String(), Database: testenv.DBName(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close(context.Background()) })
+	return st, p
+}
 
 func (p *proxy) close() {
 	p.ln.Close()

@@ -6,9 +6,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bmsview/insights/tasks"
 )
 
 // Metrics records the worker's step and job outcomes in Prometheus. It

@@ -13,10 +13,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bmsview/insights/internal/store"
-	"github.com/bmsview/insights/tasks"
 	"github.com/yuin/goldmark"
 	"github.com/yuin/goldmark/extension"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/tasks"
 )
 
 //go:embed templates/*.html
@@ -225,24 +226,32 @@ func prettyJSON(v any) string {
 	return shorten(string(b))
 }
 
-// jobPage is GET /jobs/{jobId}: the steps as a timeline, the result and the
-// event's asynq state.
-func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
+// pageJob reads job id for a page, or answers with the error page (false).
+func (s *Server) pageJob(w http.ResponseWriter, r *http.Request, id string) (*store.Job, bool) {
 	if s.cfg.Store == nil {
 		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
-		return
+		return nil, false
 	}
-	id := r.PathValue("jobId")
-	raw, err := s.cfg.Store.GetJob(r.Context(), id)
+	job, err := s.cfg.Store.GetJob(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		s.pageError(w, http.StatusNotFound, "Job not found", "There is no job "+id+".")
-		return
+		return nil, false
 	}
 	if err != nil {
 		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		return nil, false
+	}
+	return job, true
+}
+
+// jobPage is GET /jobs/{jobId}: the steps as a timeline, the result and the
+// event's asynq state.
+func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
+	raw, ok := s.pageJob(w, r, r.PathValue("jobId"))
+	if !ok {
 		return
 	}
-	job := s.view(raw)
+	job := s.ops.View(raw)
 	data := jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status),
 		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error")}
 	for _, name := range tasks.Steps {
@@ -260,8 +269,8 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 		data.Progress = append(data.Progress, progressRow{At: ev.Timestamp, Type: ev.Type, Text: stageOf(ev)})
 	}
 	if job.EventID != "" && s.cfg.Inspector != nil {
-		if ev, err := s.lookupEvent(r.Context(), job.EventID); err == nil {
-			data.Event = s.eventStatus(ev)
+		if st, err := s.ops.Status(r.Context(), job.EventID); err == nil {
+			data.Event = st
 			data.Event.Job = nil
 		} else {
 			data.EventError = err.Error()
@@ -302,7 +311,7 @@ func finalOf(stored any) store.FinalInsights {
 // retryPage is POST /jobs/{jobId}/retry (the Retry button).
 func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
 	s.pageAction(w, r, "retry", func(job *store.Job) (string, error) {
-		res, err := s.retry(r.Context(), job.EventID)
+		res, err := s.ops.Retry(r.Context(), job.EventID)
 		if err != nil {
 			return "", err
 		}
@@ -313,7 +322,7 @@ func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
 // cancelPage is POST /jobs/{jobId}/cancel (the Cancel button).
 func (s *Server) cancelPage(w http.ResponseWriter, r *http.Request) {
 	s.pageAction(w, r, "cancel", func(job *store.Job) (string, error) {
-		if _, err := s.cancel(r.Context(), job.EventID); err != nil {
+		if _, err := s.ops.Cancel(r.Context(), job.EventID); err != nil {
 			return "", err
 		}
 		return "Job cancelled.", nil
@@ -326,17 +335,8 @@ func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action strin
 		s.pageError(w, http.StatusForbidden, "Refused", "The form's token is missing or stale: reload the job page and try again.")
 		return
 	}
-	if s.cfg.Store == nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
-		return
-	}
-	job, err := s.cfg.Store.GetJob(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		s.pageError(w, http.StatusNotFound, "Job not found", "There is no job "+id+".")
-		return
-	}
-	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+	job, ok := s.pageJob(w, r, id)
+	if !ok {
 		return
 	}
 	target := "/jobs/" + url.PathEscape(id)

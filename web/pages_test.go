@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
 )
 
@@ -93,8 +94,8 @@ func TestPages(t *testing.T) {
 		t.Fatalf("redirect to %s", loc)
 	}
 	j := e.waitDone("job-page-bad")
-	if runs(j)["validate"] != 1 || runs(j)["process-insights"] != 2 {
-		t.Fatalf("runs %v", runs(j))
+	if testenv.Runs(j)["validate"] != 1 || testenv.Runs(j)["process-insights"] != 2 {
+		t.Fatalf("runs %v", testenv.Runs(j))
 	}
 
 	// A running job refreshes itself.

@@ -1,30 +1,17 @@
 package web
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 
-	"github.com/bmsview/insights/internal/store"
-	"github.com/bmsview/insights/internal/testenv"
 	"github.com/hibiken/asynq"
-)
 
-// deadAddr is a local address nothing listens on: connections are refused.
-func deadAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+	"github.com/bmsview/insights/internal/testenv"
+)
 
 // expectNotReady checks /readyz answers 503 naming down (and not up) and
 // carries none of the cause's text: no driver message, no address.
@@ -52,30 +39,20 @@ func expectNotReady(t *testing.T, s *Server, down, up string, secrets ...string)
 
 func TestReadyzNamesTheStoreDown(t *testing.T) {
 	t.Run("redis refused", func(t *testing.T) {
-		dead := deadAddr(t)
+		dead := testenv.FreeAddr(t) // connections are refused
 		insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: dead})
 		t.Cleanup(func() { insp.Close() })
-		s := New(Config{Store: testenv.Store(t), Inspector: insp, Logger: quietLogger()})
+		s := New(Config{Store: testenv.Store(t), Inspector: insp, Logger: testenv.Logger()})
 		t.Cleanup(func() { s.Close() })
 		_, port, _ := net.SplitHostPort(dead)
 		expectNotReady(t, s, "redis", "mongodb", dead, port)
 	})
 	t.Run("mongodb refused", func(t *testing.T) {
-		u, err := url.Parse(testenv.MongoURI(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := newProxy(t, u.Host)
-		u.Host = p.addr()
-		st, err := store.Open(context.Background(), store.Config{URI: u.String(), Database: testenv.DBName(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = st.Close(context.Background()) })
+		st, p := proxiedStore(t)
 		p.close() // connections drop, new ones are refused
-		insp := asynq.NewInspector(testenv.Redis(t, redisDB))
+		insp := asynq.NewInspector(testenv.Redis(t))
 		t.Cleanup(func() { insp.Close() })
-		s := New(Config{Store: st, Inspector: insp, Logger: quietLogger()})
+		s := New(Config{Store: st, Inspector: insp, Logger: testenv.Logger()})
 		t.Cleanup(func() { s.Close() })
 		_, port, _ := net.SplitHostPort(p.addr())
 		expectNotReady(t, s, "mongodb", "redis", p.addr(), port)
@@ -84,15 +61,15 @@ func TestReadyzNamesTheStoreDown(t *testing.T) {
 	// cmd/insights/serve.go does for both roles: its errors carry the
 	// driver's text, which /readyz must not show either.
 	t.Run("redis refused, the service's check", func(t *testing.T) {
-		opt := testenv.Redis(t, redisDB).(asynq.RedisClientOpt)
+		opt := testenv.Redis(t)
 		p := newProxy(t, opt.Addr)
-		a, _ := testenv.App(t, map[string]string{"REDIS_URL": fmt.Sprintf("redis://%s/%d", p.addr(), opt.DB)}, quietLogger())
+		a, _ := testenv.App(t, map[string]string{"REDIS_URL": fmt.Sprintf("redis://%s/%d", p.addr(), opt.DB)}, testenv.Logger())
 		p.close()
 		_, port, _ := net.SplitHostPort(p.addr())
-		api := New(Config{Store: a.Store, Inspector: a.Inspector, Ready: a.Ready, Logger: quietLogger()})
+		api := New(Config{Store: a.Store, Inspector: a.Inspector, Ready: a.Ready, Logger: testenv.Logger()})
 		t.Cleanup(func() { api.Close() })
 		expectNotReady(t, api, "redis", "mongodb", p.addr(), port)
-		worker := New(Config{Ready: a.Ready, Logger: quietLogger()})
+		worker := New(Config{Ready: a.Ready, Logger: testenv.Logger()})
 		t.Cleanup(func() { worker.Close() })
 		expectNotReady(t, worker, "redis", "mongodb", p.addr(), port)
 	})

@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
+
+	"github.com/bmsview/insights/tasks"
 )
 
 // retriedOf reads an event's retried/maxRetry from the API and checks the

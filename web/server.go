@@ -1,4 +1,4 @@
-// Package web is the HTTP side of the service (DESIGN.md section 8): the
+// Package web is the HTTP side of the service (docs/DESIGN.md section 8): the
 // REST API for events and jobs, the Netlify-compatible aliases, the asynqmon
 // dashboard at /monitoring/, the job pages, health, readiness and
 // Prometheus metrics, all behind one authentication check.
@@ -16,13 +16,15 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bmsview/insights/internal/store"
-	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bmsview/insights/internal/ops"
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/tasks"
 )
 
 // Registry is where metrics are registered and what /metrics serves; a
@@ -39,9 +41,9 @@ type Config struct {
 	// Nil: every route that reads or writes jobs answers 503.
 	Store *store.Store
 	// Client sends events (POST /api/events and its alias) and re-enqueues
-	// a failed job whose task Redis no longer has. It must be built with
-	// Store as its JobStore so that the job is recorded before its task is
-	// enqueued. Nil: those routes answer 503.
+	// a failed job whose task Redis no longer has (ops.Config.Client). It
+	// must be built with Store as its JobStore so that the job is recorded
+	// before its task is enqueued. Nil: those routes answer 503.
 	Client *tasks.Client
 	// Inspector reads and changes asynq tasks (event state, retry, cancel,
 	// queue metrics). Nil: those routes answer 503 and /metrics has no
@@ -60,8 +62,8 @@ type Config struct {
 	// Netlify aliases ("*" allows any). Empty: no CORS headers at all.
 	CORSOrigins []string
 	// MaxRetries is MAX_RETRIES, the job's retry budget, reported as an
-	// event's maxRetry (asynq's own MaxRetry is only a backstop, see
-	// tasks.AsynqMaxRetry). 0: 15, the default of MAX_RETRIES; negative: 0.
+	// event's maxRetry (asynq's own MaxRetry is only a backstop). 0: none,
+	// as everywhere a retry budget is set.
 	MaxRetries int
 	// Decrypt opens a stored encrypted value ({encrypted: true, ...}) of a
 	// result or step output for the API and the pages. Nil: values are
@@ -90,9 +92,11 @@ type Server struct {
 	csrfKey  []byte
 	requests *prometheus.CounterVec
 	pages    *pageTemplates
-	maxRetry int
-	cors     map[string]bool
-	corsAny  bool
+	// ops runs the event operations and builds the job view; web only
+	// maps them to routes.
+	ops     *ops.Operator
+	cors    map[string]bool
+	corsAny bool
 }
 
 // maxBodyBytes is the largest POST /api/events body (500 KB).
@@ -108,14 +112,8 @@ func New(cfg Config) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	switch {
-	case cfg.MaxRetries == 0:
-		s.maxRetry = 15
-	case cfg.MaxRetries < 0:
-		s.maxRetry = 0
-	default:
-		s.maxRetry = cfg.MaxRetries
-	}
+	s.ops = ops.New(ops.Config{Store: cfg.Store, Inspector: cfg.Inspector, Client: cfg.Client,
+		MaxRetries: cfg.MaxRetries, Decrypt: cfg.Decrypt, Logger: s.log})
 	for _, o := range cfg.CORSOrigins {
 		o = strings.TrimRight(strings.TrimSpace(o), "/")
 		switch o {
@@ -193,9 +191,9 @@ func (s *Server) routes() {
 
 	// API.
 	mux.Handle("POST /api/events", s.auth(http.HandlerFunc(s.postEvent)))
-	mux.Handle("GET /api/events/{eventId}", s.auth(http.HandlerFunc(s.getEvent)))
-	mux.Handle("POST /api/events/{eventId}/retry", s.auth(http.HandlerFunc(s.retryEvent)))
-	mux.Handle("DELETE /api/events/{eventId}", s.auth(http.HandlerFunc(s.cancelEvent)))
+	mux.Handle("GET /api/events/{eventId}", s.auth(eventRoute(s, s.ops.Status)))
+	mux.Handle("POST /api/events/{eventId}/retry", s.auth(eventRoute(s, s.ops.Retry)))
+	mux.Handle("DELETE /api/events/{eventId}", s.auth(eventRoute(s, s.ops.Cancel)))
 	mux.Handle("GET /api/jobs/{jobId}", s.auth(http.HandlerFunc(s.getJob)))
 	mux.Handle("GET /api/jobs", s.auth(http.HandlerFunc(s.listJobs)))
 	mux.Handle("GET /api/failures", s.auth(http.HandlerFunc(s.failures)))
@@ -203,7 +201,7 @@ func (s *Server) routes() {
 
 	// Netlify Async Workloads aliases.
 	mux.Handle("POST "+netlifyBase+"/send", s.auth(http.HandlerFunc(s.postEvent)))
-	mux.Handle("GET "+netlifyBase+"/events/{eventId}", s.auth(http.HandlerFunc(s.getEvent)))
+	mux.Handle("GET "+netlifyBase+"/events/{eventId}", s.auth(eventRoute(s, s.ops.Status)))
 	mux.Handle(netlifyBase+"/", s.auth(http.HandlerFunc(s.apiNotFound)))
 	// The BMS app's own status poll, in its shape.
 	mux.Handle("GET "+StatusPathBMS, s.auth(http.HandlerFunc(s.bmsStatusRoute)))
@@ -245,20 +243,20 @@ func (s *Server) monitoring(w http.ResponseWriter, r *http.Request) {
 
 // resetArchivedBudgets: asynqmon's Run (one archived task, a batch, or all
 // of a queue's) is an operator starting those runs again, so their jobs get
-// their full retry budget back before asynqmon moves the tasks.
+// their full retry budget back (ops) before asynqmon moves the tasks. This
+// reads which tasks from asynqmon's route and body.
 func (s *Server) resetArchivedBudgets(r *http.Request) error {
 	if s.cfg.Store == nil || s.cfg.Inspector == nil {
-		return nil
+		return nil // no jobs to reset: asynqmon works on its own
 	}
 	rest := strings.TrimPrefix(r.URL.Path, monitorRoot+"/api/queues/")
 	queue, action, ok := strings.Cut(rest, "/archived_tasks")
 	if !ok || queue == "" {
 		return nil
 	}
-	var ids []string
 	switch {
 	case strings.HasPrefix(action, "/") && strings.HasSuffix(action, ":run"):
-		ids = []string{strings.TrimSuffix(strings.TrimPrefix(action, "/"), ":run")}
+		return s.ops.ResetBudgets(r.Context(), strings.TrimSuffix(strings.TrimPrefix(action, "/"), ":run"))
 	case action == ":batch_run":
 		b, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes))
 		if err != nil {
@@ -269,32 +267,9 @@ func (s *Server) resetArchivedBudgets(r *http.Request) error {
 			TaskIDs []string `json:"task_ids"`
 		}
 		_ = json.Unmarshal(b, &body)
-		ids = body.TaskIDs
+		return s.ops.ResetBudgets(r.Context(), body.TaskIDs...)
 	case action == ":run_all":
-		for page := 1; ; page++ {
-			archived, err := s.cfg.Inspector.ListArchivedTasks(queue, asynq.Page(page), asynq.PageSize(1000))
-			if err != nil {
-				return redisErr(err)
-			}
-			for _, t := range archived {
-				ids = append(ids, t.ID)
-			}
-			if len(archived) < 1000 {
-				break
-			}
-		}
-	}
-	for _, id := range ids {
-		job, err := s.cfg.Store.GetJobByEvent(r.Context(), id)
-		if errors.Is(err, store.ErrNotFound) {
-			continue // not a generate-insights run (a follow-up): asynq's own budget
-		}
-		if err != nil {
-			return storeErr(err)
-		}
-		if err := s.resetBudget(r.Context(), job); err != nil {
-			return err
-		}
+		return s.ops.ResetArchivedBudgets(r.Context(), queue)
 	}
 	return nil
 }

@@ -10,9 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/internal/loadtest"
 	"github.com/bmsview/insights/internal/peers"
-	"github.com/hibiken/asynq"
 )
 
 // bench measures our durable workflow and the peers of ../shared/peers in

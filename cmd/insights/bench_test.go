@@ -1,11 +1,11 @@
 package main
 
 import (
-	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/bmsview/insights/internal/testenv"
 )
 
 func TestBenchFlags(t *testing.T) {
@@ -19,16 +19,8 @@ func TestBenchFlags(t *testing.T) {
 
 // A short run of ours alone prints the table with our row measured.
 func TestBenchOurs(t *testing.T) {
-	ru := os.Getenv("REDIS_URL")
-	if ru == "" {
-		t.Skip("REDIS_URL not set")
-	}
-	u, err := url.Parse(ru)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/13" // the bench command's own database (flushed); the loadtest test uses 14
-	code, stdout, stderr := runCLI("bench", "-n", "30", "-c", "5", "-store", "embedded", "-skip-peers", "-redis", u.String())
+	redisURL := testenv.RealRedisURL(t, "bench") // the command's default database, which it flushes
+	code, stdout, stderr := runCLI("bench", "-n", "30", "-c", "5", "-store", "embedded", "-skip-peers", "-redis", redisURL)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}

@@ -1,60 +1,49 @@
 package main
 
 import (
-	"encoding/json"
+	"io"
 	"net/http"
-	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/bmsview/insights/internal/testenv"
+	"github.com/bmsview/insights/internal/testenv/fakegemini"
 )
 
-// fakeGemini answers generateContent; while hang is set it holds each call
-// until the caller gives up (a model that never answers).
+// fakeGemini is the fake model API answering with a report; while hang is
+// set it holds each call until the caller gives up (a model that never
+// answers).
 type fakeGemini struct {
-	srv    *httptest.Server
+	*fakegemini.Server
 	hang   atomic.Bool
-	called chan struct{}
-	// release frees calls held by hang when the test ends.
-	release chan struct{}
-	once    sync.Once
+	called chan struct{} // closed at the first call
+	once   sync.Once
 }
 
 func newFakeGemini(t *testing.T) *fakeGemini {
-	f := &fakeGemini{called: make(chan struct{}), release: make(chan struct{})}
-	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	f := &fakeGemini{called: make(chan struct{})}
+	f.Server = fakegemini.Start(t, "test-key", func(c fakegemini.Call, w http.ResponseWriter) {
 		f.once.Do(func() { close(f.called) })
 		if f.hang.Load() {
-			select {
-			case <-r.Context().Done():
-			case <-f.release:
-			}
+			c.Hold()
 			return
 		}
-		b, _ := json.Marshal(map[string]any{"candidates": []any{map[string]any{
-			"content":      map[string]any{"role": "model", "parts": []any{map[string]any{"text": "## KEY FINDINGS\n- fine\n## TREND ANALYSIS\n- flat\n## RECOMMENDATIONS\n- 🟢 keep SOC 20–80 %"}}},
-			"finishReason": "STOP"}}})
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(b)
-	}))
-	t.Cleanup(f.srv.Close)
-	t.Cleanup(func() { close(f.release) }) // runs first: free held calls
+		_, _ = io.WriteString(w, fakegemini.Text("## KEY FINDINGS\n- fine\n## TREND ANALYSIS\n- flat\n## RECOMMENDATIONS\n- 🟢 keep SOC 20–80 %"))
+	})
 	return f
 }
 
+// waitHTTP waits until url answers 200.
 func waitHTTP(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
+	testenv.WaitFor(t, 60*time.Second, url+" to answer 200", func() (bool, error) {
 		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
+		if err != nil {
+			return false, err
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s did not answer", url)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
 }

@@ -10,7 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
-	"strings"
+
+	"github.com/bmsview/insights/internal/config"
 )
 
 // usageError is bad input: exit 2 with a message naming the flag.
@@ -95,13 +96,13 @@ func tuneGC() {
 	}
 }
 
-func newLogger(w io.Writer) *slog.Logger {
-	level := slog.LevelInfo
-	if strings.EqualFold(os.Getenv("LOG_LEVEL"), "debug") {
-		level = slog.LevelDebug
+// newLogger is the service's log as LOG_LEVEL and LOG_FORMAT ask.
+func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // config allows only slog's names
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	if strings.EqualFold(os.Getenv("LOG_FORMAT"), "json") {
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(w, opts))
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,15 +17,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
 )
-
-// redisDB is this package's own Redis database index.
-const redisDB = 4
 
 func TestMain(m *testing.M) {
 	if args := os.Getenv("INSIGHTS_TEST_MAIN"); args != "" {
@@ -46,7 +43,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	opt := testenv.Redis(t, redisDB).(asynq.RedisClientOpt)
+	opt := testenv.Redis(t)
 	st := testenv.Store(t)
 	return &env{store: st, redis: opt, vars: map[string]string{
 		"REDIS_URL":        fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB),
@@ -155,16 +152,9 @@ func (e *env) trigger(t *testing.T, args ...string) *tasks.SendResult {
 
 func (e *env) waitStep(t *testing.T, jobID, step string, within time.Duration) *store.Job {
 	t.Helper()
-	var j *store.Job
-	testenv.WaitFor(t, within, jobID+" "+step+" completed", func() (bool, error) {
-		var err error
-		j, err = e.store.GetJob(context.Background(), jobID)
-		if err == store.ErrNotFound {
-			return false, nil
-		}
-		return err == nil && j.Steps[step].Status == store.StepCompleted, err
+	return testenv.WaitJob(t, e.store, jobID, within, step+" completed", func(j *store.Job) bool {
+		return j.Steps[step].Status == store.StepCompleted
 	})
-	return j
 }
 
 func allRunsOne(t *testing.T, j *store.Job) {
@@ -174,15 +164,6 @@ func allRunsOne(t *testing.T, j *store.Job) {
 			t.Errorf("job %s: step %s ran %d times, want 1 (runs %v)", j.ID, s, j.Steps[s].Runs, j.Steps)
 		}
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 func TestTriggerRefusesBadInputNamingTheFlag(t *testing.T) {
@@ -248,8 +229,8 @@ func TestServeStatusAndSIGTERM(t *testing.T) {
 	e.setenv(t)
 	gem := newFakeGemini(t)
 	gem.hang.Store(true)
-	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.srv.URL, "SHUTDOWN_TIMEOUT=2s"}
-	addr := freeAddr(t)
+	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL, "SHUTDOWN_TIMEOUT=2s"}
+	addr := testenv.FreeAddr(t)
 	first := e.start(t, "serve", append(extra, "HTTP_ADDR="+addr)...)
 	waitHTTP(t, "http://"+addr+"/healthz")
 

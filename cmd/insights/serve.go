@@ -13,11 +13,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/config"
 	"github.com/bmsview/insights/web"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // reconcileEvery is how often live jobs are checked against Redis.
@@ -46,7 +48,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := cfg.EnsureCredentials(); err != nil {
 		return err
 	}
-	log := newLogger(stderr)
+	log := newLogger(stderr, cfg)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -60,13 +62,15 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	metrics := web.NewMetrics(reg)
 
 	runAPI, runWorker := *role != "worker", *role != "api"
-	var worker *app.Worker
+	var worker *handlers.Worker
 	if runWorker {
 		engine, err := a.NewEngine()
 		if err != nil {
 			return err
 		}
-		worker = a.NewWorker(app.WorkerOptions{Engine: engine, Observer: metrics})
+		if worker, err = a.NewWorker(app.WorkerOptions{Engine: engine, Observer: metrics}); err != nil {
+			return err
+		}
 		if err := worker.Start(); err != nil {
 			return fmt.Errorf("worker: %w", err)
 		}
@@ -82,7 +86,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if runAPI {
 		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
-			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, CORSOrigins: cfg.CORSOrigins, MaxRetries: webMaxRetries(cfg.MaxRetries),
+			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
 			Decrypt: a.Decrypt, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 	} else {

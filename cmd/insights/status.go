@@ -3,16 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/config"
-	"github.com/bmsview/insights/web"
+	"github.com/bmsview/insights/internal/ops"
 )
 
 func status(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -32,10 +30,9 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if eventID == "" {
 		return usagef("status: EVENT_ID is required")
 	}
-	path := "/api/events/" + url.PathEscape(eventID)
 	var raw json.RawMessage
 	if *server != "" {
-		if err := callAPI(ctx, http.MethodGet, *server, path, nil, &raw); err != nil {
+		if err := callAPI(ctx, http.MethodGet, *server, "/api/events/"+url.PathEscape(eventID), nil, &raw); err != nil {
 			return err
 		}
 	} else {
@@ -46,25 +43,25 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		if cfg.EmbeddedRedis() || cfg.EmbeddedMongo() {
 			return usagef("REDIS_URL and MONGODB_URI must be set to read them directly; for a server on the embedded stores use --server URL")
 		}
-		a, err := app.Open(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+		a, err := app.Open(ctx, cfg, quiet)
 		if err != nil {
 			return err
 		}
 		defer a.Close()
-		// The same view as GET /api/events/{eventId}, served in process.
-		const token = "in-process"
-		ws := web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, APIToken: token,
-			MaxRetries: webMaxRetries(cfg.MaxRetries), Decrypt: a.Decrypt, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		defer ws.Close()
-		req := httptest.NewRequestWithContext(ctx, http.MethodGet, path, nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		rec := httptest.NewRecorder()
-		ws.Handler().ServeHTTP(rec, req)
-		if rec.Code != http.StatusOK {
-			return fmt.Errorf("event %s: %s", eventID, rec.Body.String())
+		// The answer of GET /api/events/{eventId}: the API builds it with
+		// the same operation.
+		o := ops.New(ops.Config{Store: a.Store, Inspector: a.Inspector,
+			MaxRetries: cfg.MaxRetries, Decrypt: a.Decrypt, Logger: quiet})
+		st, err := o.Status(ctx, eventID)
+		if err != nil {
+			return err
 		}
-		raw = rec.Body.Bytes()
+		if raw, err = json.Marshal(st); err != nil {
+			return err
+		}
 	}
+	// Both answers are printed the same way: keys sorted, indented.
 	var v any
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return err
@@ -72,13 +69,4 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-// webMaxRetries passes MAX_RETRIES to web.Config, where 0 means "default"
-// and a negative value means none.
-func webMaxRetries(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
 }

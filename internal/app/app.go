@@ -11,14 +11,15 @@ import (
 	"log/slog"
 	"path/filepath"
 
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/config"
 	"github.com/bmsview/insights/internal/crypt"
 	"github.com/bmsview/insights/internal/devstack"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 )
 
 // App holds the shared parts of a running service.
@@ -133,11 +134,7 @@ func (a *App) HandlerSealer() handlers.Sealer {
 // Decrypt opens a stored value that may be encrypted (result, outputs) for
 // the API and pages. Values that are not sealed come back unchanged.
 func (a *App) Decrypt(stored any) (any, error) {
-	m, ok := stored.(map[string]any)
-	if !ok {
-		return stored, nil
-	}
-	env, ok := crypt.EnvelopeFromMap(m)
+	env, ok := crypt.EnvelopeOf(stored)
 	if !ok {
 		return stored, nil
 	}
@@ -160,11 +157,7 @@ type sealer struct{ s *crypt.Sealer }
 func (s sealer) Seal(v any) (any, error) { return s.s.Seal(v) }
 
 func (s sealer) Open(stored any, out any) (bool, error) {
-	m, ok := stored.(map[string]any)
-	if !ok {
-		return false, nil
-	}
-	env, ok := crypt.EnvelopeFromMap(m)
+	env, ok := crypt.EnvelopeOf(stored)
 	if !ok {
 		return false, nil
 	}

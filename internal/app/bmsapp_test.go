@@ -1,6 +1,6 @@
 package app_test
 
-// The BMS app drop-in (DESIGN.md section 12): a database written in the
+// The BMS app drop-in (docs/DESIGN.md section 12): a database written in the
 // app's exact shapes (ObjectId _ids, `id` fields, ISO-string timestamps,
 // null numbers, a scalar temperature, a job created `queued` with
 // progress: []), driven through the Netlify send alias with the app
@@ -18,12 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
 	"github.com/bmsview/insights/web"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 const bmsToken = "bms-app-token-0123456789"
@@ -158,7 +159,7 @@ func bmsDo(t *testing.T, req *http.Request) (int, map[string]any) {
 func TestBMSAppDropIn(t *testing.T) {
 	a := e2eOpen(t, map[string]string{"DATA_ENCRYPTION_KEY": e2eKey}, app.WorkerOptions{}, nil)
 	ws := web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
-		APIToken: bmsToken, AdminPassword: "pw", Decrypt: a.Decrypt, Logger: e2eLogger()})
+		APIToken: bmsToken, AdminPassword: "pw", Decrypt: a.Decrypt, Logger: testenv.Logger()})
 	srv := httptest.NewServer(ws.Handler())
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { _ = ws.Close() })
@@ -179,7 +180,7 @@ func TestBMSAppDropIn(t *testing.T) {
 	if code != http.StatusAccepted || sent["sendStatus"] != "succeeded" || sent["eventId"] == "" || sent["jobId"] != jobID {
 		t.Fatalf("send: %d %v, want 202 succeeded with an eventId", code, sent)
 	}
-	j := e2eWaitJob(t, a, jobID, 60*time.Second, "completed with its follow-up sent", func(j *store.Job) bool {
+	j := testenv.WaitJob(t, a.Store, jobID, 60*time.Second, "completed with its follow-up sent", func(j *store.Job) bool {
 		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
 	})
 
@@ -274,7 +275,7 @@ func TestBMSAppDropIn(t *testing.T) {
 		if code != http.StatusAccepted {
 			t.Fatalf("send: %d %v", code, res)
 		}
-		e2eWaitJob(t, a, failID, 30*time.Second, "failed", func(j *store.Job) bool { return j.Status == tasks.StatusFailed })
+		testenv.WaitJob(t, a.Store, failID, 30*time.Second, "failed", func(j *store.Job) bool { return j.Status == tasks.StatusFailed })
 		code, st := bmsGet(t, srv.URL+"/.netlify/functions/generate-insights-status?jobId="+failID)
 		msg, _ := st["error"].(string)
 		sug, _ := st["suggestions"].([]any)
@@ -333,7 +334,7 @@ func TestBMSAppDropIn(t *testing.T) {
 			!(code == http.StatusAccepted) { // it may have completed meanwhile
 			t.Fatalf("re-send while live: %d %v", code, dup)
 		}
-		e2eWaitJob(t, a, jobID, 60*time.Second, "completed again", func(j *store.Job) bool {
+		testenv.WaitJob(t, a.Store, jobID, 60*time.Second, "completed again", func(j *store.Job) bool {
 			return j.EventID == res["eventId"] && j.Status == tasks.StatusCompleted
 		})
 		if n, _ := jobs.CountDocuments(ctx, bson.D{{Key: "id", Value: jobID}}); n != 1 {

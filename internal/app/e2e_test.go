@@ -7,15 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hibiken/asynq"
+	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/app"
@@ -24,26 +23,14 @@ import (
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
+	"github.com/bmsview/insights/internal/testenv/fakegemini"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
-
-// e2eRedisDB is the Redis database index of the end-to-end tests in this
-// file (the reconciler test uses its own).
-const e2eRedisDB = 5
 
 const (
 	e2eKey      = "e2e-test-key-0123456789-abcdefghijklmnop"
 	e2eOtherKey = "another-key-0123456789-abcdefghijklmnopqr"
 )
-
-func e2eLogger() *slog.Logger {
-	if os.Getenv("TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
 
 // e2eOpen builds the real app from a config loaded from vars (on top of the
 // test's Redis database and a fresh MongoDB database), with a running
@@ -53,7 +40,7 @@ func e2eLogger() *slog.Logger {
 // (else o.Engine, else a.NewEngine()).
 func e2eOpen(t *testing.T, vars map[string]string, o app.WorkerOptions, engine func(*app.App) insights.Engine) *app.App {
 	t.Helper()
-	opt := testenv.Redis(t, e2eRedisDB).(asynq.RedisClientOpt)
+	opt := testenv.Redis(t) // the package's own; the reconciler test has another
 	env := map[string]string{
 		"REDIS_URL":        fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB),
 		"BACKOFF_SCHEDULE": "1s",
@@ -62,21 +49,11 @@ func e2eOpen(t *testing.T, vars map[string]string, o app.WorkerOptions, engine f
 	for k, v := range vars {
 		env[k] = v
 	}
-	a, _ := testenv.App(t, env, e2eLogger())
-	var err error
+	a, _ := testenv.App(t, env, testenv.Logger())
 	if engine != nil {
 		o.Engine = engine(a)
 	}
-	if o.Engine == nil {
-		if o.Engine, err = a.NewEngine(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	w := a.NewWorker(o)
-	if err := w.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.Shutdown)
+	startWorker(t, a, o)
 	return a
 }
 
@@ -95,58 +72,15 @@ func e2eSend(t *testing.T, a *app.App, jobID string) *tasks.SendResult {
 	return res
 }
 
-func e2eWaitJob(t *testing.T, a *app.App, jobID string, within time.Duration, what string, cond func(*store.Job) bool) *store.Job {
-	t.Helper()
-	var j *store.Job
-	testenv.WaitFor(t, within, "job "+jobID+" "+what, func() (bool, error) {
-		var err error
-		j, err = a.Store.GetJob(context.Background(), jobID)
-		return err == nil && cond(j), err
-	})
-	return j
-}
-
-// fakeGemini answers generateContent requests the way the REST API does.
-type fakeGemini struct {
-	t       *testing.T
-	n       atomic.Int32
-	mu      sync.Mutex
-	bodies  []string
-	handler func(n int, w http.ResponseWriter, r *http.Request)
-}
-
-func (f *fakeGemini) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasSuffix(r.URL.Path, "/models/gemini-2.5-flash:generateContent") {
-		f.t.Errorf("unexpected path %s", r.URL.Path)
-	}
-	if r.Header.Get("x-goog-api-key") != "x" {
-		f.t.Errorf("api key header %q", r.Header.Get("x-goog-api-key"))
-	}
-	b, _ := io.ReadAll(r.Body)
-	f.mu.Lock()
-	f.bodies = append(f.bodies, string(b))
-	f.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	f.handler(int(f.n.Add(1)), w, r)
-}
-
-func newFakeGemini(t *testing.T, h func(n int, w http.ResponseWriter, r *http.Request)) (*fakeGemini, string) {
-	f := &fakeGemini{t: t, handler: h}
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
-	return f, srv.URL
-}
+// geminiKey is the GEMINI_API_KEY of these tests, which the fake model
+// checks.
+const geminiKey = "x"
 
 func geminiVars(url string) map[string]string {
 	return map[string]string{
-		"INSIGHTS_PROVIDER": "gemini", "GEMINI_API_KEY": "x", "GEMINI_BASE_URL": url,
+		"INSIGHTS_PROVIDER": "gemini", "GEMINI_API_KEY": geminiKey, "GEMINI_BASE_URL": url,
 		"RETRY_TRANSIENT_DELAY": "37s", "RETRY_RATE_LIMIT_DELAY": "53s",
 	}
-}
-
-func geminiJSON(v any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
 }
 
 // TestE2EGeminiErrors: each kind of answer of the model's API goes through
@@ -170,22 +104,18 @@ func TestE2EGeminiErrors(t *testing.T) {
 		wantKind   string
 		wantDelay  time.Duration // 0: archived at once
 	}{
-		{name: "429 Retry-After header", status: 429, retryAfter: "120", body: quota, wantKind: tasks.KindRateLimit, wantDelay: 120 * time.Second},
-		{name: "429 RetryInfo in body", status: 429, body: retryIn, wantKind: tasks.KindRateLimit, wantDelay: 42 * time.Second},
-		{name: "429 without delay", status: 429, body: quota, wantKind: tasks.KindRateLimit, wantDelay: 53 * time.Second},
-		{name: "500", status: 500, body: internal, wantKind: tasks.KindTransient, wantDelay: 37 * time.Second},
-		{name: "400", status: 400, body: badKey, wantKind: tasks.KindBusiness},
-		{name: "HTTP timeout", hang: true, wantKind: tasks.KindTransient, wantDelay: 37 * time.Second},
+		{name: "429 Retry-After header", status: 429, retryAfter: "120", body: quota, wantKind: store.KindRateLimit, wantDelay: 120 * time.Second},
+		{name: "429 RetryInfo in body", status: 429, body: retryIn, wantKind: store.KindRateLimit, wantDelay: 42 * time.Second},
+		{name: "429 without delay", status: 429, body: quota, wantKind: store.KindRateLimit, wantDelay: 53 * time.Second},
+		{name: "500", status: 500, body: internal, wantKind: store.KindTransient, wantDelay: 37 * time.Second},
+		{name: "400", status: 400, body: badKey, wantKind: store.KindBusiness},
+		{name: "HTTP timeout", hang: true, wantKind: store.KindTransient, wantDelay: 37 * time.Second},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			release := make(chan struct{})
-			f, url := newFakeGemini(t, func(n int, w http.ResponseWriter, r *http.Request) {
+			f := fakegemini.Start(t, geminiKey, func(call fakegemini.Call, w http.ResponseWriter) {
 				if c.hang {
-					select {
-					case <-r.Context().Done():
-					case <-release:
-					}
+					call.Hold()
 					return
 				}
 				if c.retryAfter != "" {
@@ -194,31 +124,25 @@ func TestE2EGeminiErrors(t *testing.T) {
 				w.WriteHeader(c.status)
 				_, _ = io.WriteString(w, c.body)
 			})
-			t.Cleanup(func() { close(release) }) // before the server closes
 			var engine func(*app.App) insights.Engine
 			if c.hang {
 				// The app has no setting for the provider's HTTP timeout
 				// (a fixed 2 min): the same provider, built as
 				// app.NewEngine does, with a 1 s client timeout.
 				engine = func(a *app.App) insights.Engine {
-					return insights.NewGemini(insights.GeminiConfig{APIKey: "x", BaseURL: url,
+					return insights.NewGemini(insights.GeminiConfig{APIKey: geminiKey, BaseURL: f.URL,
 						HTTPClient: &http.Client{Timeout: time.Second}}, insights.NewRules(a.Store), a.Store)
 				}
 			}
-			a := e2eOpen(t, geminiVars(url), app.WorkerOptions{}, engine)
+			a := e2eOpen(t, geminiVars(f.URL), app.WorkerOptions{}, engine)
 			sent := e2eSend(t, a, "gemini-err")
 
 			wantState, wantStatus := asynq.TaskStateRetry, tasks.StatusRetrying
 			if c.wantDelay == 0 {
 				wantState, wantStatus = asynq.TaskStateArchived, tasks.StatusFailed
 			}
-			var info *asynq.TaskInfo
-			testenv.WaitFor(t, 20*time.Second, "task "+wantState.String(), func() (bool, error) {
-				var err error
-				info, err = a.Inspector.GetTaskInfo(sent.Queue, sent.EventID)
-				return err == nil && info.State == wantState, err
-			})
-			j := e2eWaitJob(t, a, "gemini-err", 10*time.Second, wantStatus, func(j *store.Job) bool {
+			info := testenv.WaitTask(t, a.Inspector, sent.Queue, sent.EventID, 20*time.Second, testenv.InState(wantState))
+			j := testenv.WaitJob(t, a.Store, "gemini-err", 10*time.Second, wantStatus, func(j *store.Job) bool {
 				return j.Status == wantStatus && j.Error != nil
 			})
 			if j.Failure.Kind != c.wantKind || j.Failure.Step != tasks.StepProcessInsights {
@@ -231,8 +155,8 @@ func TestE2EGeminiErrors(t *testing.T) {
 				if info.Retried != 0 {
 					t.Errorf("archived after %d retries, want 0", info.Retried)
 				}
-				if j.Failures != 1 || f.n.Load() != 1 {
-					t.Errorf("failures %d, model calls %d, want 1 and 1", j.Failures, f.n.Load())
+				if j.Failures != 1 || f.Calls() != 1 {
+					t.Errorf("failures %d, model calls %d, want 1 and 1", j.Failures, f.Calls())
 				}
 				return
 			}
@@ -249,18 +173,16 @@ func TestE2EGeminiErrors(t *testing.T) {
 // answer, then writes the report; the job completes with it.
 func TestE2EGeminiToolCallThenAnswer(t *testing.T) {
 	final := "## KEY FINDINGS\n- fine\n## TREND ANALYSIS\n- flat\n## RECOMMENDATIONS\n- 🟢 keep 2.0 kWh/day"
-	f, url := newFakeGemini(t, func(n int, w http.ResponseWriter, r *http.Request) {
-		if n == 1 {
-			_, _ = io.WriteString(w, geminiJSON(map[string]any{"candidates": []any{map[string]any{"content": map[string]any{
-				"role": "model", "parts": []any{map[string]any{"functionCall": map[string]any{"name": insights.ToolSystemAnalytics, "args": map[string]any{}}}}}}}}))
+	f := fakegemini.Start(t, geminiKey, func(c fakegemini.Call, w http.ResponseWriter) {
+		if c.N == 1 {
+			_, _ = io.WriteString(w, fakegemini.FunctionCalls(map[string]any{"name": insights.ToolSystemAnalytics, "args": map[string]any{}}))
 			return
 		}
-		_, _ = io.WriteString(w, geminiJSON(map[string]any{"candidates": []any{map[string]any{"content": map[string]any{
-			"role": "model", "parts": []any{map[string]any{"text": final}}}, "finishReason": "STOP"}}}))
+		_, _ = io.WriteString(w, fakegemini.Text(final))
 	})
-	a := e2eOpen(t, geminiVars(url), app.WorkerOptions{}, nil)
+	a := e2eOpen(t, geminiVars(f.URL), app.WorkerOptions{}, nil)
 	sent := e2eSend(t, a, "gemini-ok")
-	j := e2eWaitJob(t, a, "gemini-ok", 30*time.Second, "completed", func(j *store.Job) bool {
+	j := testenv.WaitJob(t, a.Store, "gemini-ok", 30*time.Second, "completed", func(j *store.Job) bool {
 		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
 	})
 	res := asMap(t, j.FinalInsights)
@@ -274,9 +196,7 @@ func TestE2EGeminiToolCallThenAnswer(t *testing.T) {
 	if fmt.Sprint(llm["turns"]) != "2" || fmt.Sprint(llm["toolCalls"]) != "1" || llm["answered"] != true {
 		t.Fatalf("llm metrics %v, want 2 turns, 1 tool call, answered", llm)
 	}
-	f.mu.Lock()
-	bodies := f.bodies
-	f.mu.Unlock()
+	bodies := f.Bodies()
 	if len(bodies) != 2 {
 		t.Fatalf("%d model calls, want 2", len(bodies))
 	}
@@ -345,7 +265,7 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 		t.Fatal("DATA_ENCRYPTION_KEY set but no Sealer")
 	}
 	sent := e2eSend(t, a, "sealed")
-	j := e2eWaitJob(t, a, "sealed", 30*time.Second, "completed", func(j *store.Job) bool {
+	j := testenv.WaitJob(t, a.Store, "sealed", 30*time.Second, "completed", func(j *store.Job) bool {
 		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
 	})
 	if !storeFailed.Load() {
@@ -353,7 +273,7 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 	}
 	// Resumed at store-results: process-insights ran once, its sealed
 	// output was opened and reused.
-	if r := runsOf(j); r[tasks.StepProcessInsights] != 1 || r[tasks.StepStoreResults] != 2 || j.Attempts != 2 {
+	if r := testenv.Runs(j); r[tasks.StepProcessInsights] != 1 || r[tasks.StepStoreResults] != 2 || j.Attempts != 2 {
 		t.Fatalf("runs %v attempts %d, want process-insights 1, store-results 2 (1 failed), attempts 2", r, j.Attempts)
 	}
 	if j.Error != nil {
@@ -437,45 +357,25 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 	}
 }
 
-func runsOf(j *store.Job) map[string]int {
-	out := map[string]int{}
-	for name, st := range j.Steps {
-		out[name] = st.Runs
-	}
-	return out
-}
-
 // TestE2ETaskTimeoutRetryDelay: a model call cut off by the per-attempt
-// limit (TASK_TIMEOUT) is a timeout: kind transient, and per DESIGN.md
+// limit (TASK_TIMEOUT) is a timeout: kind transient, and per docs/DESIGN.md
 // section 6 retried after RETRY_TRANSIENT_DELAY (asynq schedules that
 // retry from ctx.Err() = context.DeadlineExceeded before the handler
 // answers, so the RetryDelayFunc itself must know the transient delay).
 func TestE2ETaskTimeoutRetryDelay(t *testing.T) {
-	release := make(chan struct{})
-	_, url := newFakeGemini(t, func(n int, w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-r.Context().Done():
-		case <-release:
-		}
-	})
-	t.Cleanup(func() { close(release) })
-	vars := geminiVars(url)
+	f := fakegemini.Start(t, geminiKey, func(c fakegemini.Call, _ http.ResponseWriter) { c.Hold() })
+	vars := geminiVars(f.URL)
 	vars["TASK_TIMEOUT"] = "2s"
 	vars["BACKOFF_SCHEDULE"] = "5s"
 	a := e2eOpen(t, vars, app.WorkerOptions{}, nil)
 	sent := e2eSend(t, a, "task-timeout")
-	j := e2eWaitJob(t, a, "task-timeout", 20*time.Second, "retrying", func(j *store.Job) bool {
+	j := testenv.WaitJob(t, a.Store, "task-timeout", 20*time.Second, "retrying", func(j *store.Job) bool {
 		return j.Status == tasks.StatusRetrying && j.Error != nil
 	})
-	if j.Failure.Kind != tasks.KindTransient || j.Failure.Step != tasks.StepProcessInsights {
+	if j.Failure.Kind != store.KindTransient || j.Failure.Step != tasks.StepProcessInsights {
 		t.Fatalf("job error %+v, want transient at process-insights", j.Error)
 	}
-	var info *asynq.TaskInfo
-	testenv.WaitFor(t, 10*time.Second, "task retry", func() (bool, error) {
-		var err error
-		info, err = a.Inspector.GetTaskInfo(sent.Queue, sent.EventID)
-		return err == nil && info.State == asynq.TaskStateRetry, err
-	})
+	info := testenv.WaitTask(t, a.Inspector, sent.Queue, sent.EventID, 10*time.Second, testenv.InState(asynq.TaskStateRetry))
 	got := info.NextProcessAt.Sub(info.LastFailedAt)
 	if d := got - 37*time.Second; d < -time.Second || d > time.Second {
 		msg := fmt.Sprintf("retry in %v after a TASK_TIMEOUT cut-off (last error %q), want RETRY_TRANSIENT_DELAY 37s", got, info.LastErr)

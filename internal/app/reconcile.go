@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bmsview/insights/internal/store"
-	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
+
+	"github.com/bmsview/insights/internal/store"
 )
 
 // Reconcile re-enqueues, with the same eventId, every live job (queued,
@@ -18,7 +18,6 @@ import (
 // is never lost to a Redis restart, a Redis without persistence or a task
 // deleted by hand. It returns how many it re-enqueued.
 func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
-	announced := false
 	n := 0
 	var errs []error
 	err := a.Store.EachStale(ctx, time.Now().Add(-quiet), func(j *store.Job) error {
@@ -30,22 +29,9 @@ func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
 			errs = append(errs, err)
 			return nil
 		}
-		if !announced {
-			// asynq's long-lived Client announces a queue once per process;
-			// after Redis lost its data, announce them again or the tasks
-			// run but stay invisible to the Inspector and the dashboard.
-			if err := a.rdb.SAdd(ctx, "asynq:queues", toAny(tasks.Queues)...).Err(); err != nil {
-				return fmt.Errorf("announce queues: %w", err)
-			}
-			announced = true
-		}
 		// A completed job without its follow-up runs again too: its
 		// completed steps are skipped, send-completion sends it.
-		run := tasks.Run{JobID: j.ID, EventID: j.EventID, SystemID: j.SystemID, Request: j.StoredRequest(), Priority: j.Priority, Queue: j.Queue}
-		if j.ProcessAt != nil && j.ProcessAt.After(time.Now()) && j.Status != tasks.StatusCompleted {
-			run.ProcessAt, run.Scheduled = *j.ProcessAt, true
-		}
-		if _, err := a.Client.Enqueue(ctx, run); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		if _, err := a.Client.Restore(ctx, j.Run()); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 			errs = append(errs, fmt.Errorf("re-enqueue %s: %w", j.ID, err))
 			return nil
 		}
@@ -55,12 +41,4 @@ func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
 		return nil
 	})
 	return n, errors.Join(append(errs, err)...)
-}
-
-func toAny(s []string) []any {
-	out := make([]any, len(s))
-	for i, v := range s {
-		out[i] = v
-	}
-	return out
 }

@@ -3,19 +3,19 @@ package app_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // TestReconcileRestoresTasksRedisLost: Redis loses its data (a restart
@@ -64,7 +64,7 @@ func TestReconcileRestoresTasksRedisLost(t *testing.T) {
 	if len(queues) == 0 {
 		t.Error("queues not announced again: the dashboard would not see the tasks")
 	}
-	startWorker(t, a)
+	startWorker(t, a, app.WorkerOptions{})
 	testenv.WaitFor(t, 60*time.Second, "restored job completes", func() (bool, error) {
 		j, err := a.Store.GetJob(ctx, "lost-now")
 		return err == nil && j.EventID == now.EventID && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted, err
@@ -81,7 +81,7 @@ func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
 	defer rdb.Close()
 
 	// A run completes, then loses its follow-up record and Redis its data.
-	w := startWorker(t, a)
+	w := startWorker(t, a, app.WorkerOptions{})
 	snap := &tasks.AnalysisData{StateOfCharge: bms.F(70), OverallVoltage: bms.F(52), Current: bms.F(-5)}
 	sent, err := a.Client.TriggerInsights(ctx, tasks.EventData{JobID: "follow-up-lost", SystemID: "s1", AnalysisData: snap})
 	if err != nil {
@@ -121,7 +121,7 @@ func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
 	if size, _ := a.Inspector.GetQueueInfo("low"); size == nil || size.Size < 1005 {
 		t.Fatalf("queue low after reconcile: %+v", size)
 	}
-	startWorker(t, a)
+	startWorker(t, a, app.WorkerOptions{})
 	testenv.WaitFor(t, 60*time.Second, "the follow-up is sent again", func() (bool, error) {
 		j, err := a.Store.GetJob(ctx, "follow-up-lost")
 		if err != nil || j.FollowUp == nil {
@@ -136,15 +136,21 @@ func TestReconcilePagesAndFinishesFollowUps(t *testing.T) {
 	}
 }
 
-// startWorker starts a worker with the app's own engine, shut down when the
-// test ends (or earlier by the caller).
-func startWorker(t *testing.T, a *app.App) *app.Worker {
+// startWorker starts a worker with options o (no engine: the app's own),
+// shut down when the test ends (or earlier by the caller).
+func startWorker(t *testing.T, a *app.App, o app.WorkerOptions) *handlers.Worker {
 	t.Helper()
-	e, err := a.NewEngine()
+	if o.Engine == nil {
+		e, err := a.NewEngine()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Engine = e
+	}
+	w, err := a.NewWorker(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := a.NewWorker(app.WorkerOptions{Engine: e})
 	if err := w.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -152,13 +158,13 @@ func startWorker(t *testing.T, a *app.App) *app.Worker {
 	return w
 }
 
-// reconcileApp is the app on this file's Redis database (6), with no
-// worker running.
+// reconcileApp is the app on the reconciler tests' own Redis database,
+// with no worker running.
 func reconcileApp(t *testing.T) (*app.App, asynq.RedisClientOpt) {
 	t.Helper()
-	opt := testenv.Redis(t, 6).(asynq.RedisClientOpt)
+	opt := testenv.RedisFor(t, "reconcile")
 	a, _ := testenv.App(t, map[string]string{
 		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
-	}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}, testenv.Logger())
 	return a, opt
 }

@@ -6,7 +6,6 @@ import (
 
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/insights"
-	"github.com/hibiken/asynq"
 )
 
 // WorkerOptions are the parts of a worker that vary.
@@ -16,44 +15,23 @@ type WorkerOptions struct {
 	Hook     handlers.StepHook // nil: none (tests inject failures with it)
 }
 
-// Worker is an asynq server running the workloads.
-type Worker struct {
-	Server *asynq.Server
-	Mux    *asynq.ServeMux
-	fu     *asynq.Client
-}
-
-// NewWorker builds the worker: the step runner with the job's retry budget,
-// the insights workload and the follow-up handler.
-func (a *App) NewWorker(o WorkerOptions) *Worker {
+// NewWorker builds the service's worker from its configuration: the step
+// runner with the job's retry budget, the insights workload and the
+// follow-up handler.
+func (a *App) NewWorker(o WorkerOptions) (*handlers.Worker, error) {
 	c := a.Cfg
-	runner := handlers.NewRunner(handlers.RunnerConfig{
-		Store: a.Store, MaxRetries: c.MaxRetries, Backoff: c.BackoffSchedule,
-		TransientDelay: c.RetryTransientDelay, RateLimitDelay: c.RetryRateLimitDelay,
-		Sealer: a.HandlerSealer(), Observer: o.Observer, Hook: o.Hook, Logger: a.Log,
+	return handlers.NewWorker(a.Redis, handlers.WorkerConfig{
+		Runner: handlers.RunnerConfig{
+			Store: a.Store, MaxRetries: c.MaxRetries, Backoff: c.BackoffSchedule,
+			TransientDelay: c.RetryTransientDelay, RateLimitDelay: c.RetryRateLimitDelay,
+			Sealer: a.HandlerSealer(), Observer: o.Observer, Hook: o.Hook,
+		},
+		Insights: handlers.InsightsConfig{Engine: o.Engine, FollowUpMaxRetry: max(c.MaxRetries, 1), Retention: c.TaskRetention},
+		Completed: handlers.CompletedConfig{Systems: a.Store, WebhookURL: c.WebhookURL, WebhookSecret: c.WebhookSecret,
+			TransientDelay: c.RetryTransientDelay},
+		Server: handlers.ServerOptions{Concurrency: c.WorkerConcurrency, Queues: c.QueueWeights, ShutdownTimeout: c.ShutdownTimeout},
+		Logger: a.Log,
 	})
-	fu := asynq.NewClient(a.Redis)
-	mux := asynq.NewServeMux()
-	handlers.Register(mux, runner,
-		handlers.NewInsights(handlers.InsightsConfig{Engine: o.Engine, FollowUps: fu, FollowUpMaxRetry: max(c.MaxRetries, 1), Retention: c.TaskRetention}),
-		handlers.NewCompleted(handlers.CompletedConfig{Systems: a.Store, WebhookURL: c.WebhookURL, WebhookSecret: c.WebhookSecret,
-			TransientDelay: c.RetryTransientDelay, Logger: a.Log}))
-	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: c.WorkerConcurrency, Queues: c.QueueWeights,
-		Backoff: c.BackoffSchedule, TransientDelay: c.RetryTransientDelay, ShutdownTimeout: c.ShutdownTimeout})
-	cfg.Logger = asynqLogger{a.Log}
-	cfg.LogLevel = asynq.WarnLevel
-	return &Worker{Server: asynq.NewServer(a.Redis, cfg), Mux: mux, fu: fu}
-}
-
-// Start starts processing.
-func (w *Worker) Start() error { return w.Server.Start(w.Mux) }
-
-// Shutdown stops taking tasks, waits for running ones up to the shutdown
-// timeout (those cut off go back to their queue and resume elsewhere) and
-// closes the connections.
-func (w *Worker) Shutdown() {
-	w.Server.Shutdown()
-	_ = w.fu.Close()
 }
 
 // NewEngine returns the configured insights engine.

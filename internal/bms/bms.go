@@ -16,7 +16,7 @@ import (
 )
 
 // Snapshot is one BMS reading, the `analysisData` of a generate-insights
-// event (DESIGN.md section 7). Units are in the field comments. A number
+// event (docs/DESIGN.md section 7). Units are in the field comments. A number
 // the BMS did not measure is nil (the app sends null): never 0 °C or 0 %.
 // Fields this type does not name are kept in Extra and written back as
 // they came.

@@ -1,5 +1,5 @@
 // Package config reads the service's configuration from the environment
-// (DESIGN.md section 4). A bad value stops start-up with an error that
+// (docs/DESIGN.md section 4). A bad value stops start-up with an error that
 // names the variable.
 package config
 
@@ -14,8 +14,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/bmsview/insights/tasks"
 	"github.com/hibiken/asynq"
+
+	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/tasks"
 )
 
 // Config is the whole configuration. Every field is documented with the
@@ -51,6 +53,8 @@ type Config struct {
 	WebhookSecret       string        // WEBHOOK_SECRET
 	ShutdownTimeout     time.Duration // SHUTDOWN_TIMEOUT; 25s; > 0
 	CORSOrigins         []string      // CORS_ORIGINS; none
+	LogLevel            string        // LOG_LEVEL; "info" (debug, info, warn, error)
+	LogFormat           string        // LOG_FORMAT; "text" (text, json)
 }
 
 // Embedded reports whether Redis or MongoDB runs in process.
@@ -74,13 +78,13 @@ func Load(getenv func(string) string) (*Config, error) {
 		HTTPAddr:            p.str("HTTP_ADDR", ":8080"),
 		APIToken:            getenv("API_TOKEN"),
 		AdminPassword:       getenv("ADMIN_PASSWORD"),
-		WorkerConcurrency:   p.intRange("WORKER_CONCURRENCY", 10, 1, 10000),
-		MaxRetries:          p.intRange("MAX_RETRIES", 15, 0, 1000),
-		BackoffSchedule:     p.durations("BACKOFF_SCHEDULE", tasks.DefaultBackoff),
-		RetryTransientDelay: p.duration("RETRY_TRANSIENT_DELAY", 30*time.Second, 0, ""),
-		RetryRateLimitDelay: p.duration("RETRY_RATE_LIMIT_DELAY", 5*time.Minute, 0, ""),
-		TaskTimeout:         p.duration("TASK_TIMEOUT", 24*time.Hour, time.Second, "asynq keeps whole seconds and reads 0 as its own 30m default"),
-		TaskRetention:       p.duration("TASK_RETENTION", 168*time.Hour, time.Second, "asynq keeps whole seconds and drops a completed task at once with 0"),
+		WorkerConcurrency:   p.intRange("WORKER_CONCURRENCY", handlers.DefaultConcurrency, 1, 10000),
+		MaxRetries:          p.intRange("MAX_RETRIES", handlers.DefaultMaxRetries, 0, 1000),
+		BackoffSchedule:     p.durations("BACKOFF_SCHEDULE", handlers.DefaultBackoff),
+		RetryTransientDelay: p.duration("RETRY_TRANSIENT_DELAY", handlers.DefaultTransientDelay, 0, ""),
+		RetryRateLimitDelay: p.duration("RETRY_RATE_LIMIT_DELAY", handlers.DefaultRateLimitDelay, 0, ""),
+		TaskTimeout:         p.duration("TASK_TIMEOUT", tasks.DefaultTaskTimeout, time.Second, "asynq keeps whole seconds and reads 0 as its own 30m default"),
+		TaskRetention:       p.duration("TASK_RETENTION", tasks.DefaultTaskRetention, time.Second, "asynq keeps whole seconds and drops a completed task at once with 0"),
 		EncryptionKey:       getenv("DATA_ENCRYPTION_KEY"),
 		InsightsProvider:    p.oneOf("INSIGHTS_PROVIDER", "rules", "rules", "gemini"),
 		GeminiAPIKey:        getenv("GEMINI_API_KEY"),
@@ -88,11 +92,13 @@ func Load(getenv func(string) string) (*Config, error) {
 		GeminiBaseURL:       p.url("GEMINI_BASE_URL", "http", "https"),
 		WebhookURL:          p.url("COMPLETION_WEBHOOK_URL", "http", "https"),
 		WebhookSecret:       getenv("WEBHOOK_SECRET"),
-		ShutdownTimeout:     p.duration("SHUTDOWN_TIMEOUT", 25*time.Second, 0, ""),
+		ShutdownTimeout:     p.duration("SHUTDOWN_TIMEOUT", handlers.DefaultShutdownTimeout, 0, ""),
 		CORSOrigins:         p.list("CORS_ORIGINS"),
+		LogLevel:            strings.ToLower(p.oneOfFold("LOG_LEVEL", "info", "debug", "info", "warn", "error")),
+		LogFormat:           strings.ToLower(p.oneOfFold("LOG_FORMAT", "text", "text", "json")),
 	}
-	weights := p.str("QUEUE_WEIGHTS", tasks.DefaultQueueWeights)
-	if w, err := tasks.ParseQueueWeights(weights); err != nil {
+	weights := p.str("QUEUE_WEIGHTS", handlers.DefaultQueueWeights)
+	if w, err := handlers.ParseQueueWeights(weights); err != nil {
 		p.fail("QUEUE_WEIGHTS", err.Error())
 	} else {
 		c.QueueWeights = w
@@ -288,6 +294,18 @@ func short(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// oneOfFold is oneOf ignoring case (LOG_LEVEL=DEBUG).
+func (p *parser) oneOfFold(name, def string, allowed ...string) string {
+	v := p.str(name, def)
+	for _, a := range allowed {
+		if strings.EqualFold(v, a) {
+			return a
+		}
+	}
+	p.fail(name, fmt.Sprintf("want one of %s, got %q", strings.Join(allowed, ", "), v))
+	return def
 }
 
 func (p *parser) oneOf(name, def string, allowed ...string) string {

@@ -20,8 +20,13 @@ func TestDefaults(t *testing.T) {
 		c.WorkerConcurrency != 10 || c.MaxRetries != 15 || c.RetryTransientDelay != 30*time.Second ||
 		c.RetryRateLimitDelay != 5*time.Minute || c.TaskTimeout != 24*time.Hour || c.TaskRetention != 168*time.Hour ||
 		c.InsightsProvider != "rules" || c.GeminiModel != "gemini-2.5-flash" || c.ShutdownTimeout != 25*time.Second ||
-		len(c.BackoffSchedule) != 4 || c.BackoffSchedule[3] != time.Minute || c.QueueWeights["critical"] != 6 {
+		len(c.BackoffSchedule) != 4 || c.BackoffSchedule[3] != time.Minute || c.QueueWeights["critical"] != 6 ||
+		c.LogLevel != "info" || c.LogFormat != "text" {
 		t.Errorf("defaults: %+v", c)
+	}
+	// LOG_LEVEL and LOG_FORMAT read like every other variable, in any case.
+	if c, err := Load(env(map[string]string{"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "Json"})); err != nil || c.LogLevel != "debug" || c.LogFormat != "json" {
+		t.Errorf("LOG_LEVEL=DEBUG LOG_FORMAT=Json: %+v, %v", c, err)
 	}
 }
 
@@ -31,6 +36,7 @@ func TestBadValueNamesTheVariable(t *testing.T) {
 		"BACKOFF_SCHEDULE": "5s,soon", "RETRY_TRANSIENT_DELAY": "30", "RETRY_RATE_LIMIT_DELAY": "x", "TASK_TIMEOUT": "1d",
 		"TASK_RETENTION": "-5s", "QUEUE_WEIGHTS": "critical=6", "DATA_ENCRYPTION_KEY": "short", "INSIGHTS_PROVIDER": "openai",
 		"SHUTDOWN_TIMEOUT": "forever", "COMPLETION_WEBHOOK_URL": "ftp://x", "GEMINI_BASE_URL": "::",
+		"LOG_LEVEL": "verbose", "LOG_FORMAT": "xml",
 	} {
 		_, err := Load(env(map[string]string{name: val}))
 		if err == nil || !strings.Contains(err.Error(), name) {

@@ -1,4 +1,4 @@
-// Package crypt is the encryption at rest of stored insights (DESIGN.md
+// Package crypt is the encryption at rest of stored insights (docs/DESIGN.md
 // section 8): AES-256-GCM with a key derived by PBKDF2-SHA256 from
 // DATA_ENCRYPTION_KEY, in the envelope the BMS app's Node code writes, so
 // data either side encrypted decrypts on the other.
@@ -144,10 +144,11 @@ func IsEnvelope(v any) bool {
 	return false
 }
 
-// EnvelopeFromMap converts a decoded document to an Envelope (ok false when
-// it is not one).
-func EnvelopeFromMap(m map[string]any) (Envelope, bool) {
-	if !IsEnvelope(m) {
+// EnvelopeOf converts a stored value, as decoded from MongoDB or JSON, to
+// an Envelope (ok false when it is not one).
+func EnvelopeOf(stored any) (Envelope, bool) {
+	m, ok := stored.(map[string]any)
+	if !ok || !IsEnvelope(m) {
 		return Envelope{}, false
 	}
 	return Envelope{

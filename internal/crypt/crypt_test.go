@@ -59,9 +59,9 @@ func TestRoundTrip(t *testing.T) {
 	if !IsEnvelope(m) {
 		t.Fatal("IsEnvelope(decoded map) = false")
 	}
-	e2, ok := EnvelopeFromMap(m)
+	e2, ok := EnvelopeOf(m)
 	if !ok || e2 != env {
-		t.Fatalf("EnvelopeFromMap: %+v %v", e2, ok)
+		t.Fatalf("EnvelopeOf: %+v %v", e2, ok)
 	}
 	if IsEnvelope(map[string]any{"healthScore": 1}) || IsEnvelope(map[string]any{"encrypted": false}) {
 		t.Fatal("IsEnvelope true for plain data")

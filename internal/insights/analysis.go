@@ -8,7 +8,7 @@ import (
 	"github.com/bmsview/insights/internal/bms"
 )
 
-// Thresholds of DESIGN.md section 9 (the BMS app's own).
+// Thresholds of docs/DESIGN.md section 9 (the BMS app's own).
 const (
 	ImbalanceExcellentMV = 30.0  // < 30 mV excellent
 	ImbalanceGoodMV      = 50.0  // < 50 mV good; > 50 mV warning

@@ -14,8 +14,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bmsview/insights/internal/bms"
 	"google.golang.org/genai"
+
+	"github.com/bmsview/insights/internal/bms"
 )
 
 // DefaultGeminiModel is the model when GeminiConfig.Model is empty.

@@ -7,87 +7,40 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/bmsview/insights/internal/bms"
+	"github.com/bmsview/insights/internal/testenv/fakegemini"
 )
 
-// fakeGemini speaks the generateContent REST shape.
-type fakeGemini struct {
-	t *testing.T
-	// model is the model the requests must name; "": gemini-2.5-flash.
-	model   string
-	mu      sync.Mutex
-	reqs    []map[string]any
-	handler func(n int, body map[string]any, w http.ResponseWriter)
-}
-
-func (f *fakeGemini) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	model := f.model
-	if model == "" {
-		model = "gemini-2.5-flash"
-	}
-	if !strings.HasSuffix(r.URL.Path, "/models/"+model+":generateContent") {
-		f.t.Errorf("unexpected path %s", r.URL.Path)
-	}
-	if r.Header.Get("x-goog-api-key") != "test-key" {
-		f.t.Errorf("api key header %q", r.Header.Get("x-goog-api-key"))
-	}
-	b, _ := io.ReadAll(r.Body)
-	var body map[string]any
-	_ = json.Unmarshal(b, &body)
-	f.mu.Lock()
-	f.reqs = append(f.reqs, body)
-	n := len(f.reqs)
-	f.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	f.handler(n, body, w)
-}
-
-func functionCallResponse(calls ...map[string]any) string {
-	var parts []any
-	for _, c := range calls {
-		parts = append(parts, map[string]any{"functionCall": c})
-	}
-	b, _ := json.Marshal(map[string]any{"candidates": []any{map[string]any{"content": map[string]any{"role": "model", "parts": parts}}}})
-	return string(b)
-}
-
-func textResponse(s string) string {
-	b, _ := json.Marshal(map[string]any{"candidates": []any{map[string]any{"content": map[string]any{"role": "model", "parts": []any{map[string]any{"text": s}}}, "finishReason": "STOP"}}})
-	return string(b)
-}
-
-func geminiFixture(t *testing.T, h func(n int, body map[string]any, w http.ResponseWriter)) (*Gemini, *fakeGemini, Request) {
-	f := &fakeGemini{t: t, handler: h}
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
+// geminiFixture is the provider on a fake model API that answers with h,
+// and a request for it.
+func geminiFixture(t *testing.T, h func(c fakegemini.Call, w http.ResponseWriter)) (*Gemini, *fakegemini.Server, Request) {
+	f := fakegemini.Start(t, "test-key", h)
 	sys, recs, now := testSystemHistory()
 	src := NewMemorySource([]bms.System{sys}, recs)
-	g := NewGemini(GeminiConfig{APIKey: "test-key", BaseURL: srv.URL, HTTPClient: &http.Client{Timeout: 5 * time.Second}}, nil, src)
+	g := NewGemini(GeminiConfig{APIKey: "test-key", BaseURL: f.URL, HTTPClient: &http.Client{Timeout: 5 * time.Second}}, nil, src)
 	req := Request{SystemID: sys.ID, Snapshot: testSnapshot(), ContextWindowDays: 30, MaxIterations: 5, Now: now, CustomPrompt: "Is my battery ready for winter?"}
 	return g, f, req
 }
 
 func TestGeminiToolLoop(t *testing.T) {
 	final := "## KEY FINDINGS\n- ok\n## TREND ANALYSIS\n- flat\n## RECOMMENDATIONS\n- 🟢 keep 2.0 kWh/day"
-	g, f, req := geminiFixture(t, func(n int, body map[string]any, w http.ResponseWriter) {
-		switch n {
+	g, f, req := geminiFixture(t, func(c fakegemini.Call, w http.ResponseWriter) {
+		switch c.N {
 		case 1:
-			io.WriteString(w, functionCallResponse(
+			io.WriteString(w, fakegemini.FunctionCalls(
 				map[string]any{"name": ToolSystemAnalytics, "args": map[string]any{}},
 				map[string]any{"name": ToolRequestBMSData, "args": map[string]any{"metric": "soc", "days": 3, "granularity": "daily"}}))
 		case 2:
-			io.WriteString(w, functionCallResponse(
+			io.WriteString(w, fakegemini.FunctionCalls(
 				map[string]any{"name": ToolPredictTrends, "args": map[string]any{"metric": "imbalanceMv", "daysAhead": 30}},
 				map[string]any{"name": ToolUsagePatterns, "args": map[string]any{}},
 				map[string]any{"name": ToolEnergyBudget, "args": map[string]any{"additionalLoadW": 100, "hoursPerDay": 5}}))
 		default:
-			io.WriteString(w, textResponse(final))
+			io.WriteString(w, fakegemini.Text(final))
 		}
 	})
 	res, err := g.Generate(context.Background(), req)
@@ -97,12 +50,12 @@ func TestGeminiToolLoop(t *testing.T) {
 	if res.Provider != "gemini" || res.Markdown != final || res.HealthScore == 0 || res.ContextSummary.Records == 0 {
 		t.Fatalf("result %+v", res)
 	}
-	if len(f.reqs) != 3 {
-		t.Fatalf("%d requests, want 3", len(f.reqs))
+	if f.Calls() != 3 {
+		t.Fatalf("%d requests, want 3", f.Calls())
 	}
 	// The first request carries the anonymised profile, the custom prompt
 	// and the five tools; the system id and name are not sent.
-	first, _ := json.Marshal(f.reqs[0])
+	first, _ := json.Marshal(f.Requests()[0])
 	for _, want := range []string{"Is my battery ready for winter?", ToolRequestBMSData, ToolSystemAnalytics, ToolPredictTrends, ToolUsagePatterns, ToolEnergyBudget, "systemRef", "ruleBasedAnalysis"} {
 		if !strings.Contains(string(first), want) {
 			t.Fatalf("first request lacks %q", want)
@@ -112,7 +65,7 @@ func TestGeminiToolLoop(t *testing.T) {
 		t.Fatalf("first request leaks identity: %s", first)
 	}
 	// The third request holds the tool answers of both turns.
-	third, _ := json.Marshal(f.reqs[2])
+	third, _ := json.Marshal(f.Requests()[2])
 	for _, want := range []string{`"functionResponse"`, `"daysToThreshold"`, `"nightSharePct"`, `"addedLoadKWhPerDay":0.5`, `"points"`, `"healthScore"`} {
 		if !strings.Contains(string(third), want) {
 			t.Fatalf("third request lacks %s: %s", want, third)
@@ -125,19 +78,19 @@ func TestGeminiToolLoop(t *testing.T) {
 }
 
 func TestGeminiIterationLimit(t *testing.T) {
-	g, f, req := geminiFixture(t, func(n int, body map[string]any, w http.ResponseWriter) {
-		io.WriteString(w, functionCallResponse(map[string]any{"name": ToolSystemAnalytics, "args": map[string]any{}}))
+	g, f, req := geminiFixture(t, func(_ fakegemini.Call, w http.ResponseWriter) {
+		io.WriteString(w, fakegemini.FunctionCalls(map[string]any{"name": ToolSystemAnalytics, "args": map[string]any{}}))
 	})
 	req.MaxIterations = 4
 	res, err := g.Generate(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(f.reqs) != 4 {
-		t.Fatalf("%d requests, want exactly MaxIterations 4", len(f.reqs))
+	if f.Calls() != 4 {
+		t.Fatalf("%d requests, want exactly MaxIterations 4", f.Calls())
 	}
 	// The last turn forbids tool calls.
-	last, _ := json.Marshal(f.reqs[3]["toolConfig"])
+	last, _ := json.Marshal(f.Requests()[3]["toolConfig"])
 	if !strings.Contains(string(last), "NONE") {
 		t.Fatalf("last turn tool config %s", last)
 	}
@@ -163,7 +116,7 @@ func TestGeminiErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			g, _, req := geminiFixture(t, func(n int, body map[string]any, w http.ResponseWriter) {
+			g, _, req := geminiFixture(t, func(_ fakegemini.Call, w http.ResponseWriter) {
 				if c.header != "" {
 					w.Header().Set("Retry-After", c.header)
 				}
@@ -183,11 +136,9 @@ func TestGeminiErrors(t *testing.T) {
 }
 
 func TestGeminiTimeout(t *testing.T) {
-	release := make(chan struct{})
-	g, _, req := geminiFixture(t, func(n int, body map[string]any, w http.ResponseWriter) {
-		<-release
+	g, _, req := geminiFixture(t, func(c fakegemini.Call, _ http.ResponseWriter) {
+		c.Hold()
 	})
-	defer close(release)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	_, err := g.Generate(ctx, req)
@@ -210,8 +161,8 @@ func TestGeminiTimeout(t *testing.T) {
 
 func TestGeminiHistoryErrorIsReturned(t *testing.T) {
 	boom := errors.New("mongo down")
-	g, _, req := geminiFixture(t, func(n int, body map[string]any, w http.ResponseWriter) {
-		io.WriteString(w, textResponse("x"))
+	g, _, req := geminiFixture(t, func(_ fakegemini.Call, w http.ResponseWriter) {
+		io.WriteString(w, fakegemini.Text("x"))
 	})
 	g.src.(*MemorySource).Err = boom
 	if _, err := g.Generate(context.Background(), req); !errors.Is(err, boom) {
@@ -238,14 +189,14 @@ func TestRetryAfterParsing(t *testing.T) {
 // A job's modelOverride is the model asked, and every turn and tool call is
 // reported as a progress event in the BMS app's shape.
 func TestGeminiModelOverrideAndProgress(t *testing.T) {
-	g, f, req := geminiFixture(t, func(n int, body map[string]any, w http.ResponseWriter) {
-		if n == 1 {
-			io.WriteString(w, functionCallResponse(map[string]any{"name": ToolRequestBMSData, "args": map[string]any{"metric": "soc", "days": 3}}))
+	g, f, req := geminiFixture(t, func(c fakegemini.Call, w http.ResponseWriter) {
+		if c.N == 1 {
+			io.WriteString(w, fakegemini.FunctionCalls(map[string]any{"name": ToolRequestBMSData, "args": map[string]any{"metric": "soc", "days": 3}}))
 			return
 		}
-		io.WriteString(w, textResponse("## KEY FINDINGS\n- ok"))
+		io.WriteString(w, fakegemini.Text("## KEY FINDINGS\n- ok"))
 	})
-	f.model = "gemini-2.5-pro"
+	f.ExpectModel("gemini-2.5-pro")
 	req.ModelOverride = "gemini-2.5-pro"
 	var events []Progress
 	req.Progress = func(_ context.Context, ev Progress) error { events = append(events, ev); return nil }
@@ -253,8 +204,8 @@ func TestGeminiModelOverrideAndProgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(f.reqs) != 2 || res.Model != "gemini-2.5-pro" || res.Turns != 2 || res.ToolCalls != 1 {
-		t.Fatalf("%d requests, result model %q turns %d tool calls %d", len(f.reqs), res.Model, res.Turns, res.ToolCalls)
+	if f.Calls() != 2 || res.Model != "gemini-2.5-pro" || res.Turns != 2 || res.ToolCalls != 1 {
+		t.Fatalf("%d requests, result model %q turns %d tool calls %d", f.Calls(), res.Model, res.Turns, res.ToolCalls)
 	}
 	var types []string
 	for _, ev := range events {

@@ -5,6 +5,7 @@ package insights
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/bmsview/insights/internal/bms"
@@ -111,3 +112,38 @@ func (e *ProviderError) Error() string {
 }
 
 func (e *ProviderError) Unwrap() error { return e.Err }
+
+// What the provider's failure means for a retry, said where it is made
+// (the runner reads these methods, never the message).
+
+// RateLimited reports a rate limit or an exhausted quota (HTTP 429, or a
+// message that says so under a code that is neither Permanent nor
+// Temporary) with the delay the provider named (Retry-After, RetryInfo; 0:
+// none).
+func (e *ProviderError) RateLimited() (time.Duration, bool) {
+	if e.StatusCode == 429 {
+		return e.RetryAfter, true
+	}
+	if e.Permanent() || e.Temporary() {
+		return 0, false
+	}
+	msg := strings.ToLower(e.Error())
+	if strings.Contains(msg, "rate limit") || strings.Contains(msg, "quota") || strings.Contains(msg, "resource_exhausted") {
+		return e.RetryAfter, true
+	}
+	return 0, false
+}
+
+// Temporary reports a server-side failure (HTTP 5xx) that a later call
+// may not meet.
+func (e *ProviderError) Temporary() bool { return e.StatusCode >= 500 }
+
+// Permanent reports a request the provider refuses as such (HTTP 400,
+// 401, 403, 404): the same call would be refused again.
+func (e *ProviderError) Permanent() bool {
+	switch e.StatusCode {
+	case 400, 401, 403, 404:
+		return true
+	}
+	return false
+}

@@ -131,6 +131,18 @@ func maxTime(a, b time.Time) time.Time {
 // SeriesMetrics are the metrics Series knows.
 var SeriesMetrics = []string{"soc", "voltage", "current", "chargeW", "dischargeW", "temperature", "imbalanceMv", "remainingAh"}
 
+// seriesValue reads a metric's sum and sample count from an hourly rollup.
+var seriesValue = map[string]func(Rollup) (float64, int){
+	"soc":         func(x Rollup) (float64, int) { return x.SumSOC, x.Count },
+	"voltage":     func(x Rollup) (float64, int) { return x.SumVoltage, x.Count },
+	"current":     func(x Rollup) (float64, int) { return x.SumCurrent, x.Count },
+	"chargeW":     func(x Rollup) (float64, int) { return x.SumChargeW, x.Count },
+	"dischargeW":  func(x Rollup) (float64, int) { return x.SumDischargeW, x.Count },
+	"temperature": func(x Rollup) (float64, int) { return x.SumTempMax, x.TempCount },
+	"imbalanceMv": func(x Rollup) (float64, int) { return x.SumImbalanceMV, x.CellCount },
+	"remainingAh": func(x Rollup) (float64, int) { return x.SumRemainingAh, x.Count },
+}
+
 // Point is one value of a series.
 type Point struct {
 	Time  time.Time `json:"time"`
@@ -143,25 +155,8 @@ func (r *Rules) Series(ctx context.Context, systemID string, from, to time.Time,
 	if r.src == nil {
 		return nil, nil
 	}
-	var val func(Rollup) (float64, int)
-	switch metric {
-	case "soc":
-		val = func(x Rollup) (float64, int) { return x.SumSOC, x.Count }
-	case "voltage":
-		val = func(x Rollup) (float64, int) { return x.SumVoltage, x.Count }
-	case "current":
-		val = func(x Rollup) (float64, int) { return x.SumCurrent, x.Count }
-	case "chargeW":
-		val = func(x Rollup) (float64, int) { return x.SumChargeW, x.Count }
-	case "dischargeW":
-		val = func(x Rollup) (float64, int) { return x.SumDischargeW, x.Count }
-	case "temperature":
-		val = func(x Rollup) (float64, int) { return x.SumTempMax, x.TempCount }
-	case "imbalanceMv":
-		val = func(x Rollup) (float64, int) { return x.SumImbalanceMV, x.CellCount }
-	case "remainingAh":
-		val = func(x Rollup) (float64, int) { return x.SumRemainingAh, x.Count }
-	default:
+	val, ok := seriesValue[metric]
+	if !ok {
 		return nil, fmt.Errorf("unknown metric %q (one of %v)", metric, SeriesMetrics)
 	}
 	rolls, err := r.src.HourlyRollups(ctx, systemID, from, to)

@@ -17,15 +17,16 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/event"
+
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/bmsgen"
 	"github.com/bmsview/insights/internal/devstack"
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
-	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
-	"go.mongodb.org/mongo-driver/v2/event"
 )
 
 // Store kinds.
@@ -157,15 +158,14 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	done := &completions{Store: st, at: map[string]time.Time{}}
 	producer := tasks.NewClient(ropt, tasks.ClientConfig{Jobs: st})
 	defer producer.Close()
-	fu := asynq.NewClientFromRedisClient(rc)
-	runner := handlers.NewRunner(handlers.RunnerConfig{Store: st, MaxRetries: 3, Logger: quiet})
-	mux := asynq.NewServeMux()
-	handlers.Register(mux, runner,
-		handlers.NewInsights(handlers.InsightsConfig{Engine: insights.NewRules(st), FollowUps: fu}),
-		handlers.NewCompleted(handlers.CompletedConfig{Systems: done, Logger: quiet}))
-	cfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: o.Concurrency})
-	cfg.LogLevel = asynq.FatalLevel
-	srv := asynq.NewServerFromRedisClient(rc, cfg)
+	worker := handlers.NewWorkerFromRedisClient(rc, handlers.WorkerConfig{
+		Runner:        handlers.RunnerConfig{Store: st, MaxRetries: 3},
+		Insights:      handlers.InsightsConfig{Engine: insights.NewRules(st)},
+		Completed:     handlers.CompletedConfig{Systems: done},
+		Server:        handlers.ServerOptions{Concurrency: o.Concurrency},
+		Logger:        quiet,
+		AsynqLogLevel: asynq.FatalLevel,
+	})
 
 	// The systems exist before their insights, as they do in use.
 	systems := bmsgen.Systems()
@@ -190,10 +190,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	counting.Store(true)
 	start := time.Now()
-	if err := srv.Start(mux); err != nil {
+	if err := worker.Start(); err != nil {
 		return res, err
 	}
-	defer srv.Shutdown()
+	defer worker.Shutdown()
 	if err := done.wait(ctx, o.N, 10*time.Minute); err != nil {
 		return res, err
 	}

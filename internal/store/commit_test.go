@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // groupSetup opens the embedded store with its Sync behind a gate and one
@@ -31,7 +32,7 @@ func groupSetup(t *testing.T, n int) (*store.Store, *testenv.SyncGate, []*store.
 		if _, err := st.ClaimRun(ctx, tasks.Run{JobID: jobID, EventID: eventID, SystemID: "sys", Queue: "default"}); err != nil {
 			t.Fatal(err)
 		}
-		j, _, err := st.StartAttempt(ctx, store.Attempt{JobID: jobID, EventID: eventID, Queue: "default"})
+		j, _, err := st.StartAttempt(ctx, tasks.Run{JobID: jobID, EventID: eventID, Queue: "default"})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,7 +1,7 @@
 package store
 
 // The systems and history collections, read in the BMS app's shapes
-// (DESIGN.md section 7): systems found by their `id`, history records with
+// (docs/DESIGN.md section 7): systems found by their `id`, history records with
 // ISO-8601 string timestamps (BSON dates are read too) and only the app's
 // own fields. *Store is an insights.HistorySource.
 //
@@ -20,11 +20,12 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/bmsview/insights/internal/bms"
-	"github.com/bmsview/insights/internal/insights"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/bmsview/insights/internal/bms"
+	"github.com/bmsview/insights/internal/insights"
 )
 
 // HistoryBatchSize is the InsertMany batch and the cursor batch of

@@ -7,14 +7,15 @@ import (
 	"slices"
 	"time"
 
-	"github.com/bmsview/insights/internal/insights"
-	"github.com/bmsview/insights/tasks"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/tasks"
 )
 
-// Job is one `insights-jobs` document (DESIGN.md section 7), found by its
+// Job is one `insights-jobs` document (docs/DESIGN.md section 7), found by its
 // field `id`. The BMS app's fields are written as its own workload writes
 // them (request fields at the top level, progress, partialInsights,
 // finalInsights, error as a string); ours sit beside them. A job the app
@@ -74,6 +75,22 @@ func (j *Job) StoredRequest() *tasks.Request {
 	}
 	r := j.Request
 	return &r
+}
+
+// Run is the job's current run, as it is enqueued again (the reconciler,
+// an operator's retry of a task Redis lost): on the job's queue, due when
+// the job says (a schedule not yet reached is kept), else now.
+func (j *Job) Run() tasks.Run {
+	queue := j.Queue
+	if queue == "" {
+		queue = tasks.QueueFor(j.Priority)
+	}
+	run := tasks.Run{EventID: j.EventID, JobID: j.ID, SystemID: j.SystemID, Request: j.StoredRequest(),
+		Priority: j.Priority, Queue: queue, ProcessAt: time.Now()}
+	if j.ProcessAt != nil && j.Status != tasks.StatusCompleted && j.ProcessAt.After(run.ProcessAt) {
+		run.ProcessAt = *j.ProcessAt
+	}
+	return run
 }
 
 // FailedAt is when the job last failed (its updatedAt when unknown).
@@ -150,6 +167,14 @@ type Failure struct {
 	At      time.Time `json:"at" bson:"at"`
 }
 
+// Failure kinds (the job's failure.kind).
+const (
+	KindTransient = "transient"  // a timeout, a lost connection, a 5xx, the store's outage
+	KindRateLimit = "rate_limit" // the provider's rate limit or quota
+	KindBusiness  = "business"   // the request itself: retrying cannot help
+	KindInternal  = "internal"   // anything else (a bug, a panic)
+)
+
 // FollowUp records the chained insights-completed event.
 type FollowUp struct {
 	EventID    string    `json:"eventId" bson:"eventId"`
@@ -211,6 +236,26 @@ func findByID(ctx context.Context, coll *mongo.Collection, id string, out any) e
 	return err
 }
 
+// lockedRun takes job jobID's run lock and reads the job under it: the
+// read of a read-check-write. ErrNotFound (the lock released) when there
+// is no such job or its current run is not eventID; else the caller
+// unlocks once its write is durable.
+func (s *Store) lockedRun(ctx context.Context, jobID, eventID string) (heldLock, *Job, error) {
+	held, err := s.lockJob(ctx, jobID)
+	if err != nil {
+		return heldLock{}, nil, err
+	}
+	job, err := s.findJob(ctx, jobID)
+	if err == nil && job.EventID != eventID {
+		err = ErrNotFound
+	}
+	if err != nil {
+		held.unlock()
+		return heldLock{}, nil, err
+	}
+	return held, job, nil
+}
+
 // runFilter selects a job document by its `_id`, and on MongoDB also by
 // the conditions that make the write atomic with the check (FerretDB
 // serves only a bare `_id` equality from its index, and its updates are not
@@ -239,16 +284,17 @@ func (s *Store) updateJob(ctx context.Context, docID any, update bson.D, cond ..
 // eventId ("" for a job the app created and never sent) for a job that has
 // no live run, so two sends racing to start it start one run. A claim
 // whose job write fails is removed again, and one left behind by a process
-// that died between the two writes is removed by the next send (claimOf),
+// that died between the two writes is removed by the next send (claimExisting),
 // so a later send can always start the job.
 func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	now := time.Now().UTC()
 	status := tasks.StatusQueued
-	if run.Scheduled {
+	if run.Scheduled(now) {
 		status = tasks.StatusScheduled
 	}
-	doc := newJobDoc(run, status, time.Now().UTC())
+	doc := newJobDoc(run, status, now)
 	for range 3 {
 		err := s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.InsertOne(ctx, doc); return err })
 		if err == nil {
@@ -324,7 +370,7 @@ func (s *Store) claimExisting(ctx context.Context, run tasks.Run, status string)
 		return nil, false, fmt.Errorf("claim job run: %w", err)
 	}
 	held.transition()
-	matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, status, 0, nil, now),
+	matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, status, 0, now),
 		bson.E{Key: "eventId", Value: cur.EventID})
 	if err != nil || !matched {
 		// Repair: without its job write the claim would answer
@@ -339,20 +385,16 @@ func (s *Store) claimExisting(ctx context.Context, run tasks.Run, status string)
 }
 
 // startRunUpdate is the update that makes run the current run of cur:
-// its steps start afresh with attempts done so far and progress events
-// push, the request fields the event carries replace the stored ones
+// its steps and progress start afresh with attempts done so far, the request fields the event carries replace the stored ones
 // (those it omits are kept), and the run it replaces joins the job's
 // previous ones.
-func startRunUpdate(cur *Job, run tasks.Run, status string, attempts int, push []ProgressEvent, now time.Time) bson.D {
-	if push == nil {
-		push = []ProgressEvent{}
-	}
+func startRunUpdate(cur *Job, run tasks.Run, status string, attempts int, now time.Time) bson.D {
 	set := bson.D{
 		{Key: "eventId", Value: run.EventID}, {Key: "eventName", Value: tasks.EventGenerateInsights},
 		{Key: "status", Value: status}, {Key: "priority", Value: run.Priority}, {Key: "queue", Value: run.Queue},
 		{Key: "processAt", Value: run.ProcessAt.UTC()}, {Key: "attempts", Value: attempts}, {Key: "failures", Value: 0},
 		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: bson.D{}},
-		{Key: "progress", Value: push}, {Key: "partialInsights", Value: nil}, {Key: "finalInsights", Value: nil},
+		{Key: "progress", Value: []ProgressEvent{}}, {Key: "partialInsights", Value: nil}, {Key: "finalInsights", Value: nil},
 		{Key: "followUp", Value: nil}, {Key: "completedAt", Value: nil}, {Key: "updatedAt", Value: now},
 	}
 	if run.SystemID != "" {
@@ -384,19 +426,15 @@ func RequestFields(r tasks.Request) bson.D {
 func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	held, err := s.lockJob(ctx, jobID)
-	if err != nil {
-		return fmt.Errorf("abandon run: %w", err)
-	}
-	defer held.unlock()
-	job, err := s.findJob(ctx, jobID)
+	held, job, err := s.lockedRun(ctx, jobID, eventID)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("abandon run: %w", err)
 	}
-	if job.EventID != eventID || job.Attempts != 0 {
+	defer held.unlock()
+	if job.Attempts != 0 {
 		return nil
 	}
 	held.transition()
@@ -405,7 +443,7 @@ func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	_, err = s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{
 		{Key: "status", Value: tasks.StatusFailed},
 		{Key: "error", Value: msg},
-		{Key: "failure", Value: Failure{Kind: tasks.KindTransient, Message: msg, At: now}},
+		{Key: "failure", Value: Failure{Kind: KindTransient, Message: msg, At: now}},
 		{Key: "updatedAt", Value: now},
 	}}}, bson.E{Key: "eventId", Value: eventID}, bson.E{Key: "attempts", Value: 0})
 	if err != nil {
@@ -414,25 +452,15 @@ func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	return nil
 }
 
-// Attempt identifies the task a handler is running.
-type Attempt struct {
-	JobID, EventID, SystemID string
-	Request                  *tasks.Request
-	Priority                 int
-	Queue                    string
-	// Push is appended to the job's progress in the attempt's first write.
-	Push []ProgressEvent
-}
-
 // StartAttempt marks the job processing, adds 1 to attempts and returns the
 // job with its checkpoints; it creates the job when the event arrived
 // without one. A completed job (only its follow-up left to send) keeps its
 // status. It returns ErrCancelled or ErrStaleEvent when this task must not
 // run. Previous is the status before this attempt.
-func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous string, err error) {
+func (s *Store) StartAttempt(ctx context.Context, run tasks.Run) (job *Job, previous string, err error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	held, err := s.lockJob(ctx, a.JobID)
+	held, err := s.lockJob(ctx, run.JobID)
 	if err != nil {
 		return nil, "", fmt.Errorf("start attempt: %w", err)
 	}
@@ -443,14 +471,12 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 		}
 	}()
 	now := time.Now().UTC()
+	run.ProcessAt = now // the attempt starts now, whatever the task was due
 	for range 3 {
-		cur, err := s.findJob(ctx, a.JobID)
+		cur, err := s.findJob(ctx, run.JobID)
 		if errors.Is(err, ErrNotFound) {
-			run := tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
-				Priority: a.Priority, Queue: a.Queue, ProcessAt: now}
 			doc := newJobDoc(run, tasks.StatusProcessing, now)
 			doc.Attempts = 1
-			doc.Progress = append(doc.Progress, a.Push...)
 			err := s.write(ctx, func(ctx context.Context) error { _, err := s.jobs.InsertOne(ctx, doc); return err })
 			if mongo.IsDuplicateKeyError(err) {
 				continue // created meanwhile (a producer's claim): read it
@@ -465,16 +491,14 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 		}
 		adopt := cur.EventID == "" // a job the app created, sent by a producer without the store
 		switch {
-		case !adopt && cur.EventID != a.EventID:
-			if slices.Contains(cur.PreviousEventIDs, a.EventID) || tasks.Live(cur.Status) {
+		case !adopt && cur.EventID != run.EventID:
+			if slices.Contains(cur.PreviousEventIDs, run.EventID) || tasks.Live(cur.Status) {
 				return nil, "", ErrStaleEvent // an earlier run's task, or a second send while one runs
 			}
 			// A new send of an ended job by a producer without the store
 			// (it could not claim the run): this task starts the new run.
-			run := tasks.Run{JobID: a.JobID, EventID: a.EventID, SystemID: a.SystemID, Request: a.Request,
-				Priority: a.Priority, Queue: a.Queue, ProcessAt: now}
 			held.transition()
-			matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, tasks.StatusProcessing, 1, a.Push, now),
+			matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, tasks.StatusProcessing, 1, now),
 				bson.E{Key: "eventId", Value: cur.EventID})
 			if err != nil {
 				return nil, "", fmt.Errorf("start run: %w", err)
@@ -482,7 +506,7 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 			if !matched {
 				continue
 			}
-			job, err := s.findJob(ctx, a.JobID)
+			job, err := s.findJob(ctx, run.JobID)
 			if err != nil {
 				return nil, "", err
 			}
@@ -497,14 +521,11 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 			set = append(set, bson.E{Key: "status", Value: tasks.StatusProcessing})
 		}
 		if adopt {
-			set = append(set, bson.E{Key: "eventId", Value: a.EventID}, bson.E{Key: "eventName", Value: tasks.EventGenerateInsights},
-				bson.E{Key: "queue", Value: a.Queue}, bson.E{Key: "priority", Value: a.Priority})
-			cur.EventID, cur.EventName, cur.Queue, cur.Priority = a.EventID, tasks.EventGenerateInsights, a.Queue, a.Priority
+			set = append(set, bson.E{Key: "eventId", Value: run.EventID}, bson.E{Key: "eventName", Value: tasks.EventGenerateInsights},
+				bson.E{Key: "queue", Value: run.Queue}, bson.E{Key: "priority", Value: run.Priority})
+			cur.EventID, cur.EventName, cur.Queue, cur.Priority = run.EventID, tasks.EventGenerateInsights, run.Queue, run.Priority
 		}
 		update := bson.D{{Key: "$set", Value: set}, {Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}}}
-		if len(a.Push) > 0 {
-			update = append(update, pushProgress(a.Push))
-		}
 		matched, err := s.updateJob(ctx, cur.DocID, update,
 			bson.E{Key: "eventId", Value: cur.EventID}, bson.E{Key: "status", Value: cur.Status})
 		if err != nil {
@@ -518,10 +539,9 @@ func (s *Store) StartAttempt(ctx context.Context, a Attempt) (job *Job, previous
 		}
 		cur.Attempts++
 		cur.UpdatedAt = now
-		cur.Progress = append(cur.Progress, a.Push...)
 		return cur, previous, nil
 	}
-	return nil, "", fmt.Errorf("start attempt of job %s: gave up after repeated conflicts", a.JobID)
+	return nil, "", fmt.Errorf("start attempt of job %s: gave up after repeated conflicts", run.JobID)
 }
 
 func pushProgress(evs []ProgressEvent) bson.E {
@@ -662,16 +682,12 @@ func (s *Store) FailEvent(ctx context.Context, eventID, kind, msg string) error 
 	if err != nil {
 		return err
 	}
-	held, err := s.lockJob(ctx, found.ID)
+	held, job, err := s.lockedRun(ctx, found.ID, eventID)
 	if err != nil {
 		return fmt.Errorf("fail event %s: %w", eventID, err)
 	}
 	defer held.unlock()
-	job, err := s.findJob(ctx, found.ID)
-	if err != nil {
-		return err
-	}
-	if job.EventID != eventID || !tasks.Live(job.Status) {
+	if !tasks.Live(job.Status) {
 		return ErrNotFound
 	}
 	held.transition()
@@ -754,16 +770,12 @@ func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	held, err := s.lockJob(ctx, jobID)
+	held, job, err := s.lockedRun(ctx, jobID, eventID)
 	if err != nil {
 		return fmt.Errorf("cancel job: %w", err)
 	}
 	defer held.unlock()
-	job, err := s.findJob(ctx, jobID)
-	if err != nil {
-		return fmt.Errorf("cancel job: %w", err)
-	}
-	if job.EventID != eventID || job.Status == tasks.StatusCompleted {
+	if job.Status == tasks.StatusCompleted {
 		return ErrNotFound
 	}
 	held.transition()
@@ -824,18 +836,11 @@ func (s *Store) EachStale(ctx context.Context, before time.Time, fn func(*Job) e
 func (s *Store) ResetBudget(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	held, err := s.lockJob(ctx, jobID)
+	held, job, err := s.lockedRun(ctx, jobID, eventID)
 	if err != nil {
 		return fmt.Errorf("reset retry budget: %w", err)
 	}
 	defer held.unlock()
-	job, err := s.findJob(ctx, jobID)
-	if err != nil {
-		return err
-	}
-	if job.EventID != eventID {
-		return ErrNotFound
-	}
 	now := time.Now().UTC()
 	matched, err := s.updateJob(ctx, job.DocID, bson.D{{Key: "$set", Value: bson.D{
 		{Key: "failures", Value: 0}, {Key: "rerunAt", Value: now}, {Key: "updatedAt", Value: now}}}},

@@ -8,12 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"go.mongodb.org/mongo-driver/v2/bson"
+
 	"github.com/bmsview/insights/internal/bms"
 	"github.com/bmsview/insights/internal/bmsgen"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
-	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 func claim(t *testing.T, st *store.Store, jobID, eventID string) {
@@ -50,7 +51,7 @@ func TestCancelRacingAttemptStartIsNeverLost(t *testing.T) {
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			job, _, startErr = st.StartAttempt(ctx, store.Attempt{JobID: jobID, EventID: eventID, Queue: "default"})
+			job, _, startErr = st.StartAttempt(ctx, tasks.Run{JobID: jobID, EventID: eventID, Queue: "default"})
 		}()
 		go func() { defer wg.Done(); cancelErr = st.MarkCancelled(ctx, jobID, eventID) }()
 		wg.Wait()
@@ -82,7 +83,7 @@ func TestStaleRunCannotWriteIntoNewRun(t *testing.T) {
 	st := testenv.Store(t)
 	ctx := context.Background()
 	claim(t, st, "resent", "e-first")
-	first, _, err := st.StartAttempt(ctx, store.Attempt{JobID: "resent", EventID: "e-first", Queue: "default"})
+	first, _, err := st.StartAttempt(ctx, tasks.Run{JobID: "resent", EventID: "e-first", Queue: "default"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,18 +145,18 @@ func TestFailEventEndsTheRun(t *testing.T) {
 	st := testenv.Store(t)
 	ctx := context.Background()
 	claim(t, st, "poison", "e-poison")
-	if err := st.FailEvent(ctx, "e-poison", tasks.KindBusiness, "payload is not a valid event"); err != nil {
+	if err := st.FailEvent(ctx, "e-poison", store.KindBusiness, "payload is not a valid event"); err != nil {
 		t.Fatal(err)
 	}
 	j, err := st.GetJob(ctx, "poison")
-	if err != nil || j.Status != tasks.StatusFailed || j.Failure == nil || j.Failure.Kind != tasks.KindBusiness ||
+	if err != nil || j.Status != tasks.StatusFailed || j.Failure == nil || j.Failure.Kind != store.KindBusiness ||
 		j.Error == nil || *j.Error != "payload is not a valid event" || len(j.Progress) != 1 {
 		t.Fatalf("job: %+v, %v", j, err)
 	}
-	if err := st.FailEvent(ctx, "e-poison", tasks.KindBusiness, "again"); !errors.Is(err, store.ErrNotFound) {
+	if err := st.FailEvent(ctx, "e-poison", store.KindBusiness, "again"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("failing an ended run again: %v, want ErrNotFound", err)
 	}
-	if err := st.FailEvent(ctx, "e-unknown", tasks.KindBusiness, "x"); !errors.Is(err, store.ErrNotFound) {
+	if err := st.FailEvent(ctx, "e-unknown", store.KindBusiness, "x"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("an unknown event: %v, want ErrNotFound", err)
 	}
 	ex, err := st.ClaimRun(ctx, tasks.Run{JobID: "poison", EventID: "e-next", SystemID: "sys", Queue: "default"})

@@ -1,6 +1,9 @@
 // Package testenv gives tests the stores they run against: the real Redis
 // and MongoDB named by REDIS_URL / MONGODB_URI, else embedded ones
-// (miniredis, FerretDB on a temp dir).
+// (miniredis, FerretDB on a temp dir). It is also the one home of what more
+// than one package's tests share: each package's Redis database
+// (redisdb.go), the fakes of the service's collaborators (fakes.go), the
+// waits (wait.go) and, in fakegemini, the model's API.
 package testenv
 
 import (
@@ -15,8 +18,6 @@ import (
 
 	"github.com/bmsview/insights/internal/devstack"
 	"github.com/bmsview/insights/internal/store"
-	"github.com/hibiken/asynq"
-	"github.com/redis/go-redis/v9"
 )
 
 var (
@@ -98,51 +99,4 @@ func StoreWith(t testing.TB, adjust func(*store.Config)) *store.Store {
 		_ = s.Close(context.Background())
 	})
 	return s
-}
-
-// Redis returns connection options for a Redis database of this test
-// package's own (db, 1–10; 11 and 12 belong to the peer benchmarks, 13 to `insights bench`, 14 to the loadtest test), flushed
-// first. With REDIS_URL set it is that server; else a miniredis that stops
-// when the test ends.
-func Redis(t testing.TB, db int) asynq.RedisConnOpt {
-	t.Helper()
-	if u := os.Getenv("REDIS_URL"); u != "" {
-		opt, err := asynq.ParseRedisURI(u)
-		if err != nil {
-			t.Fatalf("REDIS_URL: %v", err)
-		}
-		o, ok := opt.(asynq.RedisClientOpt)
-		if !ok {
-			t.Fatalf("REDIS_URL: tests need a plain redis:// URL, got %T", opt)
-		}
-		o.DB = db
-		c := redis.NewClient(&redis.Options{Addr: o.Addr, Username: o.Username, Password: o.Password, DB: db, TLSConfig: o.TLSConfig})
-		defer c.Close()
-		if err := c.FlushDB(context.Background()).Err(); err != nil {
-			t.Fatalf("flush redis db %d: %v", db, err)
-		}
-		return o
-	}
-	r, err := devstack.StartRedis()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	return asynq.RedisClientOpt{Addr: r.Addr()}
-}
-
-// WaitFor polls cond until it holds or the deadline passes.
-func WaitFor(t testing.TB, within time.Duration, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	var lastErr error
-	for time.Now().Before(deadline) {
-		ok, err := cond()
-		if ok && err == nil {
-			return
-		}
-		lastErr = err
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s (last error: %v)", within, what, lastErr)
 }

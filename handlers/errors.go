@@ -1,4 +1,4 @@
-package tasks
+package handlers
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 
 // ErrDoNotRetry marks an error that retrying cannot fix (bad input, a
 // missing job, HTTP 400/401/403/404): the task is archived at once and the
-// job is failed. Wrap the cause: fmt.Errorf("...: %w", tasks.ErrDoNotRetry)
+// job is failed. Wrap the cause: fmt.Errorf("...: %w", ErrDoNotRetry)
 // or DoNotRetry(cause).
 var ErrDoNotRetry = errors.New("do not retry")
 
@@ -33,6 +33,9 @@ func (e *doNotRetry) Unwrap() []error { return []error{ErrDoNotRetry, e.err} }
 type RetryAfterError struct {
 	Delay time.Duration
 	Err   error
+	// NotAFailure: the attempt is no failure of the task and uses none of
+	// its retry budget (RetryWithoutBudget).
+	NotAFailure bool
 }
 
 func (e *RetryAfterError) Error() string {
@@ -62,41 +65,15 @@ func (e *SleepError) Error() string {
 	return fmt.Sprintf("step %s sleeping until %s", e.Step, e.Until.UTC().Format(time.RFC3339))
 }
 
-// NotAFailureError asks for the next attempt after Delay without using the
-// task's retry budget: for an outage of a dependency (the store) that is
-// not the task's fault, so a long outage never dead-letters it. IsFailure
-// reports false, and asynq (v0.26, rdb.Retry) then leaves the task's
-// retried count as it is; it still archives a task whose count has already
-// reached its MaxRetry, so a task with MaxRetry 0 cannot use it.
-type NotAFailureError struct {
-	Delay time.Duration
-	Err   error
-}
-
-func (e *NotAFailureError) Error() string {
-	if e.Err == nil {
-		return fmt.Sprintf("retry after %v (no failure)", e.Delay)
-	}
-	return e.Err.Error()
-}
-func (e *NotAFailureError) Unwrap() error { return e.Err }
-
 // RetryWithoutBudget returns an error that makes the task run again after
-// d without counting as a failure (see NotAFailureError).
+// d without counting as a failure: for an outage of a dependency (the
+// store) that is not the task's fault, so a long outage never dead-letters
+// it. IsFailure reports false, and asynq (v0.26, rdb.Retry) then leaves the
+// task's retried count as it is; it still archives a task whose count has
+// already reached its MaxRetry, so a task with MaxRetry 0 cannot use it.
 func RetryWithoutBudget(d time.Duration, cause error) error {
-	if d < 0 {
-		d = 0
-	}
-	return &NotAFailureError{Delay: d, Err: cause}
+	return &RetryAfterError{Delay: max(d, 0), Err: cause, NotAFailure: true}
 }
-
-// Error kinds stored on a job's failures.
-const (
-	KindTransient = "transient"
-	KindRateLimit = "rate_limit"
-	KindBusiness  = "business"
-	KindInternal  = "internal"
-)
 
 // IsFailure is asynq.Config.IsFailure: a sleep, a RetryWithoutBudget or a
 // revoke is no failure.
@@ -105,8 +82,8 @@ func IsFailure(err error) bool {
 	if errors.As(err, &s) {
 		return false
 	}
-	var nf *NotAFailureError
-	if errors.As(err, &nf) {
+	var ra *RetryAfterError
+	if errors.As(err, &ra) && ra.NotAFailure {
 		return false
 	}
 	return err != nil && !errors.Is(err, asynq.RevokeTask)
@@ -122,9 +99,6 @@ type RetryPolicy struct {
 	// arrives. 0: the schedule.
 	TransientDelay time.Duration
 }
-
-// DefaultBackoff is BACKOFF_SCHEDULE unset.
-var DefaultBackoff = []time.Duration{5 * time.Second, 10 * time.Second, 30 * time.Second, 60 * time.Second}
 
 // Backoff returns the delay after failure number n+1 (n counts from 0).
 func (p RetryPolicy) Backoff(n int) time.Duration {
@@ -148,10 +122,6 @@ func (p RetryPolicy) RetryDelayFunc(n int, err error, _ *asynq.Task) time.Durati
 	var s *SleepError
 	if errors.As(err, &s) {
 		return max(time.Until(s.Until), 0)
-	}
-	var nf *NotAFailureError
-	if errors.As(err, &nf) {
-		return nf.Delay
 	}
 	var ra *RetryAfterError
 	if errors.As(err, &ra) {
