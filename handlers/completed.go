@@ -36,6 +36,11 @@ type CompletedConfig struct {
 	WebhookSecret string
 	// HTTPClient posts the webhook. Nil: a client with a 15 s timeout.
 	HTTPClient *http.Client
+	// MaxRetries is the follow-up's retry budget (MAX_RETRIES): failures
+	// of the webhook before the task is archived; 0: none. The handler
+	// keeps it, not asynq, so that a store outage (RetryWithoutBudget)
+	// never uses it.
+	MaxRetries int
 	// TransientDelay is the wait before the next attempt after the store
 	// failed to set lastInsights; such a retry does not use the follow-up's
 	// retry budget (RetryWithoutBudget), so a store outage never
@@ -72,8 +77,10 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err := json.Unmarshal(t.Payload(), &p); err != nil {
 		return fmt.Errorf("decode %s payload: %v: %w", tasks.EventInsightsCompleted, err, asynq.SkipRetry)
 	}
-	attempt, _ := asynq.GetRetryCount(ctx)
-	log := c.cfg.Logger.With("eventId", p.EventID, "jobId", p.JobID, "attempt", attempt+1, "step", tasks.EventInsightsCompleted)
+	// asynq's retried counts this follow-up's failures alone (a store
+	// outage's retry is no failure).
+	retried, _ := asynq.GetRetryCount(ctx)
+	log := c.cfg.Logger.With("eventId", p.EventID, "jobId", p.JobID, "attempt", retried+1, "step", tasks.EventInsightsCompleted)
 	if c.cfg.Systems != nil && p.SystemID != "" {
 		if err := c.cfg.Systems.SetLastInsights(ctx, p.SystemID, map[string]any{
 			"eventId": p.EventID, "jobId": p.JobID, "healthScore": p.HealthScore, "status": p.Status, "completedAt": p.CompletedAt,
@@ -92,6 +99,10 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			log.Warn("completion webhook refused: archived", "err", err)
 			return err
 		} else if err != nil {
+			if retried >= c.cfg.MaxRetries {
+				log.Error("completion webhook failed, retry budget spent: archived", "err", err, "maxRetries", c.cfg.MaxRetries)
+				return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+			}
 			log.Warn("completion webhook failed: retry", "err", err)
 			return err
 		}
@@ -104,13 +115,13 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 // the low queue, with task id insights-completed:<eventId>, so that a second
 // send of the same follow-up is a conflict (asynq.ErrTaskIDConflict), not
 // a duplicate.
-func NewCompletedTask(p tasks.CompletedPayload, maxRetry int, retention time.Duration) (*asynq.Task, []asynq.Option, error) {
+func NewCompletedTask(p tasks.CompletedPayload, retention time.Duration) (*asynq.Task, []asynq.Option, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode %s: %w", tasks.EventInsightsCompleted, err)
 	}
 	return asynq.NewTask(tasks.EventInsightsCompleted, b), []asynq.Option{asynq.Queue(tasks.QueueLow),
-		asynq.TaskID(tasks.FollowUpTaskIDPrefix + p.EventID), asynq.MaxRetry(maxRetry), asynq.Retention(retention)}, nil
+		asynq.TaskID(tasks.FollowUpTaskIDPrefix + p.EventID), asynq.MaxRetry(tasks.AsynqMaxRetry), asynq.Retention(retention)}, nil
 }
 
 // Sign returns the X-Signature-256 value of body for secret.

@@ -72,13 +72,13 @@ func completedPayload(eventID string) tasks.CompletedPayload {
 }
 
 // completedWorker runs the follow-up handler alone on a real asynq server
-// with the service's retry policy (1 s backoff) and returns the id of
-// follow-up eventID, enqueued with maxRetry.
+// with the service's retry policy (1 s backoff) and a budget of maxRetry,
+// and returns the id of follow-up eventID.
 func completedWorker(t *testing.T, cfg handlers.CompletedConfig, eventID string, maxRetry int) (*asynq.Inspector, string) {
 	t.Helper()
 	redis := testenv.Redis(t)
 	mux := asynq.NewServeMux()
-	cfg.Logger = testenv.Logger()
+	cfg.Logger, cfg.MaxRetries = testenv.Logger(), maxRetry
 	mux.Handle(tasks.EventInsightsCompleted, handlers.NewCompleted(cfg))
 	scfg := handlers.ServerConfig(handlers.ServerOptions{Concurrency: 2, Backoff: []time.Duration{time.Second}, ShutdownTimeout: 5 * time.Second})
 	scfg.LogLevel = asynq.FatalLevel
@@ -90,8 +90,7 @@ func completedWorker(t *testing.T, cfg handlers.CompletedConfig, eventID string,
 	client := asynq.NewClient(redis)
 	insp := asynq.NewInspector(redis)
 	t.Cleanup(func() { client.Close(); insp.Close() })
-	// A small budget makes a counted retry visible.
-	task, opts, err := handlers.NewCompletedTask(completedPayload(eventID), maxRetry, time.Hour)
+	task, opts, err := handlers.NewCompletedTask(completedPayload(eventID), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +162,7 @@ func TestCompletedWebhookStatusClasses(t *testing.T) {
 			if c.retryAfter != "" {
 				hook.hdr.Set("Retry-After", c.retryAfter)
 			}
-			h := handlers.NewCompleted(handlers.CompletedConfig{WebhookURL: url, Logger: testenv.Logger()})
+			h := handlers.NewCompleted(handlers.CompletedConfig{WebhookURL: url, MaxRetries: 15, Logger: testenv.Logger()})
 			b, _ := json.Marshal(completedPayload("ev-class"))
 			err := h.ProcessTask(context.Background(), asynq.NewTask(tasks.EventInsightsCompleted, b))
 			if err == nil {
@@ -222,6 +221,20 @@ func (f systemFunc) SetLastInsights(context.Context, string, map[string]any) err
 
 // Through asynq: a store that fails more often than the follow-up's
 // MaxRetry does not dead-letter it, and its retried count stays 0.
+// A webhook that keeps failing is retried for the budget (MAX_RETRIES, kept
+// by the handler: asynq's own MaxRetry is only a backstop), then archived.
+func TestCompletedWebhookBudgetSpentArchives(t *testing.T) {
+	hook, url := newWebhook(t, http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable)
+	insp, id := completedWorker(t, handlers.CompletedConfig{WebhookURL: url}, "ev-spent", 1)
+	info := waitFollowUp(t, insp, id, asynq.TaskStateArchived)
+	if n := hook.calls.Load(); n != 2 {
+		t.Errorf("webhook called %d times, want 2 (the first call and one retry)", n)
+	}
+	if info.Retried != 1 || !strings.Contains(info.LastErr, "HTTP 503") {
+		t.Errorf("archived with retried=%d lastErr=%q, want 1 and the status named", info.Retried, info.LastErr)
+	}
+}
+
 func TestCompletedStoreOutageUsesNoBudget(t *testing.T) {
 	sys := &systemsDown{fails: 3}
 	insp, id := completedWorker(t, handlers.CompletedConfig{Systems: sys, TransientDelay: time.Second}, "ev-outage", 1)

@@ -92,11 +92,11 @@ func IsFailure(err error) bool {
 // RetryPolicy is the delay before the next attempt.
 type RetryPolicy struct {
 	// Schedule is BACKOFF_SCHEDULE: Schedule[n] is the delay after the
-	// (n+1)th failure; the last one repeats. Empty means 5s,10s,30s,60s.
+	// (n+1)th failure; the last one repeats. Empty: DefaultBackoff.
 	Schedule []time.Duration
 	// TransientDelay follows an attempt cut off by its own deadline
 	// (TASK_TIMEOUT): asynq retries those before the handler's answer
-	// arrives. 0: the schedule.
+	// arrives. 0: DefaultTransientDelay.
 	TransientDelay time.Duration
 }
 
@@ -127,7 +127,10 @@ func (p RetryPolicy) RetryDelayFunc(n int, err error, _ *asynq.Task) time.Durati
 	if errors.As(err, &ra) {
 		return ra.Delay
 	}
-	if p.TransientDelay > 0 && errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) {
+		if p.TransientDelay == 0 {
+			return DefaultTransientDelay
+		}
 		return p.TransientDelay
 	}
 	return p.Backoff(n)

@@ -21,7 +21,7 @@ type ServerOptions struct {
 	// Backoff is BACKOFF_SCHEDULE. Nil: DefaultBackoff.
 	Backoff []time.Duration
 	// TransientDelay is RETRY_TRANSIENT_DELAY, used when an attempt hits
-	// TASK_TIMEOUT. 0: the backoff schedule.
+	// TASK_TIMEOUT. 0: DefaultTransientDelay.
 	TransientDelay time.Duration
 	// ShutdownTimeout is SHUTDOWN_TIMEOUT. 0: DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration

@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -409,7 +410,10 @@ func TestStorelessResendStartsNewRun(t *testing.T) {
 	}
 	// A task of the first run arriving now is stale: revoked, nothing runs.
 	req := event("storeless")
-	if _, err := bare.Restore(context.Background(), tasks.Run{JobID: "storeless", EventID: first.EventID, SystemID: "sys-1", Queue: "critical", Request: req.Request()}); err != nil {
+	payload, _ := json.Marshal(tasks.Run{JobID: "storeless", EventID: first.EventID, SystemID: "sys-1", Queue: "critical", Request: req.Request()})
+	raw := asynq.NewClient(b.redis)
+	t.Cleanup(func() { raw.Close() })
+	if _, err := raw.Enqueue(asynq.NewTask(tasks.EventGenerateInsights, payload), asynq.TaskID(first.EventID), asynq.Queue("critical")); err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 30*time.Second, "the stale task is done", func() (bool, error) {

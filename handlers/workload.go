@@ -21,9 +21,6 @@ type Enqueuer interface {
 // InsightsConfig configures the generate-insights workload.
 type InsightsConfig struct {
 	Engine insights.Engine
-	// FollowUpMaxRetry is the follow-up's retry budget; 0: none (a retry
-	// budget's 0 is a value, as asynq's MaxRetry(0)).
-	FollowUpMaxRetry int
 	// Retention keeps the follow-up visible once done. 0:
 	// tasks.DefaultTaskRetention.
 	Retention time.Duration
@@ -158,7 +155,7 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 		task, opts, err := NewCompletedTask(tasks.CompletedPayload{
 			EventID: p.EventID, JobID: job.ID, SystemID: systemID, CompletedAt: stored.StoredAt, HasInsights: true,
 			HealthScore: stored.HealthScore, Status: stored.Status,
-		}, w.cfg.FollowUpMaxRetry, w.cfg.Retention)
+		}, w.cfg.Retention)
 		if err != nil {
 			return completionOutput{}, err
 		}

@@ -26,7 +26,14 @@ type JobStore interface {
 	ClaimRun(ctx context.Context, run Run) (*Existing, error)
 	// AbandonRun undoes ClaimRun when the task could not be enqueued.
 	AbandonRun(ctx context.Context, jobID, eventID string) error
+	// CurrentRun is the eventId of the job's current run ("" when the job
+	// has none); an error wrapping ErrNotRecorded when there is no job.
+	CurrentRun(ctx context.Context, jobID string) (string, error)
 }
+
+// ErrNotRecorded: Restore was given a run that is not its job's current
+// run as the store records it.
+var ErrNotRecorded = errors.New("run is not its job's current run")
 
 // ClientConfig configures a producer Client. Zero fields take the stated
 // default.
@@ -142,7 +149,7 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 				Queue: existing.Queue, State: c.state(existing.Queue, existing.EventID)}, nil
 		}
 	}
-	info, err := c.Restore(ctx, run)
+	info, err := c.enqueue(ctx, run)
 	if err != nil {
 		if c.cfg.Jobs != nil {
 			// Undo the record: the caller is told the send failed, so the
@@ -154,15 +161,40 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 	return &SendResult{SendStatus: "succeeded", EventID: run.EventID, JobID: jobID, Queue: run.Queue, State: info.State.String()}, nil
 }
 
-// Restore puts a run whose job is already recorded on its queue, with its
-// eventId as task id: the reconciler (a task Redis lost) and an operator's
-// retry of a failed run. It claims and checks nothing; asynq refuses it
-// with asynq.ErrTaskIDConflict while the task exists. Producers use Send.
+// Restore puts a run back on its queue, with its eventId as task id, when
+// Redis lost its task (the reconciler, an operator's retry of a failed
+// run): only the run the store records as its job's current run, so no
+// producer gets round Send's claim and checks with it (ErrNotRecorded; a
+// Client without Jobs cannot restore). asynq refuses it with
+// asynq.ErrTaskIDConflict while the task exists.
 //
-// It announces the queue again each time: asynq's long-lived Client does
-// so once per process, so after Redis lost its data (the case Restore is
-// for) a restored task would run unseen by the Inspector and the dashboard.
+// It announces every queue first: asynq's long-lived clients do so once per
+// process, so after Redis lost its data (the case Restore is for) a
+// restored task, or a follow-up, would run unseen by the Inspector and the
+// dashboard.
 func (c *Client) Restore(ctx context.Context, run Run) (*asynq.TaskInfo, error) {
+	if c.cfg.Jobs == nil {
+		return nil, fmt.Errorf("restore %s: %w (the client has no store)", run.EventID, ErrNotRecorded)
+	}
+	cur, err := c.cfg.Jobs.CurrentRun(ctx, run.JobID)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", run.EventID, err)
+	}
+	if cur != run.EventID {
+		return nil, fmt.Errorf("restore %s: %w (job %s is on %q)", run.EventID, ErrNotRecorded, run.JobID, cur)
+	}
+	queues := make([]any, len(Queues))
+	for i, q := range Queues {
+		queues[i] = q
+	}
+	if err := c.rdb.SAdd(ctx, asynqQueuesKey, queues...).Err(); err != nil {
+		return nil, fmt.Errorf("announce the queues: %w", err)
+	}
+	return c.enqueue(ctx, run)
+}
+
+// enqueue puts run's task on its queue.
+func (c *Client) enqueue(ctx context.Context, run Run) (*asynq.TaskInfo, error) {
 	b, err := json.Marshal(run)
 	if err != nil {
 		return nil, fmt.Errorf("encode payload: %w", err)
@@ -171,20 +203,13 @@ func (c *Client) Restore(ctx context.Context, run Run) (*asynq.TaskInfo, error) 
 		return nil, fieldErr("eventData.analysisData", "event is %d bytes, over the %d byte limit", len(b), MaxPayloadBytes)
 	}
 	opts := []asynq.Option{
-		asynq.Queue(run.Queue), asynq.TaskID(run.EventID), asynq.MaxRetry(asynqMaxRetry),
+		asynq.Queue(run.Queue), asynq.TaskID(run.EventID), asynq.MaxRetry(AsynqMaxRetry),
 		asynq.Timeout(c.cfg.Timeout), asynq.Retention(c.cfg.Retention),
 	}
 	if run.Scheduled(time.Now()) {
 		opts = append(opts, asynq.ProcessAt(run.ProcessAt))
 	}
-	info, err := c.asynq.EnqueueContext(ctx, asynq.NewTask(EventGenerateInsights, b), opts...)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.rdb.SAdd(ctx, asynqQueuesKey, run.Queue).Err(); err != nil {
-		return info, fmt.Errorf("announce queue %s: %w", run.Queue, err)
-	}
-	return info, nil
+	return c.asynq.EnqueueContext(ctx, asynq.NewTask(EventGenerateInsights, b), opts...)
 }
 
 // asynqQueuesKey is the set of queue names asynq's Inspector lists.
@@ -198,10 +223,3 @@ func (c *Client) state(queue, eventID string) string {
 	}
 	return info.State.String()
 }
-
-// asynqMaxRetry is the MaxRetry given to asynq. The retry budget is the
-// job's (MAX_RETRIES failures of the current run, enforced by the handler
-// with SkipRetry), because asynq keeps its retried count when an archived
-// task is run again and because store outages must not use the budget.
-// asynq's own limit is only a backstop.
-const asynqMaxRetry = 100000

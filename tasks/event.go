@@ -188,7 +188,10 @@ func (s *Send) Validate() error {
 	if err := s.Data.Validate("eventData."); err != nil {
 		return err
 	}
-	return inRange("priority", s.Priority, minPriority, maxPriority)
+	if s.Priority < MinPriority || s.Priority > MaxPriority {
+		return fieldErr("priority", "must be an integer %d–%d, got %d", MinPriority, MaxPriority, s.Priority)
+	}
+	return nil
 }
 
 // ParseEnvelope reads an event as the HTTP API receives it: strict JSON,

@@ -23,20 +23,26 @@ const (
 
 // Defaults and limits of a run. The defaults apply where a field is unset.
 const (
-	DefaultContextWindow     = 90
-	DefaultMaxIterations     = 10
-	DefaultPriority          = 5
-	UrgentPriority           = 10
-	MaxCustomPromptLen       = 5000
-	MaxPayloadBytes          = 500 * 1024
-	DefaultTaskTimeout       = 24 * time.Hour  // TASK_TIMEOUT: "unlimited" in practice
-	DefaultTaskRetention     = 168 * time.Hour // TASK_RETENTION
+	DefaultContextWindow = 90
+	DefaultMaxIterations = 10
+	DefaultPriority      = 5
+	UrgentPriority       = 10
+	MaxCustomPromptLen   = 5000
+	MaxPayloadBytes      = 500 * 1024
+	DefaultTaskTimeout   = 24 * time.Hour  // TASK_TIMEOUT: "unlimited" in practice
+	DefaultTaskRetention = 168 * time.Hour // TASK_RETENTION
+	// AsynqMaxRetry is the MaxRetry given to asynq: a backstop only. The
+	// retry budgets are the handlers' (MAX_RETRIES failures of a run, and
+	// of a follow-up), because asynq keeps its retried count when an
+	// archived task is run again and because a store outage must not use
+	// them.
+	AsynqMaxRetry            = 100000
 	maxIDLen                 = 128
 	minContextWindow         = 1
 	maxContextWindow         = 365
 	minIterations            = 1
 	maxIterations            = 50
-	minPriority, maxPriority = 0, 10
+	MinPriority, MaxPriority = 0, 10
 )
 
 // Step names of generate-insights, in order.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -31,6 +32,7 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 1, "rounds; each row shows its median")
 	skipPeers := fs.Bool("skip-peers", false, "measure ours only")
 	verbose := fs.Bool("v", false, "show the peers' build and run output")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of our measurements (not the peers') to this file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -67,11 +69,27 @@ func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer runner.Close()
 	}
 
+	var prof *os.File
+	if *cpuProfile != "" {
+		if prof, err = os.Create(*cpuProfile); err != nil {
+			return usagef("-cpuprofile: %v", err)
+		}
+		defer prof.Close()
+	}
 	var all [][]peers.Row
 	for r := range *rounds {
 		var round []peers.Row
 		for _, k := range kinds {
 			fmt.Fprintf(stderr, "round %d/%d: ours on %s...\n", r+1, *rounds, k)
+			if prof != nil && r == 0 && k == kinds[0] {
+				// The first measurement only: one profile, one store.
+				if err := pprof.StartCPUProfile(prof); err != nil {
+					return fmt.Errorf("cpuprofile: %w", err)
+				}
+				round = append(round, ours(ctx, k, *n, *c, *redisURL, *pgURL))
+				pprof.StopCPUProfile()
+				continue
+			}
 			round = append(round, ours(ctx, k, *n, *c, *redisURL, *pgURL))
 		}
 		if runner != nil {

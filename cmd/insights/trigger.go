@@ -79,8 +79,8 @@ func trigger(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		}
 		*priority = tasks.UrgentPriority
 	}
-	if *priority < 0 || *priority > 10 {
-		return usagef("--priority: must be 0–10, got %d", *priority)
+	if *priority < tasks.MinPriority || *priority > tasks.MaxPriority {
+		return usagef("--priority: must be %d–%d, got %d", tasks.MinPriority, tasks.MaxPriority, *priority)
 	}
 	var when time.Time
 	switch {

@@ -17,6 +17,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/tasks"
 )
 
@@ -36,25 +37,27 @@ type Config struct {
 	// Generated lists the credentials that were generated, to print them.
 	Generated []string
 
-	WorkerConcurrency   int            // WORKER_CONCURRENCY; 10
-	QueueWeights        map[string]int // QUEUE_WEIGHTS; critical=6,high=4,default=2,low=1
-	MaxRetries          int            // MAX_RETRIES; 15
-	BackoffSchedule     []time.Duration
-	RetryTransientDelay time.Duration // RETRY_TRANSIENT_DELAY; 30s; > 0
-	RetryRateLimitDelay time.Duration // RETRY_RATE_LIMIT_DELAY; 5m; > 0
-	TaskTimeout         time.Duration // TASK_TIMEOUT; 24h; ≥ 1s
-	TaskRetention       time.Duration // TASK_RETENTION; 168h; ≥ 1s
-	EncryptionKey       string        // DATA_ENCRYPTION_KEY; "" → stored in clear
-	InsightsProvider    string        // INSIGHTS_PROVIDER; "rules"
-	GeminiAPIKey        string        // GEMINI_API_KEY
-	GeminiModel         string        // GEMINI_MODEL; gemini-2.5-flash
-	GeminiBaseURL       string        // GEMINI_BASE_URL; Google's
-	WebhookURL          string        // COMPLETION_WEBHOOK_URL; "" → no webhook
-	WebhookSecret       string        // WEBHOOK_SECRET
-	ShutdownTimeout     time.Duration // SHUTDOWN_TIMEOUT; 25s; > 0
-	CORSOrigins         []string      // CORS_ORIGINS; none
-	LogLevel            string        // LOG_LEVEL; "info" (debug, info, warn, error)
-	LogFormat           string        // LOG_FORMAT; "text" (text, json)
+	// The worker's settings: unset, each takes the Default* of the package
+	// that applies it (handlers, tasks), its one home.
+	WorkerConcurrency   int             // WORKER_CONCURRENCY; handlers.DefaultConcurrency
+	QueueWeights        map[string]int  // QUEUE_WEIGHTS; handlers.DefaultQueueWeights
+	MaxRetries          int             // MAX_RETRIES; handlers.DefaultMaxRetries; 0: none
+	BackoffSchedule     []time.Duration // BACKOFF_SCHEDULE; handlers.DefaultBackoff; each > 0
+	RetryTransientDelay time.Duration   // RETRY_TRANSIENT_DELAY; handlers.DefaultTransientDelay; > 0
+	RetryRateLimitDelay time.Duration   // RETRY_RATE_LIMIT_DELAY; handlers.DefaultRateLimitDelay; > 0
+	TaskTimeout         time.Duration   // TASK_TIMEOUT; tasks.DefaultTaskTimeout; ≥ 1s
+	TaskRetention       time.Duration   // TASK_RETENTION; tasks.DefaultTaskRetention; ≥ 1s
+	EncryptionKey       string          // DATA_ENCRYPTION_KEY; "" → stored in clear
+	InsightsProvider    string          // INSIGHTS_PROVIDER; "rules"
+	GeminiAPIKey        string          // GEMINI_API_KEY
+	GeminiModel         string          // GEMINI_MODEL; insights.DefaultGeminiModel
+	GeminiBaseURL       string          // GEMINI_BASE_URL; Google's
+	WebhookURL          string          // COMPLETION_WEBHOOK_URL; "" → no webhook
+	WebhookSecret       string          // WEBHOOK_SECRET
+	ShutdownTimeout     time.Duration   // SHUTDOWN_TIMEOUT; handlers.DefaultShutdownTimeout; > 0
+	CORSOrigins         []string        // CORS_ORIGINS; none
+	LogLevel            string          // LOG_LEVEL; "info" (debug, info, warn, error)
+	LogFormat           string          // LOG_FORMAT; "text" (text, json)
 }
 
 // Embedded reports whether Redis or MongoDB runs in process.
@@ -88,7 +91,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		EncryptionKey:       getenv("DATA_ENCRYPTION_KEY"),
 		InsightsProvider:    p.oneOf("INSIGHTS_PROVIDER", "rules", "rules", "gemini"),
 		GeminiAPIKey:        getenv("GEMINI_API_KEY"),
-		GeminiModel:         p.str("GEMINI_MODEL", "gemini-2.5-flash"),
+		GeminiModel:         p.str("GEMINI_MODEL", insights.DefaultGeminiModel),
 		GeminiBaseURL:       p.url("GEMINI_BASE_URL", "http", "https"),
 		WebhookURL:          p.url("COMPLETION_WEBHOOK_URL", "http", "https"),
 		WebhookSecret:       getenv("WEBHOOK_SECRET"),

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/genai"
 
 	"github.com/bmsview/insights/internal/bms"
+	"github.com/bmsview/insights/tasks"
 )
 
 // DefaultGeminiModel is the model when GeminiConfig.Model is empty.
@@ -114,7 +115,7 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 
 	maxIter := req.MaxIterations
 	if maxIter <= 0 {
-		maxIter = 10
+		maxIter = tasks.DefaultMaxIterations
 	}
 	tools := &geminiTools{g: g, a: a, req: req}
 	prompt, err := g.prompt(a, req)
@@ -216,6 +217,10 @@ func (g *Gemini) classify(ctx context.Context, err error, slot *retryAfterSlot) 
 	}
 	if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 		return fmt.Errorf("gemini: %w (%v)", ctx.Err(), err)
+	}
+	if (&ProviderError{Err: err}).rateLimitText() {
+		// A quota or rate limit the SDK reports without an HTTP answer.
+		return &ProviderError{Err: fmt.Errorf("gemini: %w", err)}
 	}
 	return fmt.Errorf("gemini: %w", err)
 }

@@ -127,11 +127,17 @@ func (e *ProviderError) RateLimited() (time.Duration, bool) {
 	if e.Permanent() || e.Temporary() {
 		return 0, false
 	}
-	msg := strings.ToLower(e.Error())
-	if strings.Contains(msg, "rate limit") || strings.Contains(msg, "quota") || strings.Contains(msg, "resource_exhausted") {
+	if e.rateLimitText() {
 		return e.RetryAfter, true
 	}
 	return 0, false
+}
+
+// rateLimitText reports a message that says rate limit or quota (the
+// provider's words for it, whatever the code).
+func (e *ProviderError) rateLimitText() bool {
+	msg := strings.ToLower(e.Error())
+	return strings.Contains(msg, "rate limit") || strings.Contains(msg, "quota") || strings.Contains(msg, "resource_exhausted")
 }
 
 // Temporary reports a server-side failure (HTTP 5xx) that a later call

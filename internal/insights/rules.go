@@ -8,10 +8,8 @@ import (
 	"time"
 
 	"github.com/bmsview/insights/internal/bms"
+	"github.com/bmsview/insights/tasks"
 )
-
-// DefaultContextWindowDays is the window when a request gives none.
-const DefaultContextWindowDays = 90
 
 // SnapshotAnalysis is what the current reading alone shows.
 type SnapshotAnalysis struct {
@@ -127,7 +125,7 @@ func NewRules(src HistorySource) *Rules { return &Rules{src: src} }
 func Window(req Request) (from, to time.Time, days int) {
 	days = req.ContextWindowDays
 	if days <= 0 {
-		days = DefaultContextWindowDays
+		days = tasks.DefaultContextWindow
 	}
 	to = req.Now
 	if to.IsZero() {

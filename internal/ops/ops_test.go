@@ -213,6 +213,41 @@ func TestRetryAfterRedisFlushIsVisible(t *testing.T) {
 	if st.State == nil || *st.State != "pending" {
 		t.Fatalf("state after the retry: %v, want pending (the task visible)", st.State)
 	}
+	// Every queue is announced again, the follow-ups' low one included.
+	queues, err := f.insp.Queues()
+	if err != nil || len(queues) != len(tasks.Queues) {
+		t.Fatalf("queues after the retry: %v, %v; want all of %v", queues, err, tasks.Queues)
+	}
+}
+
+// Restore enqueues only the run its job records as current: a producer
+// cannot get round Send's claim and checks with it.
+func TestRestoreOnlyTheRecordedRun(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	ev := f.send(t, "job-recorded").EventID
+	for name, run := range map[string]tasks.Run{
+		"unknown job":   {JobID: "job-none", EventID: "e-none", Queue: tasks.QueueDefault},
+		"another run":   {JobID: "job-recorded", EventID: "e-other", Queue: tasks.QueueDefault},
+		"the run again": {JobID: "job-recorded", EventID: ev, Queue: tasks.QueueDefault},
+	} {
+		_, err := f.client.Restore(ctx, run)
+		if name == "the run again" {
+			// Recorded, and its task is still there: asynq refuses the id.
+			if !errors.Is(err, asynq.ErrTaskIDConflict) {
+				t.Errorf("%s: %v, want asynq.ErrTaskIDConflict", name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, tasks.ErrNotRecorded) {
+			t.Errorf("%s: %v, want tasks.ErrNotRecorded", name, err)
+		}
+	}
+	bare := tasks.NewClient(f.redis, tasks.ClientConfig{})
+	t.Cleanup(func() { bare.Close() })
+	if _, err := bare.Restore(ctx, tasks.Run{JobID: "job-recorded", EventID: ev, Queue: tasks.QueueDefault}); !errors.Is(err, tasks.ErrNotRecorded) {
+		t.Errorf("a client without the store: %v, want tasks.ErrNotRecorded", err)
+	}
 }
 
 // Cancelling a run whose task Redis lost cancels the job; there is no task

@@ -3,6 +3,7 @@ package ops
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -72,7 +73,9 @@ func (o *Operator) Retry(ctx context.Context, id string) (*RetryResult, error) {
 	if err := o.resetBudget(ctx, job); err != nil {
 		return nil, err
 	}
-	info, err := o.cfg.Client.Restore(ctx, job.Run())
+	run := job.Run()
+	run.ProcessAt = time.Now() // the operator asks for it now, whatever it was due
+	info, err := o.cfg.Client.Restore(ctx, run)
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
 		return nil, conflictf("event %s was enqueued again meanwhile", id)
 	}

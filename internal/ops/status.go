@@ -73,9 +73,13 @@ func (o *Operator) Status(ctx context.Context, id string) (*EventStatus, error) 
 		if !t.CompletedAt.IsZero() {
 			st.CompletedAt = timePtr(t.CompletedAt)
 		}
-		if t.Type != tasks.EventGenerateInsights || ev.Job == nil {
-			// The follow-up's budget is asynq's own.
-			st.Retried, st.MaxRetry = t.Retried, t.MaxRetry
+		switch {
+		case t.Type == tasks.EventInsightsCompleted:
+			// The follow-up's budget is MAX_RETRIES too, kept by its
+			// handler; asynq's retried counts its failures alone.
+			st.Retried = t.Retried
+		case t.Type != tasks.EventGenerateInsights || ev.Job == nil:
+			st.Retried, st.MaxRetry = t.Retried, t.MaxRetry // a task of nobody's
 		}
 	}
 	return st, nil

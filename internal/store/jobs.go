@@ -646,6 +646,19 @@ func (s *Store) whyNotMatched(ctx context.Context, jobID, eventID string) error 
 	return ErrCancelled
 }
 
+// CurrentRun implements tasks.JobStore: the eventId of the job's current
+// run.
+func (s *Store) CurrentRun(ctx context.Context, jobID string) (string, error) {
+	job, err := s.GetJob(ctx, jobID)
+	if errors.Is(err, ErrNotFound) {
+		return "", fmt.Errorf("job %s: %w", jobID, tasks.ErrNotRecorded)
+	}
+	if err != nil {
+		return "", err
+	}
+	return job.EventID, nil
+}
+
 // GetJob returns one job by its jobId.
 func (s *Store) GetJob(ctx context.Context, jobID string) (*Job, error) {
 	ctx, cancel := s.ctx(ctx)
