@@ -17,16 +17,16 @@ import (
 // hooks lets a test inject behaviour into steps per jobId.
 type hooks struct {
 	mu sync.Mutex
-	fn map[string]func(ctx context.Context, r *handlers.Run, step string) error
+	fn map[string]func(ctx context.Context, r *handlers.Attempt, step string) error
 }
 
-func (h *hooks) set(jobID string, fn func(ctx context.Context, r *handlers.Run, step string) error) {
+func (h *hooks) set(jobID string, fn func(ctx context.Context, r *handlers.Attempt, step string) error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.fn[jobID] = fn
 }
 
-func (h *hooks) run(ctx context.Context, r *handlers.Run, step string) error {
+func (h *hooks) run(ctx context.Context, r *handlers.Attempt, step string) error {
 	h.mu.Lock()
 	fn := h.fn[r.Job.ID]
 	h.mu.Unlock()
@@ -65,7 +65,7 @@ func setup(t *testing.T, o options) *bundle {
 	b := &bundle{
 		redis:     testenv.Redis(t),
 		store:     testenv.StoreWith(t, o.adjustStore),
-		hooks:     &hooks{fn: map[string]func(context.Context, *handlers.Run, string) error{}},
+		hooks:     &hooks{fn: map[string]func(context.Context, *handlers.Attempt, string) error{}},
 		followUps: &testenv.Systems{},
 	}
 	b.client = tasks.NewClient(b.redis, tasks.ClientConfig{Jobs: b.store})

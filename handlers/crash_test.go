@@ -40,7 +40,7 @@ func crashWorker() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
 	}
-	groupWorker(st, redis, func(ctx context.Context, _ *handlers.Run, step string) error {
+	groupWorker(st, redis, func(ctx context.Context, _ *handlers.Attempt, step string) error {
 		if step == tasks.StepProcessInsights {
 			<-ctx.Done() // hangs until killed
 		}

@@ -32,7 +32,7 @@ type stepLog struct {
 	steps []string
 }
 
-func (l *stepLog) hook(_ context.Context, _ *handlers.Run, step string) error {
+func (l *stepLog) hook(_ context.Context, _ *handlers.Attempt, step string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.steps = append(l.steps, step)
@@ -172,7 +172,7 @@ func groupCrashWorker(dir string) {
 		os.Exit(3)
 	}
 	db, _ := strconv.Atoi(os.Getenv("CRASH_REDIS_DB"))
-	groupWorker(st, asynq.RedisClientOpt{Addr: os.Getenv("CRASH_REDIS_ADDR"), DB: db}, func(_ context.Context, _ *handlers.Run, step string) error {
+	groupWorker(st, asynq.RedisClientOpt{Addr: os.Getenv("CRASH_REDIS_ADDR"), DB: db}, func(_ context.Context, _ *handlers.Attempt, step string) error {
 		if step == tasks.StepProcessInsights {
 			armed.Store(true) // the next group holds this step's checkpoint
 		}

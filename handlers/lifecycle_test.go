@@ -23,7 +23,7 @@ import (
 func TestRerunFailingAgainAtFirstStepGetsFullBudget(t *testing.T) {
 	const maxRetries = 2
 	b := setup(t, options{maxRetries: maxRetries})
-	b.hooks.set("fails-first", func(_ context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("fails-first", func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepInitialize {
 			return errors.New("queue config unreadable")
 		}
@@ -98,7 +98,7 @@ func TestUnreadablePayloadFailsItsJob(t *testing.T) {
 func TestStoreReadFailureInStepUsesNoBudget(t *testing.T) {
 	b := setup(t, options{maxRetries: 0})
 	var outages atomic.Int32
-	b.hooks.set("outage", func(_ context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("outage", func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepProcessInsights && outages.Add(1) <= 2 {
 			return fmt.Errorf("store: read history of sys-1: %w: server selection timeout", store.ErrUnavailable)
 		}

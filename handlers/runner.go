@@ -44,7 +44,7 @@ type Observer interface {
 // StepHook runs inside every step body before the step's own work; an
 // error it returns is the step's failure. Tests inject failures and crashes
 // with it.
-type StepHook func(ctx context.Context, r *Run, step string) error
+type StepHook func(ctx context.Context, r *Attempt, step string) error
 
 // RunnerConfig configures the step runner. Zero fields take the stated
 // default.
@@ -92,13 +92,15 @@ func NewRunner(cfg RunnerConfig) *Runner {
 	return &Runner{cfg: cfg, policy: RetryPolicy{Schedule: cfg.Backoff}, log: cfg.Logger}
 }
 
-// Run is one attempt of a job's run, handed to the workflow's steps.
-type Run struct {
+// Attempt is one attempt of a job's run (one handler invocation), handed
+// to the workflow's steps.
+type Attempt struct {
 	Job *store.Job
 	// Task is the run as its task carries it (the payload).
-	Task    tasks.Run
-	Attempt int
-	Log     *slog.Logger
+	Task tasks.Run
+	// N counts the job's attempts, this one included (its `attempts`).
+	N   int
+	Log *slog.Logger
 
 	r *Runner
 	// set is merged into the next checkpoint write: fields that change with
@@ -115,7 +117,7 @@ type Run struct {
 // AlsoSet adds a top-level job field to the next checkpoint write; a field
 // set twice keeps the last value (an update naming a field twice is refused
 // as a conflict).
-func (r *Run) AlsoSet(key string, v any) {
+func (r *Attempt) AlsoSet(key string, v any) {
 	for i := range r.set {
 		if r.set[i].Key == key {
 			r.set[i].Value = v
@@ -126,13 +128,13 @@ func (r *Run) AlsoSet(key string, v any) {
 }
 
 // Report adds a progress event (the BMS app's shape) to the next write.
-func (r *Run) Report(typ string, data map[string]any) {
+func (r *Attempt) Report(typ string, data map[string]any) {
 	r.push = append(r.push, store.ProgressEvent{Timestamp: time.Now().UTC(), Type: typ, Data: data})
 }
 
 // Flush writes the pending progress events now (a long step shows them
 // while it runs).
-func (r *Run) Flush(ctx context.Context) error {
+func (r *Attempt) Flush(ctx context.Context) error {
 	if len(r.push) == 0 {
 		return nil
 	}
@@ -142,7 +144,7 @@ func (r *Run) Flush(ctx context.Context) error {
 // save writes cp to this run's job with the pending progress events: the
 // one write path of a run. A store failure comes back as a *storeErr, a
 // job that left this run as the store's sentinel.
-func (r *Run) save(ctx context.Context, cp store.Checkpoint) error {
+func (r *Attempt) save(ctx context.Context, cp store.Checkpoint) error {
 	cp.Job, cp.Push = r.Job, r.push
 	if err := r.r.cfg.Store.SaveCheckpoint(ctx, cp); err != nil {
 		if isRevoke(err) {
@@ -157,7 +159,7 @@ func (r *Run) save(ctx context.Context, cp store.Checkpoint) error {
 
 // Seal encrypts v with the runner's Sealer (DATA_ENCRYPTION_KEY), for
 // fields that hold insights; without one v is stored as it is.
-func (r *Run) Seal(v any) (any, error) {
+func (r *Attempt) Seal(v any) (any, error) {
 	if s := r.r.cfg.Sealer; s != nil {
 		return s.Seal(v)
 	}
@@ -165,7 +167,7 @@ func (r *Run) Seal(v any) (any, error) {
 }
 
 // jobDone tells the observer (metrics) the job ended with status.
-func (r *Run) jobDone(status, kind string) {
+func (r *Attempt) jobDone(status, kind string) {
 	if o := r.r.cfg.Observer; o != nil {
 		o.JobDone(status, kind)
 	}
@@ -173,7 +175,7 @@ func (r *Run) jobDone(status, kind string) {
 
 // Workflow is the body of a durable task: a sequence of Step and Sleep
 // calls.
-type Workflow func(ctx context.Context, r *Run) error
+type Workflow func(ctx context.Context, r *Attempt) error
 
 // Handler returns the asynq handler that runs wf durably for tasks whose
 // payload is a tasks.Run.
@@ -211,7 +213,7 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 		log.Warn("store unavailable at attempt start: retry", "jobId", p.JobID, "err", err)
 		return RetryAfter(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
 	}
-	run := &Run{Job: job, Task: p, Attempt: job.Attempts, r: rn}
+	run := &Attempt{Job: job, Task: p, N: job.Attempts, r: rn}
 	run.Log = log.With("jobId", p.JobID, "attempt", job.Attempts)
 	run.Log.Debug("attempt started", "previous", previous)
 	if job.Status != tasks.StatusCompleted && job.Failures > rn.cfg.MaxRetries {
@@ -268,7 +270,7 @@ func (e *storeErr) Unwrap() error { return e.err }
 
 // fail turns a workflow error into what asynq should do, recording it on
 // the job first.
-func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
+func (rn *Runner) fail(ctx context.Context, run *Attempt, err error) error {
 	var sleep *SleepError
 	if errors.As(err, &sleep) {
 		return err
@@ -307,7 +309,7 @@ func (rn *Runner) fail(ctx context.Context, run *Run, err error) error {
 	run.set = nil
 	if step != "" {
 		prev := job.Steps[step]
-		stepState = store.StepState{Status: store.StepFailed, Runs: prev.Runs + 1, Attempt: run.Attempt,
+		stepState = store.StepState{Status: store.StepFailed, Runs: prev.Runs + 1, Attempt: run.N,
 			StartedAt: run.stepStart, FinishedAt: now, DurationMs: now.Sub(run.stepStart).Milliseconds(), Error: err.Error()}
 		cp.State = stepState
 	}

@@ -22,7 +22,7 @@ func TestSleepFreesWorkerAndResumesWithoutRetry(t *testing.T) {
 	// One worker: the other job can only run while the sleeper holds none.
 	b := setup(t, options{maxRetries: 0, concurrency: 1, noServer: true})
 	const nap = 3 * time.Second
-	b.worker.Handle("test-sleep", b.worker.Runner().Handler(func(ctx context.Context, r *handlers.Run) error {
+	b.worker.Handle("test-sleep", b.worker.Runner().Handler(func(ctx context.Context, r *handlers.Attempt) error {
 		if _, err := handlers.Step(ctx, r, "before", func(context.Context) (stepOut, error) { return stepOut{At: time.Now()}, nil }); err != nil {
 			return err
 		}

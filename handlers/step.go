@@ -21,17 +21,17 @@ import (
 // the next step starts only once this one is durable.
 //
 // T must encode to a BSON document (a struct or a map).
-func Step[T any](ctx context.Context, r *Run, name string, fn func(ctx context.Context) (T, error)) (T, error) {
+func Step[T any](ctx context.Context, r *Attempt, name string, fn func(ctx context.Context) (T, error)) (T, error) {
 	return step(ctx, r, name, false, fn)
 }
 
 // SealedStep is Step for outputs that hold insights: with a Sealer
 // configured they are stored encrypted.
-func SealedStep[T any](ctx context.Context, r *Run, name string, fn func(ctx context.Context) (T, error)) (T, error) {
+func SealedStep[T any](ctx context.Context, r *Attempt, name string, fn func(ctx context.Context) (T, error)) (T, error) {
 	return step(ctx, r, name, true, fn)
 }
 
-func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(ctx context.Context) (T, error)) (T, error) {
+func step[T any](ctx context.Context, r *Attempt, name string, sealed bool, fn func(ctx context.Context) (T, error)) (T, error) {
 	var out T
 	if st, ok := r.Job.Steps[name]; ok && st.Status == store.StepCompleted {
 		if err := r.decodeOutput(st.Output, &out); err != nil {
@@ -42,7 +42,7 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 	}
 	log := r.Log.With("step", name)
 	r.step, r.stepStart = name, time.Now().UTC()
-	r.Report(insights.ProgressStatus, map[string]any{"message": "Step " + name + " started", "step": name, "attempt": r.Attempt})
+	r.Report(insights.ProgressStatus, map[string]any{"message": "Step " + name + " started", "step": name, "attempt": r.N})
 	out, err := runBody(ctx, r, name, fn)
 	if err != nil {
 		return out, &stepErr{step: name, err: err}
@@ -54,7 +54,7 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 		}
 	}
 	now := time.Now().UTC()
-	st := store.StepState{Status: store.StepCompleted, Runs: r.Job.Steps[name].Runs + 1, Attempt: r.Attempt,
+	st := store.StepState{Status: store.StepCompleted, Runs: r.Job.Steps[name].Runs + 1, Attempt: r.N,
 		StartedAt: r.stepStart, FinishedAt: now, DurationMs: now.Sub(r.stepStart).Milliseconds(), Output: stored}
 	if err := r.checkpoint(ctx, name, st); err != nil {
 		return out, err
@@ -68,7 +68,7 @@ func step[T any](ctx context.Context, r *Run, name string, sealed bool, fn func(
 }
 
 // checkpoint writes a step state with the pending fields in one update.
-func (r *Run) checkpoint(ctx context.Context, name string, st store.StepState) error {
+func (r *Attempt) checkpoint(ctx context.Context, name string, st store.StepState) error {
 	if err := r.save(ctx, store.Checkpoint{Step: name, State: st, Set: r.set}); err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func (r *Run) checkpoint(ctx context.Context, name string, st store.StepState) e
 // `sleeping` until then and the task is rescheduled for that time without
 // counting as a failure and without holding a worker. When the task runs
 // again after the time, the sleep is marked completed and the run goes on.
-func Sleep(ctx context.Context, r *Run, name string, d time.Duration) error {
+func Sleep(ctx context.Context, r *Attempt, name string, d time.Duration) error {
 	st, ok := r.Job.Steps[name]
 	now := time.Now().UTC()
 	switch {
@@ -94,13 +94,13 @@ func Sleep(ctx context.Context, r *Run, name string, d time.Duration) error {
 		done := st
 		done.Status, done.Runs, done.FinishedAt = store.StepCompleted, st.Runs+1, now
 		done.DurationMs = now.Sub(st.StartedAt).Milliseconds()
-		done.Attempt = r.Attempt
+		done.Attempt = r.N
 		return r.checkpoint(ctx, name, done)
 	}
 	// asynq keeps due times in whole seconds (it may run a task up to a
 	// second before a fractional due time), so wake on a whole second.
 	until := now.Add(d).Truncate(time.Second).Add(time.Second)
-	sleeping := store.StepState{Status: store.StepSleeping, Runs: st.Runs, Attempt: r.Attempt, StartedAt: now, SleepUntil: &until}
+	sleeping := store.StepState{Status: store.StepSleeping, Runs: st.Runs, Attempt: r.N, StartedAt: now, SleepUntil: &until}
 	r.step, r.stepStart = name, now
 	r.AlsoSet("status", tasks.StatusScheduled)
 	r.AlsoSet("processAt", until)
@@ -112,7 +112,7 @@ func Sleep(ctx context.Context, r *Run, name string, d time.Duration) error {
 	return &SleepError{Step: name, Until: until}
 }
 
-func (r *Run) decodeOutput(stored any, out any) error {
+func (r *Attempt) decodeOutput(stored any, out any) error {
 	if stored == nil {
 		return nil
 	}
@@ -135,7 +135,7 @@ var ErrPanic = errors.New("step panicked")
 
 // runBody runs the hook and the step's body, a panic in either turned into
 // its failure (the stack goes to the log, not to the job).
-func runBody[T any](ctx context.Context, r *Run, name string, fn func(ctx context.Context) (T, error)) (out T, err error) {
+func runBody[T any](ctx context.Context, r *Attempt, name string, fn func(ctx context.Context) (T, error)) (out T, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.Log.Error("step panicked", "step", name, "panic", p, "stack", string(debug.Stack()))

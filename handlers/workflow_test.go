@@ -21,9 +21,9 @@ import (
 )
 
 // failOnce makes step fail on its first run only.
-func failOnce(step string) func(context.Context, *handlers.Run, string) error {
+func failOnce(step string) func(context.Context, *handlers.Attempt, string) error {
 	var failed atomic.Bool
-	return func(_ context.Context, _ *handlers.Run, s string) error {
+	return func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == step && failed.CompareAndSwap(false, true) {
 			return errors.New("injected failure at " + step)
 		}
@@ -108,7 +108,7 @@ func assertOneFollowUpTask(t *testing.T, b *bundle, eventID string) {
 
 func TestDoNotRetryArchivesAtOnce(t *testing.T) {
 	b := setup(t, options{maxRetries: 5})
-	b.hooks.set("bad-input", func(_ context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("bad-input", func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepProcessInsights {
 			return handlers.DoNotRetry(errors.New("analysisData is not from this system"))
 		}
@@ -130,7 +130,7 @@ func TestDoNotRetryArchivesAtOnce(t *testing.T) {
 
 func TestRetryAfterExactDelay(t *testing.T) {
 	b := setup(t, options{maxRetries: 5})
-	b.hooks.set("slow-down", func(_ context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("slow-down", func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepProcessInsights {
 			return handlers.RetryAfter(7*time.Minute, errors.New("upstream asked for 7 minutes"))
 		}
@@ -152,7 +152,7 @@ func TestBackoffScheduleThenArchive(t *testing.T) {
 	schedule := []time.Duration{5 * time.Second, 10 * time.Second, 30 * time.Second, 60 * time.Second}
 	const maxRetries = 5
 	b := setup(t, options{maxRetries: maxRetries, backoff: schedule})
-	b.hooks.set("always-fails", func(_ context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("always-fails", func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepValidate {
 			return errors.New("plain failure")
 		}
@@ -192,7 +192,7 @@ func TestRerunArchivedResumesAtFailedStep(t *testing.T) {
 	b := setup(t, options{maxRetries: 0})
 	var broken atomic.Bool
 	broken.Store(true)
-	b.hooks.set("fix-me", func(_ context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("fix-me", func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepProcessInsights && broken.Load() {
 			return errors.New("model endpoint misconfigured")
 		}
@@ -339,7 +339,7 @@ func TestJobWithoutRequestFailsWithoutRetry(t *testing.T) {
 func TestPanicInStepIsACountedFailure(t *testing.T) {
 	const maxRetries = 1
 	b := setup(t, options{maxRetries: maxRetries})
-	b.hooks.set("panics", func(_ context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("panics", func(_ context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepProcessInsights {
 			panic("nil map in the engine")
 		}
@@ -363,7 +363,7 @@ func TestPanicInStepIsACountedFailure(t *testing.T) {
 func TestTimeoutIsACountedFailureThenArchived(t *testing.T) {
 	const maxRetries = 1
 	b := setup(t, options{maxRetries: maxRetries})
-	b.hooks.set("too-slow", func(ctx context.Context, _ *handlers.Run, s string) error {
+	b.hooks.set("too-slow", func(ctx context.Context, _ *handlers.Attempt, s string) error {
 		if s == tasks.StepProcessInsights {
 			<-ctx.Done() // a step that outlives its attempt
 			return ctx.Err()

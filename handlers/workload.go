@@ -68,7 +68,7 @@ type completionOutput struct {
 }
 
 // Workflow is the six steps of generate-insights.
-func (w *Insights) Workflow(ctx context.Context, r *Run) error {
+func (w *Insights) Workflow(ctx context.Context, r *Attempt) error {
 	job, p := r.Job, r.Task
 	if _, err := Step(ctx, r, tasks.StepInitialize, func(ctx context.Context) (initOutput, error) {
 		r.AlsoSet("queue", p.Queue)
@@ -175,7 +175,7 @@ func (w *Insights) Workflow(ctx context.Context, r *Run) error {
 
 // setRequest records the request fields at the job's top level, as the
 // BMS app stores them.
-func setRequest(r *Run, q tasks.Request) {
+func setRequest(r *Attempt, q tasks.Request) {
 	for _, e := range store.RequestFields(q) {
 		r.AlsoSet(e.Key, e.Value)
 	}

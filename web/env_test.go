@@ -54,7 +54,7 @@ func (f *failSwitch) set(on bool, jobIDs ...string) {
 	f.on.Store(on)
 }
 
-func (f *failSwitch) hook(ctx context.Context, r *handlers.Run, step string) error {
+func (f *failSwitch) hook(ctx context.Context, r *handlers.Attempt, step string) error {
 	if step != tasks.StepProcessInsights {
 		return nil
 	}

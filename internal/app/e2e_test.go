@@ -254,7 +254,7 @@ func checkEnvelope(t *testing.T, what string, v any) {
 // step's failure reuses the sealed checkpoint; another key cannot open it.
 func TestE2EEncryptionAtRest(t *testing.T) {
 	var storeFailed atomic.Bool
-	hook := handlers.StepHook(func(ctx context.Context, r *handlers.Run, step string) error {
+	hook := handlers.StepHook(func(ctx context.Context, r *handlers.Attempt, step string) error {
 		if step == tasks.StepStoreResults && storeFailed.CompareAndSwap(false, true) {
 			return errors.New("injected failure of store-results")
 		}
