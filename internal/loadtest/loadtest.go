@@ -19,6 +19,8 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/event"
 
 	"github.com/bmsview/insights/handlers"
@@ -78,6 +80,9 @@ type Result struct {
 	// P50 and P99 of send → lastInsights stored, from the paced phase, sent
 	// at half the throughput phase's rate.
 	P50, P99 time.Duration
+	// JobBytes is the mean BSON size of a completed job document: what each
+	// of its updates rewrites on FerretDB at the end of a workflow.
+	JobBytes float64
 }
 
 // Run runs the benchmark on a database of its own, dropped at the end.
@@ -198,6 +203,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	res.Elapsed = time.Since(start)
+	if res.JobBytes, err = meanJobBytes(ctx, st); err != nil {
+		return res, err
+	}
 	counting.Store(false)
 	res.PerSec = float64(o.N) / res.Elapsed.Seconds()
 	res.WritesPerWorkflow = float64(writes.Load()) / float64(o.N)
@@ -293,4 +301,22 @@ func (c *completions) wait(ctx context.Context, n int, within time.Duration) err
 		time.Sleep(2 * time.Millisecond)
 	}
 	return nil
+}
+
+// meanJobBytes is the mean BSON size of (up to 50) job documents.
+func meanJobBytes(ctx context.Context, st *store.Store) (float64, error) {
+	cur, err := st.Database().Collection(store.JobsCollection).Find(ctx, bson.D{}, options.Find().SetLimit(50))
+	if err != nil {
+		return 0, fmt.Errorf("loadtest: job sizes: %w", err)
+	}
+	defer cur.Close(ctx)
+	var n, total int
+	for cur.Next(ctx) {
+		n++
+		total += len(cur.Current)
+	}
+	if n == 0 {
+		return 0, cur.Err()
+	}
+	return float64(total) / float64(n), cur.Err()
 }
