@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,23 +211,28 @@ func TestPostEvent(t *testing.T) {
 // bigReader yields n bytes of a JSON string without knowing its length in
 // advance (chunked upload), counting what was taken from it.
 type bigReader struct {
-	n, sent int
-	head    []byte
+	n    int
+	head []byte
+	// sent is read by the test while the client's transport may still be
+	// writing the body (the server answers 413 before reading it all).
+	sent atomic.Int64
 }
 
 func (b *bigReader) Read(p []byte) (int, error) {
-	if b.sent >= b.n {
+	sent := int(b.sent.Load())
+	if sent >= b.n {
 		return 0, io.EOF
 	}
 	i := 0
-	for ; i < len(p) && b.sent < b.n; i++ {
-		if b.sent < len(b.head) {
-			p[i] = b.head[b.sent]
+	for ; i < len(p) && sent < b.n; i++ {
+		if sent < len(b.head) {
+			p[i] = b.head[sent]
 		} else {
 			p[i] = 'x'
 		}
-		b.sent++
+		sent++
 	}
+	b.sent.Store(int64(sent))
 	return i, nil
 }
 
@@ -250,7 +256,7 @@ func TestPostEventTooLarge(t *testing.T) {
 		if n := e.bodyRead.Load(); n > maxBodyBytes+1 {
 			t.Fatalf("%s: handler read %d bytes, more than the %d byte limit", path, n, maxBodyBytes)
 		}
-		if src.sent >= src.n {
+		if int(src.sent.Load()) >= src.n {
 			t.Fatalf("%s: the whole 64 MB body was sent: the server read it to the end", path)
 		}
 	}
