@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -111,5 +113,34 @@ func TestStoreReadFailureInStepUsesNoBudget(t *testing.T) {
 	}
 	if got := outages.Load(); got != 3 {
 		t.Errorf("process-insights tried %d times, want 3 (two outages, then done)", got)
+	}
+}
+
+// A run that must wait for flow control (the provider's breaker open) is
+// rescheduled, not failed: no budget used (even with none), no worker held,
+// the job scheduled and saying why; the step runs when the wait is over.
+func TestWaitReschedulesWithoutBudget(t *testing.T) {
+	b := setup(t, options{maxRetries: 0})
+	var waited atomic.Bool
+	b.hooks.set("waits", func(_ context.Context, _ *handlers.Attempt, s string) error {
+		if s == tasks.StepProcessInsights && waited.CompareAndSwap(false, true) {
+			return &flow.WaitError{Reason: "the model provider's circuit breaker is open", Until: time.Now().Add(2 * time.Second)}
+		}
+		return nil
+	})
+	res := b.send(t, event("waits"))
+	j := b.waitStatus(t, "waits", tasks.StatusScheduled, 10*time.Second)
+	if j.Waiting == nil || !strings.Contains(j.Waiting.Reason, "circuit breaker") || j.Failures != 0 || j.Failure != nil {
+		t.Fatalf("while waiting: waiting %+v failures %d failure %+v; want the reason and no failure", j.Waiting, j.Failures, j.Failure)
+	}
+	if info := b.waitTask(t, res.Queue, res.EventID, 10*time.Second, func(i *asynq.TaskInfo) bool { return i.State == asynq.TaskStateRetry }); info.Retried != 0 {
+		t.Errorf("the waiting task has retried %d, want 0", info.Retried)
+	}
+	j = waitStep(t, b, "waits", tasks.StepSendCompletion)
+	if j.Status != tasks.StatusCompleted || j.Failures != 0 || j.Waiting != nil {
+		t.Fatalf("after the wait: status %s failures %d waiting %+v; want completed, 0, none", j.Status, j.Failures, j.Waiting)
+	}
+	if r := testenv.Runs(j); r[tasks.StepProcessInsights] != 1 || r[tasks.StepValidate] != 1 {
+		t.Fatalf("runs %v: process-insights once (the waited body is not counted), validate once", r)
 	}
 }

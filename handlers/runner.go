@@ -268,6 +268,32 @@ type storeErr struct{ err error }
 func (e *storeErr) Error() string { return "checkpoint not saved: " + e.err.Error() }
 func (e *storeErr) Unwrap() error { return e.err }
 
+// waiter is an error that asks the run to wait for flow control (the
+// provider's breaker) until a time, for a reason: not a failure.
+type waiter interface {
+	WaitUntil() (time.Time, string)
+}
+
+// wait reschedules the run for w's time without using its budget or
+// holding a worker, the job scheduled and saying why (`waiting`); the step
+// that asked runs again then, its body not counted in `runs`.
+func (rn *Runner) wait(ctx context.Context, run *Attempt, w waiter, err error) error {
+	until, reason := w.WaitUntil()
+	until = until.UTC()
+	run.Report(insights.ProgressStatus, map[string]any{"message": "Waiting: " + reason, "step": run.step, "until": until})
+	cp := store.Checkpoint{Set: append(run.set,
+		bson.E{Key: "status", Value: tasks.StatusScheduled}, bson.E{Key: "processAt", Value: until},
+		bson.E{Key: "waiting", Value: store.Waiting{Reason: reason, Until: until}})}
+	run.set = nil
+	if werr := run.save(context.WithoutCancel(ctx), cp); isRevoke(werr) {
+		return fmt.Errorf("%w: %w", asynq.RevokeTask, werr)
+	} else if werr != nil {
+		return RetryAfter(rn.cfg.TransientDelay, errors.Join(err, werr))
+	}
+	run.Log.Info("waiting", "step", run.step, "until", until, "reason", reason)
+	return RetryWithoutBudget(time.Until(until), err)
+}
+
 // fail turns a workflow error into what asynq should do, recording it on
 // the job first.
 func (rn *Runner) fail(ctx context.Context, run *Attempt, err error) error {
@@ -278,6 +304,10 @@ func (rn *Runner) fail(ctx context.Context, run *Attempt, err error) error {
 	if errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent) {
 		run.Log.Info("task revoked", "reason", err)
 		return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
+	}
+	var w waiter
+	if errors.As(err, &w) {
+		return rn.wait(ctx, run, w, err)
 	}
 	var se *storeErr
 	if errors.As(err, &se) || errors.Is(err, store.ErrUnavailable) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
@@ -117,7 +118,9 @@ func (w *Insights) Workflow(ctx context.Context, r *Attempt) error {
 		// progress event (a model's first turn), so a long step shows it
 		// while it runs; the rules engine takes milliseconds and reports
 		// none, and it goes with the step's checkpoint: no extra write.
-		return w.cfg.Engine.Generate(ctx, insights.Request{
+		// The flow control (a system's slot, the model's limits) knows
+		// the run by its eventId and serves waiting runs by priority.
+		return w.cfg.Engine.Generate(flow.WithRun(ctx, p.EventID, p.Priority), insights.Request{
 			SystemID: systemID, Snapshot: *req.AnalysisData, CustomPrompt: req.CustomPrompt,
 			ContextWindowDays: req.ContextWindowDays, MaxIterations: req.MaxIterations, FullContextMode: req.FullContextMode,
 			ModelOverride: req.ModelOverride,

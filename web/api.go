@@ -3,6 +3,7 @@ package web
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"sort"
@@ -249,4 +250,36 @@ func (s *Server) failures(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+var errNoBreaker = errorf(http.StatusServiceUnavailable, "the circuit breaker is not configured")
+
+// breaker is GET /api/breaker: the model provider's breaker as every worker
+// sees it.
+func (s *Server) breaker(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Breaker == nil {
+		s.writeErr(w, r, errNoBreaker)
+		return
+	}
+	st, err := s.cfg.Breaker.State(r.Context())
+	if err != nil {
+		s.writeErr(w, r, fmt.Errorf("Redis: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// breakerReset is POST /api/breaker/reset: close the breaker by hand (the
+// provider is known to be back); it answers the state after.
+func (s *Server) breakerReset(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Breaker == nil {
+		s.writeErr(w, r, errNoBreaker)
+		return
+	}
+	if err := s.cfg.Breaker.Reset(r.Context()); err != nil {
+		s.writeErr(w, r, fmt.Errorf("Redis: %w", err))
+		return
+	}
+	s.log.Info("circuit breaker reset by an operator")
+	s.breaker(w, r)
 }

@@ -692,3 +692,35 @@ func (e *env) archivedRun(jobID string) string {
 	e.waitTask("default", id, 10*time.Second, asynq.TaskStateArchived)
 	return id
 }
+
+// The model provider's breaker through the API: its state as the workers
+// share it, and an operator's reset, Bearer and same-origin Basic alike.
+func TestBreakerRoutes(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	r := e.do("GET", "/api/breaker", nil, authBearer)
+	e.expect(r, 200)
+	if m := r.json(t); m["state"] != "closed" || m["failures"] != 0.0 {
+		t.Fatalf("a new breaker: %s", r.body)
+	}
+	for range 2 {
+		if err := e.breaker.Failure(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = e.do("GET", "/api/breaker", nil, authBearer)
+	e.expect(r, 200)
+	if m := r.json(t); m["state"] != "open" || m["failures"] != 2.0 || m["openedAt"] == nil || m["retryAt"] == nil {
+		t.Fatalf("after 2 failures: %s", r.body)
+	}
+	r = e.do("GET", "/metrics", nil, authBearer)
+	e.expect(r, 200)
+	if body := string(r.body); !strings.Contains(body, `insights_breaker_state{state="open"} 1`) || !strings.Contains(body, "insights_breaker_failures 2") {
+		t.Fatalf("metrics without the open breaker:\n%s", body)
+	}
+	e.expect(e.do("POST", "/api/breaker/reset", nil, authNone), 401)
+	r = e.do("POST", "/api/breaker/reset", nil, authBearer)
+	e.expect(r, 200)
+	if m := r.json(t); m["state"] != "closed" || m["failures"] != 0.0 {
+		t.Fatalf("after the reset: %s", r.body)
+	}
+}

@@ -19,8 +19,10 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -78,6 +80,8 @@ func (f *failSwitch) hook(ctx context.Context, r *handlers.Attempt, step string)
 }
 
 type env struct {
+	// breaker is the server's circuit breaker (threshold 2, cool-down 1 h).
+	breaker   *flow.Breaker
 	t         *testing.T
 	redis     asynq.RedisConnOpt
 	store     *store.Store
@@ -120,7 +124,10 @@ func newEnv(t *testing.T, o envOptions) *env {
 	t.Cleanup(func() { e.client.Close(); e.inspector.Close() })
 	e.registry = prometheus.NewRegistry()
 	e.metrics = NewMetrics(e.registry)
-	e.server = New(Config{Store: e.store, Client: e.client, Inspector: e.inspector, RedisConnOpt: e.redis,
+	rdb := e.redis.MakeRedisClient().(redis.UniversalClient)
+	t.Cleanup(func() { rdb.Close() })
+	e.breaker = flow.NewBreaker(rdb, flow.BreakerConfig{Name: "test", Failures: 2, Cooldown: time.Hour})
+	e.server = New(Config{Store: e.store, Client: e.client, Inspector: e.inspector, RedisConnOpt: e.redis, Breaker: e.breaker,
 		APIToken: testToken, AdminPassword: testPassword, CORSOrigins: o.cors, MaxRetries: e.maxRetries,
 		Decrypt: o.decrypt, Metrics: e.registry, Ready: o.ready, Logger: testenv.Logger()})
 	t.Cleanup(func() { e.server.Close() })

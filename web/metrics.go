@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/tasks"
 )
 
@@ -131,4 +133,40 @@ func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(deadLetterDesc, prometheus.GaugeValue, float64(archived))
 	ch <- prometheus.MustNewConstMetric(queueUpDesc, prometheus.GaugeValue, up)
+}
+
+// breakerCollector reads the model provider's breaker on every scrape.
+type breakerCollector struct {
+	breaker *flow.Breaker
+	log     *slog.Logger
+}
+
+var (
+	breakerStateDesc = prometheus.NewDesc("insights_breaker_state",
+		"The model provider's circuit breaker: 1 for its current state (closed, open, half-open), 0 for the others.", []string{"state"}, nil)
+	breakerFailuresDesc = prometheus.NewDesc("insights_breaker_failures",
+		"Consecutive model outages the breaker has counted.", nil, nil)
+)
+
+func (c *breakerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- breakerStateDesc
+	ch <- breakerFailuresDesc
+}
+
+func (c *breakerCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.breaker.State(ctx)
+	if err != nil {
+		c.log.Warn("breaker metrics", "err", err)
+		return
+	}
+	for _, s := range []string{flow.Closed, flow.Open, flow.HalfOpen} {
+		v := 0.0
+		if st.State == s {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(breakerStateDesc, prometheus.GaugeValue, v, s)
+	}
+	ch <- prometheus.MustNewConstMetric(breakerFailuresDesc, prometheus.GaugeValue, float64(st.Failures))
 }

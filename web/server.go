@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
@@ -75,6 +76,9 @@ type Config struct {
 	// so the worker's step and job metrics are served too. Nil: a new
 	// registry with the Go and process collectors.
 	Metrics Registry
+	// Breaker is the model provider's circuit breaker (GET /api/breaker,
+	// POST /api/breaker/reset). Nil: those routes answer 503.
+	Breaker *flow.Breaker
 	// Ready reports readiness for /readyz. Nil: MongoDB answers a ping
 	// (Store) and Redis answers (Inspector).
 	Ready func(ctx context.Context) error
@@ -141,6 +145,11 @@ func New(cfg Config) *Server {
 			s.log.Warn("queue metrics not registered", "err", err)
 		}
 	}
+	if cfg.Breaker != nil {
+		if err := s.cfg.Metrics.Register(&breakerCollector{breaker: cfg.Breaker, log: s.log}); err != nil {
+			s.log.Warn("breaker metrics not registered", "err", err)
+		}
+	}
 	s.pages = mustParsePages()
 	if cfg.RedisConnOpt != nil {
 		s.monitor = asynqmon.New(asynqmon.Options{
@@ -197,6 +206,8 @@ func (s *Server) routes() {
 	mux.Handle("GET /api/jobs/{jobId}", s.auth(http.HandlerFunc(s.getJob)))
 	mux.Handle("GET /api/jobs", s.auth(http.HandlerFunc(s.listJobs)))
 	mux.Handle("GET /api/failures", s.auth(http.HandlerFunc(s.failures)))
+	mux.Handle("GET /api/breaker", s.auth(http.HandlerFunc(s.breaker)))
+	mux.Handle("POST /api/breaker/reset", s.auth(http.HandlerFunc(s.breakerReset)))
 	mux.Handle("/api/", s.auth(http.HandlerFunc(s.apiNotFound)))
 
 	// Netlify Async Workloads aliases.

@@ -301,3 +301,69 @@ func TestTwoWorkerProcessesShareTheQueues(t *testing.T) {
 		}
 	}
 }
+
+// Two worker processes share the model's rate limit through Redis: 20 jobs
+// under GEMINI_RPM=10 never bring more than 10 calls into one minute, and
+// all complete with no failure (the runs over the limit waited).
+func TestTwoWorkersShareTheRateLimit(t *testing.T) {
+	e := newEnv(t)
+	e.setenv(t)
+	gem := newFakeGemini(t)
+	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL,
+		"GEMINI_RPM=10", "SYSTEM_CONCURRENCY=0", "MAX_RETRIES=0", "WORKER_CONCURRENCY=3"}
+	w1 := e.start(t, "serve --role worker", extra...)
+	w2 := e.start(t, "serve --role worker", extra...)
+	data := writeSnapshot(t)
+	const n = 20
+	for i := range n {
+		e.trigger(t, "--system-id", "sys-rate", "--data", data, "--job-id", fmt.Sprintf("rate-%d", i))
+	}
+	for i := range n {
+		j := e.waitStep(t, fmt.Sprintf("rate-%d", i), tasks.StepSendCompletion, 150*time.Second)
+		if j.Failures != 0 || j.Failure != nil {
+			t.Errorf("%s: failures %d %+v, want none", j.ID, j.Failures, j.Failure)
+		}
+	}
+	if got := gem.MostWithin(time.Minute); got > 10 {
+		t.Errorf("%d model calls within one minute from two workers, the limit is 10", got)
+	}
+	for i, w := range []*proc{w1, w2} {
+		if c := strings.Count(w.log(), `msg="completion handled"`); c == 0 {
+			t.Errorf("worker %d handled no job", i+1)
+		}
+	}
+}
+
+// A worker SIGKILLed while it holds a system's slot (SYSTEM_CONCURRENCY=1)
+// blocks that system no longer than the slot's lease: another worker then
+// runs the next job of the system.
+func TestKilledWorkerHoldsASystemSlotOnlyForItsLease(t *testing.T) {
+	e := newEnv(t)
+	e.setenv(t)
+	gem := newFakeGemini(t)
+	gem.hang.Store(true)
+	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL, "SYSTEM_CONCURRENCY=1"}
+	first := e.start(t, "serve --role worker", extra...)
+	data := writeSnapshot(t)
+	e.trigger(t, "--system-id", "sys-slot", "--data", data, "--job-id", "slot-held")
+	select {
+	case <-gem.called: // the first job holds the slot, in a model call that never answers
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first job never called the model")
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	gem.hang.Store(false)
+	e.start(t, "serve --role worker", extra...)
+	e.trigger(t, "--system-id", "sys-slot", "--data", data, "--job-id", "slot-next")
+	j := e.waitStep(t, "slot-next", tasks.StepProcessInsights, 90*time.Second)
+	// The lease is 30 s; the waiting run looks again every 2 s.
+	switch waited := j.Steps[tasks.StepProcessInsights].StartedAt.Sub(killed); {
+	case waited > 40*time.Second:
+		t.Errorf("the next job of the system started %v after the kill, the lease is 30s", waited.Round(time.Second))
+	case waited < 20*time.Second:
+		t.Errorf("the next job of the system started %v after the kill: the dead worker's slot was not held", waited.Round(time.Second))
+	}
+}

@@ -87,7 +87,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if runAPI {
 		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
 			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
-			Decrypt: a.Decrypt, Metrics: reg, Ready: a.Ready, Logger: log})
+			Decrypt: a.Decrypt, Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 	} else {
 		// A worker serves health, readiness and (behind the same auth)

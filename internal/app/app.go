@@ -18,6 +18,7 @@ import (
 	"github.com/bmsview/insights/internal/config"
 	"github.com/bmsview/insights/internal/crypt"
 	"github.com/bmsview/insights/internal/devstack"
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -32,6 +33,14 @@ type App struct {
 	Inspector *asynq.Inspector
 	// Sealer is nil unless DATA_ENCRYPTION_KEY is set.
 	Sealer *crypt.Sealer
+
+	// Breaker is the model provider's circuit breaker, shared through
+	// Redis by every process (BREAKER_FAILURES, BREAKER_COOLDOWN).
+	Breaker *flow.Breaker
+	// RateLimit (GEMINI_RPM, GEMINI_TPM) and Slots (SYSTEM_CONCURRENCY)
+	// are the rest of that flow control.
+	RateLimit *flow.RateLimiter
+	Slots     *flow.Slots
 
 	rdb     redis.UniversalClient
 	closers []func()
@@ -96,6 +105,9 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 		return nil, errors.New("redis: unexpected client type")
 	}
 	a.rdb = rdb
+	a.Breaker = flow.NewBreaker(rdb, flow.BreakerConfig{Name: cfg.InsightsProvider, Failures: cfg.BreakerFailures, Cooldown: cfg.BreakerCooldown})
+	a.RateLimit = flow.NewRateLimiter(rdb, flow.RateLimitConfig{Name: cfg.InsightsProvider, RPM: cfg.GeminiRPM, TPM: cfg.GeminiTPM})
+	a.Slots = flow.NewSlots(rdb, flow.SlotsConfig{Limit: cfg.SystemConcurrency})
 	a.closers = append(a.closers, func() { _ = rdb.Close() })
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return nil, fmt.Errorf("REDIS_URL: ping: %w", err)

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/insights"
 )
 
@@ -35,12 +36,17 @@ func (a *App) NewWorker(o WorkerOptions) (*handlers.Worker, error) {
 }
 
 // NewEngine returns the configured insights engine.
+// The flow control guards it: a system's runs wait for its slot
+// (SYSTEM_CONCURRENCY); with the gemini provider, each model call waits for
+// the shared rate limit and runs wait while the breaker is open.
 func (a *App) NewEngine() (insights.Engine, error) {
 	rules := insights.NewRules(a.Store)
 	if a.Cfg.InsightsProvider != "gemini" {
-		return rules, nil
+		return flow.Guard(rules, flow.Control{Slots: a.Slots}), nil
 	}
-	return insights.NewGemini(insights.GeminiConfig{APIKey: a.Cfg.GeminiAPIKey, Model: a.Cfg.GeminiModel, BaseURL: a.Cfg.GeminiBaseURL}, rules, a.Store), nil
+	gemini := insights.NewGemini(insights.GeminiConfig{APIKey: a.Cfg.GeminiAPIKey, Model: a.Cfg.GeminiModel,
+		BaseURL: a.Cfg.GeminiBaseURL, Gate: a.RateLimit}, rules, a.Store)
+	return flow.Guard(gemini, flow.Control{Breaker: a.Breaker, Slots: a.Slots}), nil
 }
 
 // RunReconciler runs Reconcile at once and then every interval until ctx

@@ -17,6 +17,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/tasks"
 )
@@ -56,6 +57,11 @@ type Config struct {
 	WebhookSecret       string          // WEBHOOK_SECRET
 	ShutdownTimeout     time.Duration   // SHUTDOWN_TIMEOUT; handlers.DefaultShutdownTimeout; > 0
 	CORSOrigins         []string        // CORS_ORIGINS; none
+	GeminiRPM           int             // GEMINI_RPM; 0: no limit
+	GeminiTPM           int             // GEMINI_TPM; 0: no limit
+	SystemConcurrency   int             // SYSTEM_CONCURRENCY; 1 with gemini, 0 (no limit) with rules
+	BreakerFailures     int             // BREAKER_FAILURES; flow.DefaultBreakerFailures; 0: off
+	BreakerCooldown     time.Duration   // BREAKER_COOLDOWN; flow.DefaultBreakerCooldown; > 0
 	LogLevel            string          // LOG_LEVEL; "info" (debug, info, warn, error)
 	LogFormat           string          // LOG_FORMAT; "text" (text, json)
 }
@@ -97,9 +103,21 @@ func Load(getenv func(string) string) (*Config, error) {
 		WebhookSecret:       getenv("WEBHOOK_SECRET"),
 		ShutdownTimeout:     p.duration("SHUTDOWN_TIMEOUT", handlers.DefaultShutdownTimeout, 0, ""),
 		CORSOrigins:         p.list("CORS_ORIGINS"),
+		GeminiRPM:           p.intRange("GEMINI_RPM", 0, 0, 1000000),
+		GeminiTPM:           p.intRange("GEMINI_TPM", 0, 0, 1000000000),
+		BreakerFailures:     p.intRange("BREAKER_FAILURES", flow.DefaultBreakerFailures, 0, 1000),
+		BreakerCooldown:     p.duration("BREAKER_COOLDOWN", flow.DefaultBreakerCooldown, 0, ""),
 		LogLevel:            strings.ToLower(p.oneOfFold("LOG_LEVEL", "info", "debug", "info", "warn", "error")),
 		LogFormat:           strings.ToLower(p.oneOfFold("LOG_FORMAT", "text", "text", "json")),
 	}
+	// One live process-insights per system with a model (two runs of one
+	// battery would analyse the same history side by side, twice the
+	// calls); none with the built-in rules.
+	defConcurrency := 0
+	if c.InsightsProvider == "gemini" {
+		defConcurrency = 1
+	}
+	c.SystemConcurrency = p.intRange("SYSTEM_CONCURRENCY", defConcurrency, 0, 1000)
 	weights := p.str("QUEUE_WEIGHTS", handlers.DefaultQueueWeights)
 	if w, err := handlers.ParseQueueWeights(weights); err != nil {
 		p.fail("QUEUE_WEIGHTS", err.Error())

@@ -24,6 +24,16 @@ func TestDefaults(t *testing.T) {
 		c.LogLevel != "info" || c.LogFormat != "text" {
 		t.Errorf("defaults: %+v", c)
 	}
+	if c.SystemConcurrency != 0 || c.BreakerFailures != 5 || c.BreakerCooldown != time.Minute || c.GeminiRPM != 0 {
+		t.Errorf("flow control defaults with rules: %+v", c)
+	}
+	// One live analysis per system with a model, unless set.
+	if c, err := Load(env(map[string]string{"INSIGHTS_PROVIDER": "gemini", "GEMINI_API_KEY": "k"})); err != nil || c.SystemConcurrency != 1 {
+		t.Errorf("SYSTEM_CONCURRENCY with gemini: %+v, %v; want 1", c, err)
+	}
+	if c, err := Load(env(map[string]string{"INSIGHTS_PROVIDER": "gemini", "GEMINI_API_KEY": "k", "SYSTEM_CONCURRENCY": "0"})); err != nil || c.SystemConcurrency != 0 {
+		t.Errorf("SYSTEM_CONCURRENCY=0 with gemini: %+v, %v; want 0", c, err)
+	}
 	// LOG_LEVEL and LOG_FORMAT read like every other variable, in any case.
 	if c, err := Load(env(map[string]string{"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "Json"})); err != nil || c.LogLevel != "debug" || c.LogFormat != "json" {
 		t.Errorf("LOG_LEVEL=DEBUG LOG_FORMAT=Json: %+v, %v", c, err)
@@ -37,6 +47,7 @@ func TestBadValueNamesTheVariable(t *testing.T) {
 		"TASK_RETENTION": "-5s", "QUEUE_WEIGHTS": "critical=6", "DATA_ENCRYPTION_KEY": "short", "INSIGHTS_PROVIDER": "openai",
 		"SHUTDOWN_TIMEOUT": "forever", "COMPLETION_WEBHOOK_URL": "ftp://x", "GEMINI_BASE_URL": "::",
 		"LOG_LEVEL": "verbose", "LOG_FORMAT": "xml",
+		"GEMINI_RPM": "-1", "GEMINI_TPM": "lots", "SYSTEM_CONCURRENCY": "one", "BREAKER_FAILURES": "-2", "BREAKER_COOLDOWN": "0s",
 	} {
 		_, err := Load(env(map[string]string{name: val}))
 		if err == nil || !strings.Contains(err.Error(), name) {

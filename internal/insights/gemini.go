@@ -30,6 +30,16 @@ type GeminiConfig struct {
 	// BaseURL (GEMINI_BASE_URL): a proxy or a test server; empty = Google's.
 	BaseURL    string
 	HTTPClient *http.Client
+	// Gate is told of each model call (the shared rate limit). Nil: none.
+	Gate CallGate
+}
+
+// CallGate admits each model call and is told what it cost: Before may hold
+// a call back, or refuse it with an error the runner reads (a wait); After
+// gets the tokens the provider reported (0: none) and the call's error.
+type CallGate interface {
+	Before(ctx context.Context) error
+	After(ctx context.Context, tokens int, err error)
 }
 
 // Gemini is the LLM provider: a tool-calling loop over the rules engine's
@@ -143,9 +153,24 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 		if err := req.report(ctx, ProgressIteration, map[string]any{"iteration": turns, "maxIterations": maxIter, "model": model}); err != nil {
 			return nil, err
 		}
+		if gate := g.cfg.Gate; gate != nil {
+			if err := gate.Before(ctx); err != nil {
+				return nil, err
+			}
+		}
 		resp, err := client.Models.GenerateContent(ctx, model, contents, cfg)
 		if err != nil {
-			return nil, g.classify(ctx, err, slot)
+			err = g.classify(ctx, err, slot)
+		}
+		if gate := g.cfg.Gate; gate != nil {
+			tokens := 0
+			if err == nil && resp.UsageMetadata != nil {
+				tokens = int(resp.UsageMetadata.TotalTokenCount)
+			}
+			gate.After(context.WithoutCancel(ctx), tokens, err)
+		}
+		if err != nil {
+			return nil, err
 		}
 		fcs := resp.FunctionCalls()
 		if len(fcs) == 0 {

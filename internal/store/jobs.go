@@ -50,7 +50,10 @@ type Job struct {
 	Failure          *Failure             `json:"failure,omitempty" bson:"failure,omitempty"`
 	Steps            map[string]StepState `json:"steps" bson:"steps"`
 	FollowUp         *FollowUp            `json:"followUp,omitempty" bson:"followUp,omitempty"`
-	CompletedAt      *time.Time           `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
+	// Waiting says why a run that waits for flow control (the provider's
+	// breaker) is rescheduled rather than running; nil when it is not.
+	Waiting     *Waiting   `json:"waiting,omitempty" bson:"waiting,omitempty"`
+	CompletedAt *time.Time `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
 
 	// seen is the run-lock count this job was last read under (runlock.go):
 	// while it holds, no transition can have ended this run. 0: not read
@@ -174,6 +177,12 @@ const (
 	KindBusiness  = "business"   // the request itself: retrying cannot help
 	KindInternal  = "internal"   // anything else (a bug, a panic)
 )
+
+// Waiting is the job's `waiting`: why its run waits, and until when.
+type Waiting struct {
+	Reason string    `json:"reason" bson:"reason"`
+	Until  time.Time `json:"until" bson:"until"`
+}
 
 // FollowUp records the chained insights-completed event.
 type FollowUp struct {
@@ -526,6 +535,11 @@ func (s *Store) StartAttempt(ctx context.Context, run tasks.Run) (job *Job, prev
 			cur.EventID, cur.EventName, cur.Queue, cur.Priority = run.EventID, tasks.EventGenerateInsights, run.Queue, run.Priority
 		}
 		update := bson.D{{Key: "$set", Value: set}, {Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}}}
+		if cur.Waiting != nil {
+			// The wait is over: this attempt runs.
+			update = append(update, bson.E{Key: "$unset", Value: bson.D{{Key: "waiting", Value: ""}}})
+			cur.Waiting = nil
+		}
 		matched, err := s.updateJob(ctx, cur.DocID, update,
 			bson.E{Key: "eventId", Value: cur.EventID}, bson.E{Key: "status", Value: cur.Status})
 		if err != nil {

@@ -9,9 +9,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // DefaultModel is the model a request must name unless ExpectModel says
@@ -48,6 +50,7 @@ type Server struct {
 	mu     sync.Mutex
 	model  string
 	bodies []string
+	times  []time.Time // when each request arrived
 }
 
 // Start serves answer until the test ends. key is the API key every
@@ -85,6 +88,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.Unmarshal(b, &body)
 	s.mu.Lock()
 	s.bodies = append(s.bodies, string(b))
+	s.times = append(s.times, time.Now())
 	n := len(s.bodies)
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
@@ -107,6 +111,24 @@ func (s *Server) Requests() []map[string]any {
 		out = append(out, m)
 	}
 	return out
+}
+
+// MostWithin is the most requests that arrived within any span of d: what
+// a rate limit's tests compare with the limit.
+func (s *Server) MostWithin(d time.Duration) int {
+	s.mu.Lock()
+	at := slices.Clone(s.times)
+	s.mu.Unlock()
+	slices.SortFunc(at, func(x, y time.Time) int { return x.Compare(y) })
+	most := 0
+	for i := range at {
+		n := 0
+		for j := i; j < len(at) && at[j].Sub(at[i]) < d; j++ {
+			n++
+		}
+		most = max(most, n)
+	}
+	return most
 }
 
 // Calls is how many requests came.
