@@ -717,10 +717,19 @@ func TestBreakerRoutes(t *testing.T) {
 	if body := string(r.body); !strings.Contains(body, `insights_breaker_state{state="open"} 1`) || !strings.Contains(body, "insights_breaker_failures 2") {
 		t.Fatalf("metrics without the open breaker:\n%s", body)
 	}
+	// The pages show it too.
+	page := e.do("GET", "/", nil, authBearer)
+	e.expect(page, 200)
+	if !strings.Contains(string(page.body), `id="breaker" data-state="open"`) {
+		t.Fatalf("the home page does not show the open breaker:\n%s", page.body)
+	}
 	e.expect(e.do("POST", "/api/breaker/reset", nil, authNone), 401)
 	r = e.do("POST", "/api/breaker/reset", nil, authBearer)
 	e.expect(r, 200)
 	if m := r.json(t); m["state"] != "closed" || m["failures"] != 0.0 {
 		t.Fatalf("after the reset: %s", r.body)
+	}
+	if page := e.do("GET", "/", nil, authBearer); strings.Contains(string(page.body), `id="breaker"`) {
+		t.Fatal("the home page still shows the breaker once closed")
 	}
 }

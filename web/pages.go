@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"github.com/yuin/goldmark"
 	"github.com/yuin/goldmark/extension"
 
+	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -140,6 +142,21 @@ type indexPage struct {
 	Limit    int
 	Statuses []string
 	Error    string
+	// Breaker is the provider's breaker when it is not closed; nil else.
+	Breaker *flow.BreakerState
+}
+
+// openBreaker is the provider's breaker for a page's banner: nil when it is
+// closed, unknown or not configured (a page never fails for it).
+func (s *Server) openBreaker(ctx context.Context) *flow.BreakerState {
+	if s.cfg.Breaker == nil {
+		return nil
+	}
+	st, err := s.cfg.Breaker.State(ctx)
+	if err != nil || st.State == flow.Closed {
+		return nil
+	}
+	return st
 }
 
 // indexPage is GET /: recent jobs, filters and counts by status.
@@ -148,7 +165,7 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
 		return
 	}
-	data := indexPage{Title: "Recent jobs", Statuses: jobStatuses}
+	data := indexPage{Title: "Recent jobs", Statuses: jobStatuses, Breaker: s.openBreaker(r.Context())}
 	f, err := parseJobFilter(r)
 	if err != nil {
 		data.Error = err.Error()
@@ -185,7 +202,9 @@ type stepRow struct {
 }
 
 type jobPage struct {
-	Title       string
+	Title string
+	// Breaker is the provider's breaker when it is not closed; nil else.
+	Breaker     *flow.BreakerState
 	Job         *store.Job
 	Steps       []stepRow
 	Event       *EventStatus
@@ -252,7 +271,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	job := s.ops.View(raw)
-	data := jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status),
+	data := jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status), Breaker: s.openBreaker(r.Context()),
 		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error")}
 	for _, name := range tasks.Steps {
 		st, ok := job.Steps[name]
