@@ -302,19 +302,19 @@ func TestTwoWorkerProcessesShareTheQueues(t *testing.T) {
 	}
 }
 
-// Two worker processes share the model's rate limit through Redis: 20 jobs
-// under GEMINI_RPM=10 never bring more than 10 calls into one minute, and
+// Two worker processes share the model's rate limit through Redis: 60 jobs
+// under GEMINI_RPM=30 never bring more than 30 calls into one minute, and
 // all complete with no failure (the runs over the limit waited).
 func TestTwoWorkersShareTheRateLimit(t *testing.T) {
 	e := newEnv(t)
 	e.setenv(t)
 	gem := newFakeGemini(t)
 	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL,
-		"GEMINI_RPM=10", "SYSTEM_CONCURRENCY=0", "MAX_RETRIES=0", "WORKER_CONCURRENCY=3"}
+		"GEMINI_RPM=30", "SYSTEM_CONCURRENCY=0", "MAX_RETRIES=0", "WORKER_CONCURRENCY=3"}
 	w1 := e.start(t, "serve --role worker", extra...)
 	w2 := e.start(t, "serve --role worker", extra...)
 	data := writeSnapshot(t)
-	const n = 20
+	const n = 60
 	for i := range n {
 		e.trigger(t, "--system-id", "sys-rate", "--data", data, "--job-id", fmt.Sprintf("rate-%d", i))
 	}
@@ -324,8 +324,8 @@ func TestTwoWorkersShareTheRateLimit(t *testing.T) {
 			t.Errorf("%s: failures %d %+v, want none", j.ID, j.Failures, j.Failure)
 		}
 	}
-	if got := gem.MostWithin(time.Minute); got > 10 {
-		t.Errorf("%d model calls within one minute from two workers, the limit is 10", got)
+	if got := gem.MostWithin(time.Minute); got > 30 {
+		t.Errorf("%d model calls within one minute from two workers, the limit is 30", got)
 	}
 	for i, w := range []*proc{w1, w2} {
 		if c := strings.Count(w.log(), `msg="completion handled"`); c == 0 {

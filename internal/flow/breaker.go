@@ -202,7 +202,7 @@ func WithRun(ctx context.Context, eventID string, priority int) context.Context 
 }
 
 func (g *guarded) Generate(ctx context.Context, req insights.Request) (*insights.Result, error) {
-	if run, ok := ctx.Value(runKey{}).(runInfo); ok && g.c.Slots != nil && req.SystemID != "" {
+	if run, ok := ctx.Value(runKey{}).(runInfo); ok && g.c.Slots != nil && g.c.Slots.cfg.Limit > 0 && req.SystemID != "" {
 		got, poll, err := g.c.Slots.Acquire(ctx, req.SystemID, run.eventID, run.priority)
 		if err != nil {
 			return nil, err // Redis down: a transient failure like any other
