@@ -7,6 +7,7 @@
 package flow
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -56,14 +57,13 @@ type Breaker struct {
 
 // NewBreaker returns the breaker cfg.Name on rdb.
 func NewBreaker(rdb redis.UniversalClient, cfg BreakerConfig) *Breaker {
-	if cfg.Name == "" {
-		cfg.Name = "model"
-	}
-	if cfg.Cooldown == 0 {
-		cfg.Cooldown = DefaultBreakerCooldown
-	}
+	cfg.Name = cmp.Or(cfg.Name, defaultName)
+	cfg.Cooldown = cmp.Or(cfg.Cooldown, DefaultBreakerCooldown)
 	return &Breaker{rdb: rdb, cfg: cfg, key: "insights:breaker:" + cfg.Name}
 }
+
+// defaultName keys a breaker or a rate limit given no provider's name.
+const defaultName = "model"
 
 // BreakerState is what GET /api/breaker answers.
 type BreakerState struct {

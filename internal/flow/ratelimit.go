@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,12 +48,8 @@ type RateLimiter struct {
 
 // NewRateLimiter returns the limit cfg.Name on rdb.
 func NewRateLimiter(rdb redis.UniversalClient, cfg RateLimitConfig) *RateLimiter {
-	if cfg.Name == "" {
-		cfg.Name = "model"
-	}
-	if cfg.MaxHold == 0 {
-		cfg.MaxHold = DefaultMaxHold
-	}
+	cfg.Name = cmp.Or(cfg.Name, defaultName)
+	cfg.MaxHold = cmp.Or(cfg.MaxHold, DefaultMaxHold)
 	return &RateLimiter{rdb: rdb, cfg: cfg, key: "insights:ratelimit:" + cfg.Name}
 }
 

@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -38,12 +39,8 @@ type Slots struct {
 
 // NewSlots returns the system slots on rdb.
 func NewSlots(rdb redis.UniversalClient, cfg SlotsConfig) *Slots {
-	if cfg.Lease == 0 {
-		cfg.Lease = DefaultLease
-	}
-	if cfg.Poll == 0 {
-		cfg.Poll = DefaultPoll
-	}
+	cfg.Lease = cmp.Or(cfg.Lease, DefaultLease)
+	cfg.Poll = cmp.Or(cfg.Poll, DefaultPoll)
 	return &Slots{rdb: rdb, cfg: cfg}
 }
 
