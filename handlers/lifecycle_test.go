@@ -121,10 +121,11 @@ func TestStoreReadFailureInStepUsesNoBudget(t *testing.T) {
 // the job scheduled and saying why; the step runs when the wait is over.
 func TestWaitReschedulesWithoutBudget(t *testing.T) {
 	b := setup(t, options{maxRetries: 0})
-	var waited atomic.Bool
+	var waits atomic.Int32
 	b.hooks.set("waits", func(_ context.Context, _ *handlers.Attempt, s string) error {
-		if s == tasks.StepProcessInsights && waited.CompareAndSwap(false, true) {
-			return &flow.WaitError{Reason: "the model provider's circuit breaker is open", Until: time.Now().Add(2 * time.Second)}
+		if s == tasks.StepProcessInsights && waits.Add(1) <= 2 {
+			// Twice in a row, for the same reason.
+			return &flow.WaitError{Reason: "the model provider's circuit breaker is open", Until: time.Now().Add(time.Second)}
 		}
 		return nil
 	})
@@ -142,5 +143,15 @@ func TestWaitReschedulesWithoutBudget(t *testing.T) {
 	}
 	if r := testenv.Runs(j); r[tasks.StepProcessInsights] != 1 || r[tasks.StepValidate] != 1 {
 		t.Fatalf("runs %v: process-insights once (the waited body is not counted), validate once", r)
+	}
+	// Waiting again for the same reason adds nothing to the job's progress.
+	n := 0
+	for _, ev := range j.Progress {
+		if msg, _ := ev.Data["message"].(string); strings.HasPrefix(msg, "Waiting:") {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d waiting events in the progress, want 1", n)
 	}
 }

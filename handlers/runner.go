@@ -280,7 +280,13 @@ type waiter interface {
 func (rn *Runner) wait(ctx context.Context, run *Attempt, w waiter, err error) error {
 	until, reason := w.WaitUntil()
 	until = until.UTC()
-	run.Report(insights.ProgressStatus, map[string]any{"message": "Waiting: " + reason, "step": run.step, "until": until})
+	if prev := run.Job.Waiting; prev != nil && prev.Reason == reason {
+		// Still waiting for the same thing: the job already says so, and a
+		// step that only asked again has not started.
+		run.push = nil
+	} else {
+		run.Report(insights.ProgressStatus, map[string]any{"message": "Waiting: " + reason, "step": run.step, "until": until})
+	}
 	cp := store.Checkpoint{Set: append(run.set,
 		bson.E{Key: "status", Value: tasks.StatusScheduled}, bson.E{Key: "processAt", Value: until},
 		bson.E{Key: "waiting", Value: store.Waiting{Reason: reason, Until: until}})}

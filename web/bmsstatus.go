@@ -133,6 +133,13 @@ func (s *Server) bmsStatusOf(job *store.Job) *bmsStatus {
 		if last != nil {
 			st.CurrentStage = stageOf(*last)
 		}
+	case tasks.StatusScheduled:
+		if job.Waiting != nil {
+			// A run waiting for flow control: the app's poll shows why,
+			// with the progress so far, as for a run under way.
+			st.Progress, st.ProgressCount = job.Progress, &n
+			st.CurrentStage = "⏳ Waiting: " + job.Waiting.Reason
+		}
 	}
 	return st
 }

@@ -105,8 +105,10 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 		return nil, errors.New("redis: unexpected client type")
 	}
 	a.rdb = rdb
-	a.Breaker = flow.NewBreaker(rdb, flow.BreakerConfig{Name: cfg.InsightsProvider, Failures: cfg.BreakerFailures, Cooldown: cfg.BreakerCooldown})
-	a.RateLimit = flow.NewRateLimiter(rdb, flow.RateLimitConfig{Name: cfg.InsightsProvider, RPM: cfg.GeminiRPM, TPM: cfg.GeminiTPM})
+	// One breaker and one limit for the deployment's model, whatever the
+	// role: an API process reads the breaker the workers write.
+	a.Breaker = flow.NewBreaker(rdb, flow.BreakerConfig{Failures: cfg.BreakerFailures, Cooldown: cfg.BreakerCooldown})
+	a.RateLimit = flow.NewRateLimiter(rdb, flow.RateLimitConfig{RPM: cfg.GeminiRPM, TPM: cfg.GeminiTPM})
 	a.Slots = flow.NewSlots(rdb, flow.SlotsConfig{Limit: cfg.SystemConcurrency})
 	a.closers = append(a.closers, func() { _ = rdb.Close() })
 	if err := rdb.Ping(ctx).Err(); err != nil {

@@ -94,7 +94,10 @@ return {1, 'half-open', 0}`)
 	failureScript = redis.NewScript(`
 local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local trial = tonumber(redis.call('HGET', KEYS[1], 'trial') or '0')
-if trial > 0 or n >= tonumber(ARGV[2]) then
+local opened = tonumber(redis.call('HGET', KEYS[1], 'openedAt') or '0')
+-- A failed trial reopens it; calls already under way when it opened do
+-- not stretch its cool-down.
+if trial > 0 or (opened == 0 and n >= tonumber(ARGV[2])) then
   redis.call('HSET', KEYS[1], 'openedAt', ARGV[1])
   redis.call('HDEL', KEYS[1], 'trial')
 end
@@ -130,6 +133,14 @@ func (b *Breaker) Failure(ctx context.Context) error {
 		return nil
 	}
 	return failureScript.Run(ctx, b.rdb, []string{b.key}, time.Now().UnixMilli(), b.cfg.Failures).Err()
+}
+
+// endTrial lets another run make the half-open trial call.
+func (b *Breaker) endTrial(ctx context.Context) error {
+	if b.cfg.Failures <= 0 {
+		return nil
+	}
+	return b.rdb.HDel(ctx, b.key, "trial").Err()
 }
 
 // Reset closes the breaker by hand (POST /api/breaker/reset).
@@ -229,9 +240,16 @@ func (g *guarded) Generate(ctx context.Context, req insights.Request) (*insights
 		return nil, &WaitError{Reason: "the model provider's circuit breaker is open", Until: time.Now().Add(max(wait, minWait))}
 	}
 	res, err := g.e.Generate(ctx, req)
+	var waits *WaitError
 	switch {
 	case err == nil:
-		return res, b.Success(ctx)
+		// The answer stands even if Redis fails to record it.
+		_ = b.Success(context.WithoutCancel(ctx))
+		return res, nil
+	case errors.As(err, &waits):
+		// A trial that had to wait (the rate limit) proved nothing: let
+		// the next run try.
+		_ = b.endTrial(context.WithoutCancel(ctx))
 	case outage(err):
 		if ferr := b.Failure(context.WithoutCancel(ctx)); ferr != nil {
 			return nil, errors.Join(err, ferr)

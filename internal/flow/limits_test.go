@@ -90,27 +90,35 @@ func TestRateLimiter(t *testing.T) {
 	ctx := context.Background()
 	l := flow.NewRateLimiter(rdb, flow.RateLimitConfig{Name: "rpm", RPM: 3})
 	for i := range 3 {
-		if err := l.Before(ctx); err != nil {
+		if err := l.Before(ctx, 1); err != nil {
 			t.Fatalf("call %d: %v", i+1, err)
 		}
 	}
 	var wait *flow.WaitError
-	if err := l.Before(ctx); !errors.As(err, &wait) || time.Until(wait.Until) < 55*time.Second {
+	if err := l.Before(ctx, 1); !errors.As(err, &wait) || time.Until(wait.Until) < 55*time.Second {
 		t.Fatalf("a 4th call within the minute: %v, want a wait of about a minute", err)
+	}
+
+	// A later turn of a conversation waits in its worker instead: a
+	// reschedule would throw the turns away.
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if err := l.Before(short, 3); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a third turn over the limit: %v, want it to wait in the worker until its ctx ends", err)
 	}
 
 	paused := flow.NewRateLimiter(rdb, flow.RateLimitConfig{Name: "pause", RPM: 100})
 	paused.After(ctx, 0, &insights.ProviderError{StatusCode: 429, RetryAfter: 30 * time.Second})
-	if err := paused.Before(ctx); !errors.As(err, &wait) || time.Until(wait.Until) < 25*time.Second {
+	if err := paused.Before(ctx, 1); !errors.As(err, &wait) || time.Until(wait.Until) < 25*time.Second {
 		t.Fatalf("after a 429 naming 30s: %v, want a wait of about 30s", err)
 	}
 
 	tokens := flow.NewRateLimiter(rdb, flow.RateLimitConfig{Name: "tpm", TPM: 100})
-	if err := tokens.Before(ctx); err != nil {
+	if err := tokens.Before(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	tokens.After(ctx, 120, nil)
-	if err := tokens.Before(ctx); !errors.As(err, &wait) {
+	if err := tokens.Before(ctx, 1); !errors.As(err, &wait) {
 		t.Fatalf("past the TPM: %v, want a wait", err)
 	}
 }

@@ -50,7 +50,8 @@ type RateLimiter struct {
 func NewRateLimiter(rdb redis.UniversalClient, cfg RateLimitConfig) *RateLimiter {
 	cfg.Name = cmp.Or(cfg.Name, defaultName)
 	cfg.MaxHold = cmp.Or(cfg.MaxHold, DefaultMaxHold)
-	return &RateLimiter{rdb: rdb, cfg: cfg, key: "insights:ratelimit:" + cfg.Name}
+	// One hash tag: the script's keys share a Redis Cluster slot.
+	return &RateLimiter{rdb: rdb, cfg: cfg, key: "insights:{ratelimit:" + cfg.Name + "}"}
 }
 
 var _ insights.CallGate = (*RateLimiter)(nil)
@@ -81,8 +82,14 @@ return 0`)
 
 // Before admits one model call: at once when the limit allows (and no 429
 // has paused the callers), after a short wait in the worker (MaxHold),
-// else with a *WaitError that reschedules the run.
-func (l *RateLimiter) Before(ctx context.Context) error {
+// else, for a run's first call, with a *WaitError that reschedules the run.
+// A later turn waits in its worker for as long as it takes: rescheduling
+// would throw away the turns its conversation has made.
+func (l *RateLimiter) Before(ctx context.Context, turn int) error {
+	hold := l.cfg.MaxHold
+	if turn > 1 {
+		hold = window
+	}
 	for {
 		wait, err := reserveScript.Run(ctx, l.rdb, []string{l.key + ":calls", l.key + ":tokens", l.key + ":pause"},
 			time.Now().UnixMilli(), window.Milliseconds(), l.cfg.RPM, l.cfg.TPM, uuid.NewString()).Int64()
@@ -93,7 +100,7 @@ func (l *RateLimiter) Before(ctx context.Context) error {
 			return nil
 		}
 		d := time.Duration(wait) * time.Millisecond
-		if d > l.cfg.MaxHold {
+		if d > hold {
 			return &WaitError{Reason: "the model provider's rate limit", Until: time.Now().Add(d)}
 		}
 		select {

@@ -73,7 +73,7 @@ end
 return 0`)
 
 func (s *Slots) keys(systemID string) []string {
-	k := "insights:system:" + systemID
+	k := "insights:{system:" + systemID + "}" // one Redis Cluster slot for the script's keys
 	return []string{k + ":holders", k + ":waiters", k + ":seen"}
 }
 

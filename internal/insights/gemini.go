@@ -35,10 +35,12 @@ type GeminiConfig struct {
 }
 
 // CallGate admits each model call and is told what it cost: Before may hold
-// a call back, or refuse it with an error the runner reads (a wait); After
-// gets the tokens the provider reported (0: none) and the call's error.
+// a call back, or refuse it with an error the runner reads (a wait); turn
+// is the call's place in its run's conversation (1: the first, before which
+// a run loses nothing by waiting elsewhere). After gets the tokens the
+// provider reported (0: none) and the call's error.
 type CallGate interface {
-	Before(ctx context.Context) error
+	Before(ctx context.Context, turn int) error
 	After(ctx context.Context, tokens int, err error)
 }
 
@@ -154,7 +156,7 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 			return nil, err
 		}
 		if gate := g.cfg.Gate; gate != nil {
-			if err := gate.Before(ctx); err != nil {
+			if err := gate.Before(ctx, turns); err != nil {
 				return nil, err
 			}
 		}

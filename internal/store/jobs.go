@@ -404,7 +404,7 @@ func startRunUpdate(cur *Job, run tasks.Run, status string, attempts int, now ti
 		{Key: "processAt", Value: run.ProcessAt.UTC()}, {Key: "attempts", Value: attempts}, {Key: "failures", Value: 0},
 		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: bson.D{}},
 		{Key: "progress", Value: []ProgressEvent{}}, {Key: "partialInsights", Value: nil}, {Key: "finalInsights", Value: nil},
-		{Key: "followUp", Value: nil}, {Key: "completedAt", Value: nil}, {Key: "updatedAt", Value: now},
+		{Key: "followUp", Value: nil}, {Key: "completedAt", Value: nil}, {Key: "waiting", Value: nil}, {Key: "updatedAt", Value: now},
 	}
 	if run.SystemID != "" {
 		set = append(set, bson.E{Key: "systemId", Value: run.SystemID})
@@ -536,9 +536,10 @@ func (s *Store) StartAttempt(ctx context.Context, run tasks.Run) (job *Job, prev
 		}
 		update := bson.D{{Key: "$set", Value: set}, {Key: "$inc", Value: bson.D{{Key: "attempts", Value: 1}}}}
 		if cur.Waiting != nil {
-			// The wait is over: this attempt runs.
+			// The wait is over: this attempt runs (the run keeps the last
+			// reason in memory, so that waiting again for it reports nothing
+			// new).
 			update = append(update, bson.E{Key: "$unset", Value: bson.D{{Key: "waiting", Value: ""}}})
-			cur.Waiting = nil
 		}
 		matched, err := s.updateJob(ctx, cur.DocID, update,
 			bson.E{Key: "eventId", Value: cur.EventID}, bson.E{Key: "status", Value: cur.Status})
@@ -721,7 +722,7 @@ func (s *Store) FailEvent(ctx context.Context, eventID, kind, msg string) error 
 	now := time.Now().UTC()
 	matched, err := s.updateJob(ctx, job.DocID, bson.D{
 		{Key: "$set", Value: bson.D{
-			{Key: "status", Value: tasks.StatusFailed}, {Key: "error", Value: msg},
+			{Key: "status", Value: tasks.StatusFailed}, {Key: "error", Value: msg}, {Key: "waiting", Value: nil},
 			{Key: "failure", Value: Failure{Kind: kind, Message: msg, At: now}}, {Key: "updatedAt", Value: now}}},
 		pushProgress([]ProgressEvent{{Timestamp: now, Type: insights.ProgressError, Data: map[string]any{"message": msg, "error": msg, "kind": kind, "final": true}}}),
 	}, bson.E{Key: "eventId", Value: eventID}, bson.E{Key: "status", Value: job.Status})
@@ -808,7 +809,7 @@ func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error 
 	held.transition()
 	now := time.Now().UTC()
 	matched, err := s.updateJob(ctx, job.DocID,
-		bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "updatedAt", Value: now}}}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCancelled}, {Key: "waiting", Value: nil}, {Key: "updatedAt", Value: now}}}},
 		bson.E{Key: "eventId", Value: eventID}, bson.E{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCompleted}}})
 	if err != nil {
 		return fmt.Errorf("cancel job: %w", err)
