@@ -78,18 +78,20 @@ type BreakerState struct {
 // Unix ms a half-open trial started). Each change is one script, so
 // workers racing on it see one order.
 var (
-	// allowScript: KEYS[1] the hash; ARGV now, cooldown (ms). Returns
-	// {allowed, state, wait ms}.
+	// allowScript: KEYS[1] the hash; ARGV cooldown (ms). Returns
+	// {allowed, state, wait ms}. Every script reads the time of Redis,
+	// not of the worker that runs it: the workers' clocks need not agree.
 	allowScript = redis.NewScript(`
 local opened = tonumber(redis.call('HGET', KEYS[1], 'openedAt') or '0')
 if opened == 0 then return {1, 'closed', 0} end
-local now, cool = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cool = tonumber(ARGV[1])
 if now < opened + cool then return {0, 'open', opened + cool - now} end
 local trial = tonumber(redis.call('HGET', KEYS[1], 'trial') or '0')
 if trial > 0 and now < trial + cool then return {0, 'half-open', trial + cool - now} end
 redis.call('HSET', KEYS[1], 'trial', now)
 return {1, 'half-open', 0}`)
-	// failureScript: ARGV now, threshold. Counts a failure; opens at the
+	// failureScript: ARGV threshold. Counts a failure; opens at the
 	// threshold, or at once after a failed trial. Returns the failures.
 	failureScript = redis.NewScript(`
 local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
@@ -97,8 +99,9 @@ local trial = tonumber(redis.call('HGET', KEYS[1], 'trial') or '0')
 local opened = tonumber(redis.call('HGET', KEYS[1], 'openedAt') or '0')
 -- A failed trial reopens it; calls already under way when it opened do
 -- not stretch its cool-down.
-if trial > 0 or (opened == 0 and n >= tonumber(ARGV[2])) then
-  redis.call('HSET', KEYS[1], 'openedAt', ARGV[1])
+if trial > 0 or (opened == 0 and n >= tonumber(ARGV[1])) then
+  local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[1], 'openedAt', now)
   redis.call('HDEL', KEYS[1], 'trial')
 end
 return n`)
@@ -110,7 +113,7 @@ func (b *Breaker) Allow(ctx context.Context) (bool, time.Duration, error) {
 	if b.cfg.Failures <= 0 {
 		return true, 0, nil
 	}
-	res, err := allowScript.Run(ctx, b.rdb, []string{b.key}, time.Now().UnixMilli(), b.cfg.Cooldown.Milliseconds()).Slice()
+	res, err := allowScript.Run(ctx, b.rdb, []string{b.key}, b.cfg.Cooldown.Milliseconds()).Slice()
 	if err != nil {
 		return false, 0, fmt.Errorf("breaker %s: %w", b.cfg.Name, err)
 	}
@@ -132,7 +135,7 @@ func (b *Breaker) Failure(ctx context.Context) error {
 	if b.cfg.Failures <= 0 {
 		return nil
 	}
-	return failureScript.Run(ctx, b.rdb, []string{b.key}, time.Now().UnixMilli(), b.cfg.Failures).Err()
+	return failureScript.Run(ctx, b.rdb, []string{b.key}, b.cfg.Failures).Err()
 }
 
 // endTrial lets another run make the half-open trial call.

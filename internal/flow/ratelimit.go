@@ -56,16 +56,17 @@ func NewRateLimiter(rdb redis.UniversalClient, cfg RateLimitConfig) *RateLimiter
 
 var _ insights.CallGate = (*RateLimiter)(nil)
 
-// reserveScript: KEYS calls zset, tokens zset, pause key; ARGV now ms,
-// window ms, rpm, tpm, member. Admits the call (recording it) or answers
+// reserveScript: KEYS calls zset, tokens zset, pause key; ARGV window ms,
+// rpm, tpm, member (the time is Redis's). Admits the call (recording it) or answers
 // how long to wait, in ms.
 var reserveScript = redis.NewScript(`
-local now, win = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local win = tonumber(ARGV[1])
 local pause = redis.call('PTTL', KEYS[3])
 if pause > 0 then return pause end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - win)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - win)
-local rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
+local rpm, tpm = tonumber(ARGV[2]), tonumber(ARGV[3])
 if rpm > 0 and redis.call('ZCARD', KEYS[1]) >= rpm then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return math.max(tonumber(oldest[2]) + win - now, 1)
@@ -76,9 +77,17 @@ if tpm > 0 then
   for i = 1, #all, 2 do used = used + tonumber(string.match(all[i], '^(%d+):')) end
   if used >= tpm and #all > 0 then return math.max(tonumber(all[2]) + win - now, 1) end
 end
-if rpm > 0 then redis.call('ZADD', KEYS[1], now, ARGV[5]) end
+if rpm > 0 then redis.call('ZADD', KEYS[1], now, ARGV[4]) end
 redis.call('PEXPIRE', KEYS[1], win)
 return 0`)
+
+// usedScript records a call's tokens at Redis's time: KEYS tokens zset;
+// ARGV member ("tokens:id"), window ms.
+var usedScript = redis.NewScript(`
+local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`)
 
 // Before admits one model call: at once when the limit allows (and no 429
 // has paused the callers), after a short wait in the worker (MaxHold),
@@ -92,7 +101,7 @@ func (l *RateLimiter) Before(ctx context.Context, turn int) error {
 	}
 	for {
 		wait, err := reserveScript.Run(ctx, l.rdb, []string{l.key + ":calls", l.key + ":tokens", l.key + ":pause"},
-			time.Now().UnixMilli(), window.Milliseconds(), l.cfg.RPM, l.cfg.TPM, uuid.NewString()).Int64()
+			window.Milliseconds(), l.cfg.RPM, l.cfg.TPM, uuid.NewString()).Int64()
 		if err != nil {
 			return fmt.Errorf("rate limit %s: %w", l.cfg.Name, err)
 		}
@@ -115,10 +124,8 @@ func (l *RateLimiter) Before(ctx context.Context, turn int) error {
 // caller for the delay the provider named.
 func (l *RateLimiter) After(ctx context.Context, tokens int, callErr error) {
 	if tokens > 0 && l.cfg.TPM > 0 {
-		now := time.Now().UnixMilli()
 		member := fmt.Sprintf("%d:%s", tokens, uuid.NewString())
-		_ = l.rdb.ZAdd(ctx, l.key+":tokens", redis.Z{Score: float64(now), Member: member}).Err()
-		_ = l.rdb.PExpire(ctx, l.key+":tokens", window).Err()
+		_ = usedScript.Run(ctx, l.rdb, []string{l.key + ":tokens"}, member, window.Milliseconds()).Err()
 	}
 	var pe *insights.ProviderError
 	if errors.As(callErr, &pe) {

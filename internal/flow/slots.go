@@ -45,32 +45,40 @@ func NewSlots(rdb redis.UniversalClient, cfg SlotsConfig) *Slots {
 }
 
 // acquireScript: KEYS holders zset (score: lease end), waiters zset (score:
-// the order of service), seen hash (waiter → last ask); ARGV now, lease end,
-// limit, holder, order, stale before. Returns 1 when the holder has a slot.
+// the order of service), seen hash (waiter → last ask); ARGV lease ms,
+// limit, holder, order, stale after ms. Returns 1 when the holder has a
+// slot. The time is Redis's.
 var acquireScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
+local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local leaseEnd = now + tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  redis.call('ZADD', KEYS[1], leaseEnd, ARGV[3])
   return 1
 end
 -- Waiters that stopped asking (cancelled, crashed) lose their place.
 local seen = redis.call('HGETALL', KEYS[3])
 for i = 1, #seen, 2 do
-  if tonumber(seen[i+1]) < tonumber(ARGV[6]) then
+  if tonumber(seen[i+1]) < now - tonumber(ARGV[5]) then
     redis.call('ZREM', KEYS[2], seen[i]); redis.call('HDEL', KEYS[3], seen[i])
   end
 end
-redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[4])
-redis.call('HSET', KEYS[3], ARGV[4], now)
-local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])
-local rank = redis.call('ZRANK', KEYS[2], ARGV[4])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], now)
+local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+local rank = redis.call('ZRANK', KEYS[2], ARGV[3])
 if free > 0 and rank < free then
-  redis.call('ZREM', KEYS[2], ARGV[4]); redis.call('HDEL', KEYS[3], ARGV[4])
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+  redis.call('ZREM', KEYS[2], ARGV[3]); redis.call('HDEL', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[1], leaseEnd, ARGV[3])
   return 1
 end
 return 0`)
+
+// renewScript extends a held slot's lease from Redis's time: KEYS holders;
+// ARGV lease ms, holder.
+var renewScript = redis.NewScript(`
+local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])`)
 
 func (s *Slots) keys(systemID string) []string {
 	k := "insights:{system:" + systemID + "}" // one Redis Cluster slot for the script's keys
@@ -87,9 +95,9 @@ func (s *Slots) Acquire(ctx context.Context, systemID, holder string, priority i
 	now := time.Now()
 	// Order of service: priority (0–10, higher first), then first ask.
 	order := float64(10-priority)*1e13 + float64(now.UnixMilli())
-	stale := now.Add(-3 * s.cfg.Poll).Add(-10 * time.Second)
-	got, err := acquireScript.Run(ctx, s.rdb, s.keys(systemID), now.UnixMilli(), now.Add(s.cfg.Lease).UnixMilli(),
-		s.cfg.Limit, holder, order, stale.UnixMilli()).Int()
+	staleAfter := 3*s.cfg.Poll + 10*time.Second
+	got, err := acquireScript.Run(ctx, s.rdb, s.keys(systemID), s.cfg.Lease.Milliseconds(),
+		s.cfg.Limit, holder, order, staleAfter.Milliseconds()).Int()
 	if err != nil {
 		return false, 0, fmt.Errorf("system slots of %s: %w", systemID, err)
 	}
@@ -101,7 +109,7 @@ func (s *Slots) Renew(ctx context.Context, systemID, holder string) error {
 	if s.cfg.Limit <= 0 {
 		return nil
 	}
-	return s.rdb.ZAddXX(ctx, s.keys(systemID)[0], redis.Z{Score: float64(time.Now().Add(s.cfg.Lease).UnixMilli()), Member: holder}).Err()
+	return renewScript.Run(ctx, s.rdb, s.keys(systemID)[:1], s.cfg.Lease.Milliseconds(), holder).Err()
 }
 
 // Release gives holder's slot back.
