@@ -111,16 +111,32 @@ func waitFollowUp(t *testing.T, insp *asynq.Inspector, id string, state asynq.Ta
 	})
 }
 
-// A webhook that answers 400 will answer 400 again: archived after one call.
-func TestCompletedWebhook4xxArchivedAfterOneCall(t *testing.T) {
-	hook, url := newWebhook(t, http.StatusBadRequest)
-	insp, id := completedWorker(t, handlers.CompletedConfig{WebhookURL: url}, "ev-400", 15)
-	info := waitFollowUp(t, insp, id, asynq.TaskStateArchived)
-	if n := hook.calls.Load(); n != 1 {
-		t.Errorf("webhook called %d times, want 1", n)
-	}
-	if info.Retried != 0 || !strings.Contains(info.LastErr, "HTTP 400") {
-		t.Errorf("archived with retried=%d lastErr=%q, want 0 and the status named", info.Retried, info.LastErr)
+// A webhook that keeps refusing is archived: a 4xx after one call (it
+// would answer the same again), a 5xx once the budget (MAX_RETRIES, kept by
+// the handler: asynq's own MaxRetry is only a backstop) is spent.
+func TestCompletedWebhookArchived(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		codes       []int
+		maxRetry    int
+		wantCalls   int32
+		wantRetried int
+		wantErr     string
+	}{
+		{"400 after one call", []int{http.StatusBadRequest}, 15, 1, 0, "HTTP 400"},
+		{"503 once the budget is spent", []int{http.StatusServiceUnavailable}, 1, 2, 1, "HTTP 503"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			hook, url := newWebhook(t, c.codes...)
+			insp, id := completedWorker(t, handlers.CompletedConfig{WebhookURL: url}, "ev-archived", c.maxRetry)
+			info := waitFollowUp(t, insp, id, asynq.TaskStateArchived)
+			if n := hook.calls.Load(); n != c.wantCalls {
+				t.Errorf("webhook called %d times, want %d", n, c.wantCalls)
+			}
+			if info.Retried != c.wantRetried || !strings.Contains(info.LastErr, c.wantErr) {
+				t.Errorf("archived with retried=%d lastErr=%q, want %d and the status named", info.Retried, info.LastErr, c.wantRetried)
+			}
+		})
 	}
 }
 
@@ -220,21 +236,7 @@ type systemFunc func() error
 func (f systemFunc) SetLastInsights(context.Context, string, map[string]any) error { return f() }
 
 // Through asynq: a store that fails more often than the follow-up's
-// MaxRetry does not dead-letter it, and its retried count stays 0.
-// A webhook that keeps failing is retried for the budget (MAX_RETRIES, kept
-// by the handler: asynq's own MaxRetry is only a backstop), then archived.
-func TestCompletedWebhookBudgetSpentArchives(t *testing.T) {
-	hook, url := newWebhook(t, http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusServiceUnavailable)
-	insp, id := completedWorker(t, handlers.CompletedConfig{WebhookURL: url}, "ev-spent", 1)
-	info := waitFollowUp(t, insp, id, asynq.TaskStateArchived)
-	if n := hook.calls.Load(); n != 2 {
-		t.Errorf("webhook called %d times, want 2 (the first call and one retry)", n)
-	}
-	if info.Retried != 1 || !strings.Contains(info.LastErr, "HTTP 503") {
-		t.Errorf("archived with retried=%d lastErr=%q, want 1 and the status named", info.Retried, info.LastErr)
-	}
-}
-
+// budget (MaxRetries) does not dead-letter it, and its retried count stays 0.
 func TestCompletedStoreOutageUsesNoBudget(t *testing.T) {
 	sys := &systemsDown{fails: 3}
 	insp, id := completedWorker(t, handlers.CompletedConfig{Systems: sys, TransientDelay: time.Second}, "ev-outage", 1)

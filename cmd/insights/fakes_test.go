@@ -35,6 +35,12 @@ func newFakeGemini(t *testing.T) *fakeGemini {
 	return f
 }
 
+// env is the environment of a service using this fake as its model, with
+// extra variables after it.
+func (f *fakeGemini) env(extra ...string) []string {
+	return append([]string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + f.URL}, extra...)
+}
+
 // waitHTTP waits until url answers 200.
 func waitHTTP(t *testing.T, url string) {
 	t.Helper()

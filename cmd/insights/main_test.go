@@ -229,7 +229,7 @@ func TestServeStatusAndSIGTERM(t *testing.T) {
 	e.setenv(t)
 	gem := newFakeGemini(t)
 	gem.hang.Store(true)
-	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL, "SHUTDOWN_TIMEOUT=2s"}
+	extra := gem.env("SHUTDOWN_TIMEOUT=2s")
 	addr := testenv.FreeAddr(t)
 	first := e.start(t, "serve", append(extra, "HTTP_ADDR="+addr)...)
 	waitHTTP(t, "http://"+addr+"/healthz")
@@ -294,12 +294,7 @@ func TestTwoWorkerProcessesShareTheQueues(t *testing.T) {
 			t.Errorf("%s: %d attempts, want 1", j.ID, j.Attempts)
 		}
 	}
-	// Each worker ran some of them.
-	for i, w := range []*proc{w1, w2} {
-		if c := strings.Count(w.log(), `msg="completion handled"`); c == 0 {
-			t.Errorf("worker %d handled no job", i+1)
-		}
-	}
+	eachHandledSome(t, w1, w2)
 }
 
 // Two worker processes share the model's rate limit through Redis: 60 jobs
@@ -309,8 +304,7 @@ func TestTwoWorkersShareTheRateLimit(t *testing.T) {
 	e := newEnv(t)
 	e.setenv(t)
 	gem := newFakeGemini(t)
-	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL,
-		"GEMINI_RPM=30", "SYSTEM_CONCURRENCY=0", "MAX_RETRIES=0", "WORKER_CONCURRENCY=3"}
+	extra := gem.env("GEMINI_RPM=30", "SYSTEM_CONCURRENCY=0", "MAX_RETRIES=0", "WORKER_CONCURRENCY=3")
 	w1 := e.start(t, "serve --role worker", extra...)
 	w2 := e.start(t, "serve --role worker", extra...)
 	data := writeSnapshot(t)
@@ -327,11 +321,7 @@ func TestTwoWorkersShareTheRateLimit(t *testing.T) {
 	if got := gem.MostWithin(time.Minute); got > 30 {
 		t.Errorf("%d model calls within one minute from two workers, the limit is 30", got)
 	}
-	for i, w := range []*proc{w1, w2} {
-		if c := strings.Count(w.log(), `msg="completion handled"`); c == 0 {
-			t.Errorf("worker %d handled no job", i+1)
-		}
-	}
+	eachHandledSome(t, w1, w2)
 }
 
 // A worker SIGKILLed while it holds a system's slot (SYSTEM_CONCURRENCY=1)
@@ -342,7 +332,7 @@ func TestKilledWorkerHoldsASystemSlotOnlyForItsLease(t *testing.T) {
 	e.setenv(t)
 	gem := newFakeGemini(t)
 	gem.hang.Store(true)
-	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL, "SYSTEM_CONCURRENCY=1"}
+	extra := gem.env("SYSTEM_CONCURRENCY=1")
 	first := e.start(t, "serve --role worker", extra...)
 	data := writeSnapshot(t)
 	e.trigger(t, "--system-id", "sys-slot", "--data", data, "--job-id", "slot-held")
@@ -365,5 +355,15 @@ func TestKilledWorkerHoldsASystemSlotOnlyForItsLease(t *testing.T) {
 		t.Errorf("the next job of the system started %v after the kill, the lease is 30s", waited.Round(time.Second))
 	case waited < 20*time.Second:
 		t.Errorf("the next job of the system started %v after the kill: the dead worker's slot was not held", waited.Round(time.Second))
+	}
+}
+
+// eachHandledSome checks that every worker process completed some job.
+func eachHandledSome(t *testing.T, workers ...*proc) {
+	t.Helper()
+	for i, w := range workers {
+		if c := strings.Count(w.log(), `msg="completion handled"`); c == 0 {
+			t.Errorf("worker %d handled no job", i+1)
+		}
 	}
 }

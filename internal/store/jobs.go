@@ -607,7 +607,10 @@ func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 		return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
 	}
 	if !matched {
-		return s.whyNotMatched(ctx, job.ID, job.EventID)
+		if err := s.checkRun(ctx, job); err != nil {
+			return err
+		}
+		return ErrCancelled // the filter's other condition: it was cancelled meanwhile
 	}
 	return nil
 }
@@ -645,20 +648,6 @@ func (s *Store) checkRun(ctx context.Context, job *Job) error {
 		return ErrCancelled
 	}
 	return nil
-}
-
-func (s *Store) whyNotMatched(ctx context.Context, jobID, eventID string) error {
-	cur, err := s.findJob(ctx, jobID)
-	if errors.Is(err, ErrNotFound) {
-		return ErrStaleEvent
-	}
-	if err != nil {
-		return err
-	}
-	if cur.EventID != eventID {
-		return ErrStaleEvent
-	}
-	return ErrCancelled
 }
 
 // CurrentRun implements tasks.JobStore: the eventId of the job's current
