@@ -132,8 +132,10 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 		Priority:  s.Priority,
 		Queue:     QueueFor(s.Priority),
 		ProcessAt: now,
+		FromStep:  s.FromStep,
 	}
-	if s.Data.HasRequest() {
+	if s.Data.HasRequest() || s.FromStep != "" {
+		// A re-run carries the fields it edits, without the snapshot.
 		run.Request = s.Data.Request()
 	}
 	if s.At.After(now) {

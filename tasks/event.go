@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -180,6 +181,10 @@ type Send struct {
 	Priority int
 	// At is when the run is due; zero means now.
 	At time.Time
+	// FromStep re-runs the job Data.JobID from that step (Run.FromStep):
+	// the steps before it that completed in its previous run are kept.
+	// "": a run of every step.
+	FromStep string
 }
 
 // Validate applies the event filter and every range check (Client.Send
@@ -187,6 +192,14 @@ type Send struct {
 func (s *Send) Validate() error {
 	if err := s.Data.Validate("eventData."); err != nil {
 		return err
+	}
+	if s.FromStep != "" {
+		if !slices.Contains(Steps, s.FromStep) {
+			return fieldErr("fromStep", "must be one of %s, got %q", strings.Join(Steps, ", "), s.FromStep)
+		}
+		if s.Data.JobID == "" {
+			return fieldErr("eventData.jobId", "is required to re-run a job from a step")
+		}
 	}
 	if s.Priority < MinPriority || s.Priority > MaxPriority {
 		return fieldErr("priority", "must be an integer %d–%d, got %d", MinPriority, MaxPriority, s.Priority)

@@ -126,6 +126,10 @@ type Run struct {
 	Queue    string   `json:"queue"`
 	// ProcessAt is when the run is due; zero means now.
 	ProcessAt time.Time `json:"processAt,omitzero"`
+	// FromStep makes the run a re-run of its job's previous run from that
+	// step: the steps before it that completed there are kept, not run
+	// again. "": every step runs.
+	FromStep string `json:"fromStep,omitempty"`
 }
 
 // Scheduled reports whether the run is due after now (asynq ProcessAt; the

@@ -101,45 +101,6 @@ type JobList struct {
 	Limit int          `json:"limit"`
 }
 
-const (
-	defaultLimit = 50
-	maxLimit     = 500
-)
-
-var jobStatuses = []string{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying,
-	tasks.StatusCompleted, tasks.StatusFailed, tasks.StatusCancelled}
-
-// parseJobFilter reads status, systemId and limit; a bad value is a 422
-// naming the parameter.
-func parseJobFilter(r *http.Request) (store.JobFilter, error) {
-	q := r.URL.Query()
-	f := store.JobFilter{Status: q.Get("status"), SystemID: q.Get("systemId"), Limit: defaultLimit}
-	if f.Status != "" && !contains(jobStatuses, f.Status) {
-		return f, &httpError{code: http.StatusUnprocessableEntity, field: "status",
-			msg: "status must be one of queued, scheduled, processing, retrying, completed, failed, cancelled"}
-	}
-	if f.SystemID != "" && !tasks.ValidID(f.SystemID) {
-		return f, &httpError{code: http.StatusUnprocessableEntity, field: "systemId", msg: "systemId must match [A-Za-z0-9._:-]{1,128}"}
-	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return f, &httpError{code: http.StatusUnprocessableEntity, field: "limit", msg: "limit must be an integer 1–500, got " + strconv.Quote(v)}
-		}
-		f.Limit = min(n, maxLimit)
-	}
-	return f, nil
-}
-
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
 // listJobs is GET /api/jobs?status=&systemId=&limit=.
 func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Store == nil {
@@ -164,13 +125,10 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// FailureGroup is failed jobs with one error kind and message.
+// FailureGroup is the failed jobs with one failure kind, step and
+// message, counted over every failed job in MongoDB, with the newest few.
 type FailureGroup struct {
-	Kind     string           `json:"kind"`
-	Message  string           `json:"message"`
-	Step     string           `json:"step,omitempty"`
-	Count    int              `json:"count"`
-	NewestAt time.Time        `json:"newestAt"`
+	store.FailureGroup
 	Examples []FailureExample `json:"examples"`
 }
 
@@ -186,57 +144,54 @@ type FailureExample struct {
 
 // Failures is the answer of GET /api/failures.
 type Failures struct {
+	// Total is every failed job the filter selects, however old: the
+	// failures are read from MongoDB, not from asynq's archive, which
+	// drops the oldest.
 	Total  int            `json:"total"`
 	Groups []FailureGroup `json:"groups"`
-	// Truncated: only the newest failed jobs were grouped.
-	Truncated bool `json:"truncated"`
 }
 
 const failureExamples = 5
 
-// failureGroups groups failed jobs by error kind and message, the largest
-// groups first, each with its newest examples.
-func (s *Server) failureGroups(ctx context.Context) (*Failures, error) {
+// failureGroups groups the failed jobs f selects by failure kind, step and
+// message, the largest groups first, each with examples among the newest
+// failed jobs.
+func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failures, error) {
 	if s.cfg.Store == nil {
 		return nil, ops.ErrNoStore
 	}
-	jobs, err := s.cfg.Store.ListJobs(ctx, store.JobFilter{Status: tasks.StatusFailed, Limit: maxLimit})
+	groups, err := s.cfg.Store.FailureGroups(ctx, f)
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	type key struct{ kind, msg string }
+	out := &Failures{Groups: make([]FailureGroup, 0, len(groups))}
+	type key struct{ kind, step, msg string }
 	idx := map[key]int{}
-	out := &Failures{Groups: []FailureGroup{}, Truncated: len(jobs) >= maxLimit}
+	for i, g := range groups {
+		out.Groups = append(out.Groups, FailureGroup{FailureGroup: g, Examples: []FailureExample{}})
+		idx[key{g.Kind, g.Step, g.Message}] = i
+		out.Total += g.Count
+	}
+	f.Status, f.Limit, f.Offset = tasks.StatusFailed, maxLimit, 0
+	jobs, err := s.cfg.Store.ListJobs(ctx, f)
+	if err != nil {
+		return nil, storeErr(err)
+	}
 	sort.SliceStable(jobs, func(a, b int) bool { return failedAt(jobs[a]).After(failedAt(jobs[b])) })
 	for _, j := range jobs {
-		k := key{kind: store.KindInternal, msg: "(no error recorded)"}
-		step := ""
-		if f := j.Failure; f != nil {
-			k = key{kind: f.Kind, msg: f.Message}
-			step = f.Step
+		k := key{kind: store.KindUnknown, msg: "(no error recorded)"}
+		if fl := j.Failure; fl != nil {
+			k = key{fl.Kind, fl.Step, fl.Message}
 		} else if j.Error != nil {
 			k.msg = *j.Error // failed by the app's own workload
 		}
 		i, ok := idx[k]
-		if !ok {
-			i = len(out.Groups)
-			idx[k] = i
-			out.Groups = append(out.Groups, FailureGroup{Kind: k.kind, Message: k.msg, Step: step, NewestAt: failedAt(j), Examples: []FailureExample{}})
+		if !ok || len(out.Groups[i].Examples) == failureExamples {
+			continue
 		}
-		g := &out.Groups[i]
-		g.Count++
-		if len(g.Examples) < failureExamples {
-			g.Examples = append(g.Examples, FailureExample{JobID: j.ID, EventID: j.EventID, SystemID: j.SystemID,
-				Queue: j.Queue, Step: step, FailedAt: failedAt(j)})
-		}
-		out.Total++
+		out.Groups[i].Examples = append(out.Groups[i].Examples, FailureExample{JobID: j.ID, EventID: j.EventID,
+			SystemID: j.SystemID, Queue: j.Queue, Step: k.step, FailedAt: failedAt(j)})
 	}
-	sort.SliceStable(out.Groups, func(a, b int) bool {
-		if out.Groups[a].Count != out.Groups[b].Count {
-			return out.Groups[a].Count > out.Groups[b].Count
-		}
-		return out.Groups[a].NewestAt.After(out.Groups[b].NewestAt)
-	})
 	return out, nil
 }
 
@@ -244,7 +199,12 @@ func failedAt(j *store.Job) time.Time { return j.FailedAt() }
 
 // failures is GET /api/failures.
 func (s *Server) failures(w http.ResponseWriter, r *http.Request) {
-	out, err := s.failureGroups(r.Context())
+	f, err := parseJobFilter(r)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	out, err := s.failureGroups(r.Context(), f)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return

@@ -179,9 +179,31 @@ func registerOrReuse(reg prometheus.Registerer, c **prometheus.CounterVec) {
 // Handler is the http.Handler of every route.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close releases asynqmon's Redis connections. The dependencies in Config
+// ResumeBulk finishes, now and then every interval until ctx ends, the bulk
+// actions a stopped or dead process left unfinished (run it in the API
+// process).
+func (s *Server) ResumeBulk(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if n, err := s.ops.ResumeBulk(ctx); err != nil {
+			s.log.Warn("bulk actions not resumed", "err", err)
+		} else if n > 0 {
+			s.log.Info("bulk actions resumed", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Close stops the bulk actions under way (they resume later) and releases
+// asynqmon's Redis connections. The dependencies in Config
 // are the caller's to close.
 func (s *Server) Close() error {
+	s.ops.Close()
 	if s.monitor != nil {
 		return s.monitor.Close()
 	}
@@ -206,6 +228,10 @@ func (s *Server) routes() {
 	mux.Handle("GET /api/jobs/{jobId}", s.auth(http.HandlerFunc(s.getJob)))
 	mux.Handle("GET /api/jobs", s.auth(http.HandlerFunc(s.listJobs)))
 	mux.Handle("GET /api/failures", s.auth(http.HandlerFunc(s.failures)))
+	mux.Handle("POST /api/jobs/bulk", s.auth(http.HandlerFunc(s.bulk)))
+	mux.Handle("GET /api/jobs/bulk", s.auth(http.HandlerFunc(s.listBulk)))
+	mux.Handle("GET /api/jobs/bulk/{bulkId}", s.auth(http.HandlerFunc(s.getBulk)))
+	mux.Handle("POST /api/jobs/{jobId}/rerun", s.auth(http.HandlerFunc(s.rerun)))
 	mux.Handle("GET /api/breaker", s.auth(http.HandlerFunc(s.breaker)))
 	mux.Handle("POST /api/breaker/reset", s.auth(http.HandlerFunc(s.breakerReset)))
 	mux.Handle("/api/", s.auth(http.HandlerFunc(s.apiNotFound)))

@@ -89,6 +89,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
 			Decrypt: a.Decrypt, Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
+		go ws.ResumeBulk(ctx, time.Minute)
 	} else {
 		// A worker serves health, readiness and (behind the same auth)
 		// its step and job metrics; it has no API of its own.

@@ -33,6 +33,12 @@ func (o *Operator) Cancel(ctx context.Context, id string) (*CancelResult, error)
 	if err != nil {
 		return nil, err
 	}
+	return o.cancel(ctx, ev)
+}
+
+// cancel is Cancel of an event looked up.
+func (o *Operator) cancel(ctx context.Context, ev *event) (*CancelResult, error) {
+	id := ev.ID
 	res := &CancelResult{EventID: id, Status: tasks.StatusCancelled}
 	if ev.Task != nil {
 		res.Queue, res.PreviousState = ev.Task.Queue, ev.Task.State.String()

@@ -40,6 +40,36 @@ func (o *Operator) lookup(ctx context.Context, id string) (*event, error) {
 	default:
 		ev.Job = job
 	}
+	if err := o.findTask(ev); err != nil {
+		return nil, err
+	}
+	if ev.Job == nil && ev.Task == nil {
+		return nil, notFoundf("event %s not found", id)
+	}
+	return ev, nil
+}
+
+// eventOf is the current run of a job already read (a bulk action's): its
+// task found as lookup finds it, without looking the job up by eventId
+// (which FerretDB answers by scanning every job).
+func (o *Operator) eventOf(job *store.Job) (*event, error) {
+	if o.cfg.Inspector == nil {
+		return nil, ErrNoRedis
+	}
+	ev := &event{ID: job.EventID, Job: job}
+	if job.EventID == "" {
+		ev.JobID = job.ID
+		return ev, nil // the app's own job, never sent
+	}
+	if err := o.findTask(ev); err != nil {
+		return nil, err
+	}
+	return ev, nil
+}
+
+// findTask sets ev.Task (nil when Redis does not have it) and ev.JobID.
+func (o *Operator) findTask(ev *event) error {
+	id := ev.ID
 	var queues []string
 	if ev.Job != nil && ev.Job.Queue != "" {
 		queues = append(queues, ev.Job.Queue)
@@ -56,14 +86,14 @@ func (o *Operator) lookup(ctx context.Context, id string) (*event, error) {
 			break
 		}
 		if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-			return nil, redisErr(err)
+			return redisErr(err)
 		}
 	}
 	if ev.Task == nil {
 		// Queues other than ours (a task put there by hand).
 		all, err := o.cfg.Inspector.Queues()
 		if err != nil {
-			return nil, redisErr(err)
+			return redisErr(err)
 		}
 		for _, q := range all {
 			if slices.Contains(queues, q) {
@@ -86,8 +116,5 @@ func (o *Operator) lookup(ctx context.Context, id string) (*event, error) {
 			ev.JobID = p.JobID
 		}
 	}
-	if ev.Job == nil && ev.Task == nil {
-		return nil, notFoundf("event %s not found", id)
-	}
-	return ev, nil
+	return nil
 }

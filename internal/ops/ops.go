@@ -6,9 +6,12 @@
 package ops
 
 import (
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/hibiken/asynq"
 
@@ -79,16 +82,25 @@ type Config struct {
 	// result or step output for View and Status. Nil: values are shown as
 	// stored.
 	Decrypt func(stored any) (any, error)
+	// BulkChunkSize is how many matched jobs a bulk action keeps per chunk:
+	// the unit it records progress and resumes by. 0: DefaultBulkChunkSize.
+	BulkChunkSize int
 	// Logger receives what operators did (runs, re-enqueues, cancels) and
 	// values that could not be decrypted. Nil: slog.Default().
 	Logger *slog.Logger
 }
 
 // Operator runs the event operations. It is safe for concurrent use and
-// holds nothing to close: the dependencies in Config are the caller's.
+// Close stops its background work; the dependencies in Config are the
+// caller's.
 type Operator struct {
 	cfg Config
 	log *slog.Logger
+	// bg is the context of the bulk actions it works in the background;
+	// Close cancels it and waits for them (they resume later).
+	bg   context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
 }
 
 // New returns an Operator on cfg's dependencies.
@@ -98,5 +110,15 @@ func New(cfg Config) *Operator {
 		o.log = slog.Default()
 	}
 	o.cfg.MaxRetries = max(cfg.MaxRetries, 0)
+	o.cfg.BulkChunkSize = cmp.Or(max(cfg.BulkChunkSize, 0), DefaultBulkChunkSize)
+	o.bg, o.stop = context.WithCancel(context.Background())
 	return o
+}
+
+// Close stops the bulk actions under way in the background, each at the
+// end of the job it is on, and waits for them: ResumeBulk finishes them
+// later, from their last recorded chunk.
+func (o *Operator) Close() {
+	o.stop()
+	o.wg.Wait()
 }

@@ -31,6 +31,12 @@ func (o *Operator) Retry(ctx context.Context, id string) (*RetryResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	return o.retry(ctx, ev)
+}
+
+// retry is Retry of an event looked up.
+func (o *Operator) retry(ctx context.Context, ev *event) (*RetryResult, error) {
+	id := ev.ID
 	res := &RetryResult{EventID: id}
 	if ev.Job != nil {
 		res.JobID = ev.Job.ID

@@ -54,6 +54,9 @@ type Job struct {
 	// breaker) is rescheduled rather than running; nil when it is not.
 	Waiting     *Waiting   `json:"waiting,omitempty" bson:"waiting,omitempty"`
 	CompletedAt *time.Time `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
+	// RerunOf is set on a run an operator started from a step of the
+	// previous run (runs.go); nil for a run sent as usual.
+	RerunOf *RerunOf `json:"rerunOf,omitempty" bson:"rerunOf,omitempty"`
 
 	// seen is the run-lock count this job was last read under (runlock.go):
 	// while it holds, no transition can have ended this run. 0: not read
@@ -153,6 +156,10 @@ type StepState struct {
 	Error      string     `json:"error,omitempty" bson:"error,omitempty"`
 	Output     any        `json:"output,omitempty" bson:"output,omitempty"`
 	SleepUntil *time.Time `json:"sleepUntil,omitempty" bson:"sleepUntil,omitempty"`
+	// ReusedFrom is the eventId of the earlier run whose checkpoint a
+	// re-run kept, so this step did not run in this run; "" when it ran
+	// here.
+	ReusedFrom string `json:"reusedFrom,omitempty" bson:"reusedFrom,omitempty"`
 }
 
 // Step statuses.
@@ -344,6 +351,9 @@ func (s *Store) claimExisting(ctx context.Context, run tasks.Run, status string)
 	if tasks.Live(cur.Status) && cur.EventID != "" {
 		return &tasks.Existing{EventID: cur.EventID, Queue: cur.Queue}, false, nil
 	}
+	if err := s.archiveRun(ctx, cur); err != nil {
+		return nil, false, err
+	}
 	now := time.Now().UTC()
 	claimID := cur.ID + "|" + cur.EventID
 	err = s.write(ctx, func(ctx context.Context) error {
@@ -394,17 +404,27 @@ func (s *Store) claimExisting(ctx context.Context, run tasks.Run, status string)
 }
 
 // startRunUpdate is the update that makes run the current run of cur:
-// its steps and progress start afresh with attempts done so far, the request fields the event carries replace the stored ones
-// (those it omits are kept), and the run it replaces joins the job's
-// previous ones.
+// its steps and progress start afresh with attempts done so far (a re-run
+// keeps the steps before its FromStep that completed, and the result when
+// it keeps store-results), the request fields the event carries replace
+// the stored ones (those it omits are kept), and the run it replaces joins
+// the job's previous ones.
 func startRunUpdate(cur *Job, run tasks.Run, status string, attempts int, now time.Time) bson.D {
+	steps, rerun := bson.D{}, any(nil)
+	if run.FromStep != "" && cur.EventID != "" {
+		steps = reusedSteps(cur, run.FromStep)
+		rerun = RerunOf{EventID: cur.EventID, FromStep: run.FromStep, At: now}
+	}
 	set := bson.D{
 		{Key: "eventId", Value: run.EventID}, {Key: "eventName", Value: tasks.EventGenerateInsights},
 		{Key: "status", Value: status}, {Key: "priority", Value: run.Priority}, {Key: "queue", Value: run.Queue},
 		{Key: "processAt", Value: run.ProcessAt.UTC()}, {Key: "attempts", Value: attempts}, {Key: "failures", Value: 0},
-		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: bson.D{}},
-		{Key: "progress", Value: []ProgressEvent{}}, {Key: "partialInsights", Value: nil}, {Key: "finalInsights", Value: nil},
-		{Key: "followUp", Value: nil}, {Key: "completedAt", Value: nil}, {Key: "waiting", Value: nil}, {Key: "updatedAt", Value: now},
+		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: steps},
+		{Key: "progress", Value: []ProgressEvent{}}, {Key: "partialInsights", Value: nil},
+		{Key: "followUp", Value: nil}, {Key: "waiting", Value: nil}, {Key: "rerunOf", Value: rerun}, {Key: "updatedAt", Value: now},
+	}
+	if !slices.ContainsFunc(steps, func(e bson.E) bool { return e.Key == tasks.StepStoreResults }) {
+		set = append(set, bson.E{Key: "finalInsights", Value: nil}, bson.E{Key: "completedAt", Value: nil})
 	}
 	if run.SystemID != "" {
 		set = append(set, bson.E{Key: "systemId", Value: run.SystemID})
@@ -506,6 +526,9 @@ func (s *Store) StartAttempt(ctx context.Context, run tasks.Run) (job *Job, prev
 			}
 			// A new send of an ended job by a producer without the store
 			// (it could not claim the run): this task starts the new run.
+			if err := s.archiveRun(ctx, cur); err != nil {
+				return nil, "", err
+			}
 			held.transition()
 			matched, err := s.updateJob(ctx, cur.DocID, startRunUpdate(cur, run, tasks.StatusProcessing, 1, now),
 				bson.E{Key: "eventId", Value: cur.EventID})
@@ -722,40 +745,6 @@ func (s *Store) FailEvent(ctx context.Context, eventID, kind, msg string) error 
 		return ErrNotFound
 	}
 	return nil
-}
-
-// JobFilter selects jobs for ListJobs.
-type JobFilter struct {
-	Status   string
-	SystemID string
-	// Limit: 0 means 50; at most 500.
-	Limit int
-}
-
-// ListJobs returns jobs newest first.
-func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	if f.Limit <= 0 {
-		f.Limit = 50
-	}
-	f.Limit = min(f.Limit, 500)
-	q := bson.D{}
-	if f.Status != "" {
-		q = append(q, bson.E{Key: "status", Value: f.Status})
-	}
-	if f.SystemID != "" {
-		q = append(q, bson.E{Key: "systemId", Value: f.SystemID})
-	}
-	cur, err := s.jobs.Find(ctx, q, options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(int64(f.Limit)))
-	if err != nil {
-		return nil, fmt.Errorf("list jobs: %w", err)
-	}
-	var out []*Job
-	if err := cur.All(ctx, &out); err != nil {
-		return nil, fmt.Errorf("list jobs: %w", err)
-	}
-	return out, nil
 }
 
 // CountByStatus counts jobs per status.

@@ -35,13 +35,18 @@ const DefaultOpTimeout = 10 * time.Second
 
 // Store is the MongoDB store. It is safe for concurrent use.
 type Store struct {
-	client    *mongo.Client
-	db        *mongo.Database
-	jobs      *mongo.Collection
-	systems   *mongo.Collection
-	history   *mongo.Collection
-	claims    *mongo.Collection
-	opTimeout time.Duration
+	client  *mongo.Client
+	db      *mongo.Database
+	jobs    *mongo.Collection
+	systems *mongo.Collection
+	history *mongo.Collection
+	claims  *mongo.Collection
+	// bulkOps and bulkChunks hold bulk actions (bulk.go); runs the ended
+	// runs of jobs (runs.go).
+	bulkOps    *mongo.Collection
+	bulkChunks *mongo.Collection
+	runs       *mongo.Collection
+	opTimeout  time.Duration
 	// group is the committer every write goes through on the embedded
 	// store; nil elsewhere.
 	group *committer
@@ -126,6 +131,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		systems:       db.Collection(SystemsCollection),
 		history:       db.Collection(HistoryCollection),
 		claims:        db.Collection(claimsCollection),
+		bulkOps:       db.Collection(bulkOpsCollection),
+		bulkChunks:    db.Collection(bulkChunksCollection),
+		runs:          db.Collection(RunsCollection),
 		opTimeout:     cfg.OpTimeout,
 		historyWindow: cfg.HistoryWindow,
 	}
@@ -249,7 +257,7 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		// serves (PostgreSQL: `_jsonb->$1 @> $2`): secondary indexes
 		// would only slow every write. The collections are created here
 		// so that prepare sees them all.
-		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims} {
+		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims, s.bulkOps, s.bulkChunks, s.runs} {
 			err := s.db.CreateCollection(ctx, c.Name())
 			var ce mongo.CommandError
 			if err != nil && !(errors.As(err, &ce) && ce.Name == "NamespaceExists") {

@@ -32,7 +32,7 @@ type Engine struct{}
 func (Engine) Generate(_ context.Context, req insights.Request) (*insights.Result, error) {
 	return &insights.Result{HealthScore: 92, Status: "Normal", Provider: "rules",
 		Markdown: "## KEY FINDINGS\n\n- 🟢 Cell imbalance **20 mV** (excellent)\n\n## RECOMMENDATIONS\n\n- Keep SOC above 20 %\n",
-		Metrics:  map[string]any{"soc": req.Snapshot.StateOfCharge}}, nil
+		Metrics:  map[string]any{"soc": req.Snapshot.StateOfCharge, "customPrompt": req.CustomPrompt}}, nil
 }
 
 // Snapshot is a valid BMS snapshot of a healthy 4-cell pack at 80 %.

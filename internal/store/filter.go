@@ -1,0 +1,203 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+// KindUnknown is the failure kind of a failed job that records none (the
+// BMS app's own workload failed it): failures group it under this name and
+// a filter selects it by it.
+const KindUnknown = "unknown"
+
+// JobFilter selects jobs: the job list, the failures and bulk actions.
+// Every field left zero selects everything.
+type JobFilter struct {
+	Status   string `json:"status,omitempty" bson:"status,omitempty"`
+	SystemID string `json:"systemId,omitempty" bson:"systemId,omitempty"`
+	// FailureKind is failure.kind (KindUnknown: a job without one).
+	FailureKind string `json:"failureKind,omitempty" bson:"failureKind,omitempty"`
+	// Step is the step the last failure happened in (failure.step).
+	Step string `json:"step,omitempty" bson:"step,omitempty"`
+	// Message is the last failure's message exactly (failure.message, or
+	// error for a job without a failure): one group of the failures.
+	Message string `json:"message,omitempty" bson:"message,omitempty"`
+	// From and To bound the job's last change (updatedAt; for a failed job,
+	// when it failed): From ≤ updatedAt < To.
+	From *time.Time `json:"from,omitempty" bson:"from,omitempty"`
+	To   *time.Time `json:"to,omitempty" bson:"to,omitempty"`
+	// Limit caps ListJobs: 0 means 50; at most 500. Offset skips that many
+	// of the newest first. Neither applies to counts and bulk actions.
+	Limit  int `json:"-" bson:"-"`
+	Offset int `json:"-" bson:"-"`
+}
+
+// query is the MongoDB filter of f.
+func (f JobFilter) query() bson.D {
+	q := bson.D{}
+	if f.Status != "" {
+		q = append(q, bson.E{Key: "status", Value: f.Status})
+	}
+	if f.SystemID != "" {
+		q = append(q, bson.E{Key: "systemId", Value: f.SystemID})
+	}
+	switch f.FailureKind {
+	case "":
+	case KindUnknown:
+		q = append(q, bson.E{Key: "failure", Value: nil})
+	default:
+		q = append(q, bson.E{Key: "failure.kind", Value: f.FailureKind})
+	}
+	if f.Step != "" {
+		q = append(q, bson.E{Key: "failure.step", Value: f.Step})
+	}
+	if f.Message != "" {
+		q = append(q, bson.E{Key: "$or", Value: bson.A{
+			bson.D{{Key: "failure.message", Value: f.Message}},
+			bson.D{{Key: "failure", Value: nil}, {Key: "error", Value: f.Message}},
+		}})
+	}
+	if f.From != nil || f.To != nil {
+		r := bson.D{}
+		if f.From != nil {
+			r = append(r, bson.E{Key: "$gte", Value: f.From.UTC()})
+		}
+		if f.To != nil {
+			r = append(r, bson.E{Key: "$lt", Value: f.To.UTC()})
+		}
+		q = append(q, bson.E{Key: "updatedAt", Value: r})
+	}
+	return q
+}
+
+// ListJobs returns the jobs f selects, newest first, f.Limit of them after
+// f.Offset.
+func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
+	ctx, cancel := s.scanCtx(ctx)
+	defer cancel()
+	if f.Limit <= 0 {
+		f.Limit = 50
+	}
+	f.Limit = min(f.Limit, 500)
+	opts := options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(int64(f.Limit))
+	if f.Offset > 0 {
+		opts.SetSkip(int64(f.Offset))
+	}
+	cur, err := s.jobs.Find(ctx, f.query(), opts)
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", unavailable(ctx, err))
+	}
+	var out []*Job
+	if err := cur.All(ctx, &out); err != nil {
+		return nil, fmt.Errorf("list jobs: %w", unavailable(ctx, err))
+	}
+	return out, nil
+}
+
+// CountJobs counts the jobs f selects (its Limit and Offset aside).
+func (s *Store) CountJobs(ctx context.Context, f JobFilter) (int64, error) {
+	ctx, cancel := s.scanCtx(ctx)
+	defer cancel()
+	n, err := s.jobs.CountDocuments(ctx, f.query())
+	if err != nil {
+		return 0, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
+	}
+	return n, nil
+}
+
+// JobRef names one job's run: what a bulk action keeps of each job it
+// matched.
+type JobRef struct {
+	JobID   string `json:"jobId" bson:"jobId"`
+	EventID string `json:"eventId,omitempty" bson:"eventId,omitempty"`
+}
+
+// EachJobRef calls fn for every job f selects, however many, through one
+// streamed cursor that reads only the ids (its Limit and Offset aside). An
+// error of fn stops it and is returned.
+func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) error) error {
+	fctx, cancel := s.scanCtx(ctx)
+	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
+		SetProjection(bson.D{{Key: "id", Value: 1}, {Key: "eventId", Value: 1}}))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("select jobs: %w", unavailable(ctx, err))
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	for s.next(ctx, cur) {
+		var ref struct {
+			ID      string `bson:"id"`
+			EventID string `bson:"eventId"`
+		}
+		if err := cur.Decode(&ref); err != nil {
+			return fmt.Errorf("select jobs: %w", err)
+		}
+		if err := fn(JobRef{JobID: ref.ID, EventID: ref.EventID}); err != nil {
+			return err
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return fmt.Errorf("select jobs: %w", unavailable(ctx, err))
+	}
+	return nil
+}
+
+// FailureGroup is the failed jobs that share a failure kind, step and
+// message.
+type FailureGroup struct {
+	Kind     string    `json:"kind" bson:"kind"`
+	Step     string    `json:"step,omitempty" bson:"step"`
+	Message  string    `json:"message" bson:"message"`
+	Count    int       `json:"count" bson:"count"`
+	NewestAt time.Time `json:"newestAt" bson:"newestAt"`
+	OldestAt time.Time `json:"oldestAt" bson:"oldestAt"`
+}
+
+// FailureGroups groups every failed job f selects (its Status is failed
+// whatever it says) by failure kind, step and message, counted in MongoDB:
+// however many and however old, not the newest page. Largest groups first.
+func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup, error) {
+	ctx, cancel := s.scanCtx(ctx)
+	defer cancel()
+	f.Status = "failed"
+	cur, err := s.jobs.Aggregate(ctx, mongo.Pipeline{
+		{{Key: "$match", Value: f.query()}},
+		{{Key: "$project", Value: bson.D{
+			{Key: "kind", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$failure.kind", KindUnknown}}}},
+			{Key: "step", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$failure.step", ""}}}},
+			{Key: "message", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$failure.message", "$error", "(no error recorded)"}}}},
+			{Key: "updatedAt", Value: 1},
+		}}},
+		{{Key: "$group", Value: bson.D{
+			{Key: "_id", Value: bson.D{{Key: "kind", Value: "$kind"}, {Key: "step", Value: "$step"}, {Key: "message", Value: "$message"}}},
+			{Key: "count", Value: bson.D{{Key: "$sum", Value: 1}}},
+			{Key: "newestAt", Value: bson.D{{Key: "$max", Value: "$updatedAt"}}},
+			{Key: "oldestAt", Value: bson.D{{Key: "$min", Value: "$updatedAt"}}},
+		}}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
+	}
+	var rows []struct {
+		ID       FailureGroup `bson:"_id"`
+		Count    int          `bson:"count"`
+		NewestAt time.Time    `bson:"newestAt"`
+		OldestAt time.Time    `bson:"oldestAt"`
+	}
+	if err := cur.All(ctx, &rows); err != nil {
+		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
+	}
+	out := make([]FailureGroup, 0, len(rows))
+	for _, r := range rows {
+		g := r.ID
+		g.Count, g.NewestAt, g.OldestAt = r.Count, r.NewestAt, r.OldestAt
+		out = append(out, g)
+	}
+	sortGroups(out)
+	return out, nil
+}
