@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
@@ -159,45 +158,57 @@ type FailureGroup struct {
 }
 
 // FailureGroups groups every failed job f selects (its Status is failed
-// whatever it says) by failure kind, step and message, counted in MongoDB:
-// however many and however old, not the newest page. Largest groups first.
+// whatever it says) by failure kind, step and message: however many and
+// however old, not the newest page. Largest groups first. The jobs are
+// streamed, their failure fields alone, and grouped here: FerretDB v1's
+// $group has no $max, $min, $first or $ifNull.
 func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup, error) {
-	ctx, cancel := s.scanCtx(ctx)
-	defer cancel()
 	f.Status = "failed"
-	cur, err := s.jobs.Aggregate(ctx, mongo.Pipeline{
-		{{Key: "$match", Value: f.query()}},
-		{{Key: "$project", Value: bson.D{
-			{Key: "kind", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$failure.kind", KindUnknown}}}},
-			{Key: "step", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$failure.step", ""}}}},
-			{Key: "message", Value: bson.D{{Key: "$ifNull", Value: bson.A{"$failure.message", "$error", "(no error recorded)"}}}},
-			{Key: "updatedAt", Value: 1},
-		}}},
-		{{Key: "$group", Value: bson.D{
-			{Key: "_id", Value: bson.D{{Key: "kind", Value: "$kind"}, {Key: "step", Value: "$step"}, {Key: "message", Value: "$message"}}},
-			{Key: "count", Value: bson.D{{Key: "$sum", Value: 1}}},
-			{Key: "newestAt", Value: bson.D{{Key: "$max", Value: "$updatedAt"}}},
-			{Key: "oldestAt", Value: bson.D{{Key: "$min", Value: "$updatedAt"}}},
-		}}},
-	})
+	fctx, cancel := s.scanCtx(ctx)
+	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
+		SetProjection(bson.D{{Key: "failure", Value: 1}, {Key: "error", Value: 1}, {Key: "updatedAt", Value: 1}}))
+	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
 	}
-	var rows []struct {
-		ID       FailureGroup `bson:"_id"`
-		Count    int          `bson:"count"`
-		NewestAt time.Time    `bson:"newestAt"`
-		OldestAt time.Time    `bson:"oldestAt"`
+	defer cur.Close(context.WithoutCancel(ctx))
+	out := []FailureGroup{}
+	idx := map[FailureGroup]int{}
+	for s.next(ctx, cur) {
+		var j struct {
+			Failure   *Failure  `bson:"failure"`
+			Error     *string   `bson:"error"`
+			UpdatedAt time.Time `bson:"updatedAt"`
+		}
+		if err := cur.Decode(&j); err != nil {
+			return nil, fmt.Errorf("group failures: %w", err)
+		}
+		k := FailureGroup{Kind: KindUnknown, Message: "(no error recorded)"}
+		switch {
+		case j.Failure != nil:
+			k.Kind, k.Step, k.Message = j.Failure.Kind, j.Failure.Step, j.Failure.Message
+		case j.Error != nil:
+			k.Message = *j.Error // failed by the app's own workload
+		}
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, k)
+		}
+		g := &out[i]
+		g.Count++
+		if j.UpdatedAt.After(g.NewestAt) {
+			g.NewestAt = j.UpdatedAt
+		}
+		if g.OldestAt.IsZero() || j.UpdatedAt.Before(g.OldestAt) {
+			g.OldestAt = j.UpdatedAt
+		}
 	}
-	if err := cur.All(ctx, &rows); err != nil {
+	if err := cur.Err(); err != nil {
 		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
-	}
-	out := make([]FailureGroup, 0, len(rows))
-	for _, r := range rows {
-		g := r.ID
-		g.Count, g.NewestAt, g.OldestAt = r.Count, r.NewestAt, r.OldestAt
-		out = append(out, g)
 	}
 	sortGroups(out)
 	return out, nil
 }
+
