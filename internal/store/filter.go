@@ -211,4 +211,3 @@ func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup,
 	sortGroups(out)
 	return out, nil
 }
-
