@@ -6,3 +6,5 @@ import "net/http"
 func userOf(*http.Request) string { return "admin" }
 
 func (s *Server) recordAudit(*http.Request, string, string, any, *int) {}
+
+func mayAct(*http.Request) bool { return true }

@@ -96,7 +96,7 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 	code := http.StatusOK
 	select {
 	case <-done:
-		if op, _, err = s.ops.GetBulk(r.Context(), op.ID, false); err != nil {
+		if op, _, err = s.ops.GetBulk(r.Context(), op.ID, 0); err != nil {
 			s.writeErr(w, r, err)
 			return
 		}
@@ -105,7 +105,7 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 		}
 	case <-time.After(bulkWait):
 		code = http.StatusAccepted
-		if cur, _, err := s.ops.GetBulk(r.Context(), op.ID, false); err == nil {
+		if cur, _, err := s.ops.GetBulk(r.Context(), op.ID, 0); err == nil {
 			op = cur
 		}
 	case <-r.Context().Done():
@@ -129,7 +129,7 @@ func (s *Server) startBulk(r *http.Request, action string, f store.JobFilter) (*
 // getBulk is GET /api/jobs/bulk/{bulkId}: the action's progress and every
 // job's outcome so far.
 func (s *Server) getBulk(w http.ResponseWriter, r *http.Request) {
-	op, outcomes, err := s.ops.GetBulk(r.Context(), r.PathValue("bulkId"), true)
+	op, outcomes, err := s.ops.GetBulk(r.Context(), r.PathValue("bulkId"), -1)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/yuin/goldmark/extension"
 
 	"github.com/bmsview/insights/internal/flow"
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -29,7 +31,7 @@ var templateFS embed.FS
 var assetFS embed.FS
 
 type pageTemplates struct {
-	index, job, message *template.Template
+	index, job, message, failures, bulk, bulkOp *template.Template
 }
 
 var funcs = template.FuncMap{
@@ -59,7 +61,8 @@ func mustParsePages() *pageTemplates {
 	parse := func(name string) *template.Template {
 		return template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name))
 	}
-	return &pageTemplates{index: parse("index.html"), job: parse("job.html"), message: parse("message.html")}
+	return &pageTemplates{index: parse("index.html"), job: parse("job.html"), message: parse("message.html"),
+		failures: parse("failures.html"), bulk: parse("bulk.html"), bulkOp: parse("bulkop.html")}
 }
 
 func assetHandler() http.Handler {
@@ -142,6 +145,10 @@ type indexPage struct {
 	Limit    int
 	Statuses []string
 	Error    string
+	// Extra are the filter's other fields (a failure group's), kept by the
+	// form and the paging links; Older and Newer page through the jobs.
+	Extra        map[string]string
+	Older, Newer string
 	// Breaker is the provider's breaker when it is not closed; nil else.
 	Breaker *flow.BreakerState
 }
@@ -187,6 +194,24 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data.Jobs = jobs
+	in := filterFromQuery(r.URL.Query())
+	in.Status, in.SystemID = "", ""
+	data.Extra = map[string]string{}
+	for k, v := range in.values() {
+		data.Extra[k] = v[0]
+	}
+	page := func(offset int) string {
+		v := filterFromQuery(r.URL.Query()).values()
+		v.Set("limit", strconv.Itoa(f.Limit))
+		v.Set("offset", strconv.Itoa(offset))
+		return "/?" + v.Encode()
+	}
+	if len(jobs) == f.Limit {
+		data.Older = page(f.Offset + f.Limit)
+	}
+	if f.Offset > 0 {
+		data.Newer = page(max(f.Offset-f.Limit, 0))
+	}
 	code := http.StatusOK
 	if data.Error != "" {
 		code = http.StatusUnprocessableEntity
@@ -216,8 +241,13 @@ type jobPage struct {
 	Live        bool
 	CanRetry    bool
 	CanCancel   bool
+	CanRerun    bool
 	RetryCSRF   string
 	CancelCSRF  string
+	RerunCSRF   string
+	// Runs are the job's current run, then its ended ones, newest first.
+	Runs      []runRow
+	StepNames []string
 	Notice      string
 	Error       string
 }
@@ -299,13 +329,25 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	if data.Event != nil && data.Event.State != nil {
 		state = *data.Event.State
 	}
-	data.CanRetry = job.Status == tasks.StatusFailed || state == "archived" || state == "retry"
-	data.CanCancel = tasks.Live(job.Status)
+	act := mayAct(r)
+	data.CanRetry = act && (job.Status == tasks.StatusFailed || state == "archived" || state == "retry")
+	data.CanCancel = act && tasks.Live(job.Status)
+	data.CanRerun = act && !tasks.Live(job.Status) && job.EventID != ""
 	if data.CanRetry {
 		data.RetryCSRF = s.csrfToken(r, "retry:"+job.ID)
 	}
 	if data.CanCancel {
 		data.CancelCSRF = s.csrfToken(r, "cancel:"+job.ID)
+	}
+	if data.CanRerun {
+		data.RerunCSRF = s.csrfToken(r, "rerun:"+job.ID)
+	}
+	data.StepNames = tasks.Steps
+	data.Runs = []runRow{currentRun(job)}
+	if prev, err := s.cfg.Store.PreviousRuns(r.Context(), raw, 10); err == nil {
+		for _, p := range prev {
+			data.Runs = append(data.Runs, endedRun(p))
+		}
 	}
 	s.render(w, http.StatusOK, s.pages.job, data)
 }
@@ -365,4 +407,83 @@ func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action strin
 		return
 	}
 	http.Redirect(w, r, target+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
+}
+
+// runRow is one run of a job on its page.
+type runRow struct {
+	EventID string
+	Current bool
+	Status  string
+	RerunOf *store.RerunOf
+	Error   string
+	EndedAt time.Time
+	Steps   []runStep
+}
+
+// runStep is a step of a run: its checkpoint's status, or reused when the
+// run kept an earlier run's.
+type runStep struct {
+	Name, Status string
+	Runs         int
+	Reused       bool
+}
+
+func runSteps(steps map[string]store.StepState) []runStep {
+	out := make([]runStep, 0, len(tasks.Steps))
+	for _, name := range tasks.Steps {
+		st, ok := steps[name]
+		row := runStep{Name: name, Status: "not run"}
+		if ok {
+			row.Status, row.Runs, row.Reused = st.Status, st.Runs, st.ReusedFrom != ""
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+func currentRun(j *store.Job) runRow {
+	r := runRow{EventID: j.EventID, Current: true, Status: j.Status, RerunOf: j.RerunOf, Steps: runSteps(j.Steps)}
+	if j.Error != nil && j.Status != tasks.StatusCompleted {
+		r.Error = *j.Error
+	}
+	return r
+}
+
+func endedRun(p *store.RunRecord) runRow {
+	r := runRow{EventID: p.EventID, Status: p.Status, RerunOf: p.RerunOf, EndedAt: p.EndedAt, Steps: runSteps(p.Steps)}
+	if p.Error != nil && p.Status != tasks.StatusCompleted {
+		r.Error = *p.Error
+	}
+	return r
+}
+
+// rerunPage is POST /jobs/{jobId}/rerun (the Re-run form).
+func (s *Server) rerunPage(w http.ResponseWriter, r *http.Request) {
+	s.pageAction(w, r, "rerun", func(job *store.Job) (string, error) {
+		req := ops.RerunRequest{FromStep: r.PostFormValue("fromStep")}
+		if v := r.PostFormValue("customPrompt"); v != "" {
+			req.CustomPrompt = &v
+		}
+		if v := r.PostFormValue("modelOverride"); v != "" {
+			req.ModelOverride = &v
+		}
+		for _, f := range []struct {
+			name string
+			dst  **int
+		}{{"contextWindowDays", &req.ContextWindowDays}, {"maxIterations", &req.MaxIterations}} {
+			if v := r.PostFormValue(f.name); v != "" {
+				n, err := strconv.Atoi(v)
+				if err != nil {
+					return "", fmt.Errorf("%s: must be a whole number, got %q", f.name, v)
+				}
+				*f.dst = &n
+			}
+		}
+		res, err := s.ops.Rerun(r.Context(), job.ID, req)
+		if err != nil {
+			return "", err
+		}
+		s.recordAudit(r, "rerun", job.ID, req, nil)
+		return "Re-run " + res.EventID + " started from " + res.FromStep + ".", nil
+	})
 }

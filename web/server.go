@@ -256,6 +256,11 @@ func (s *Server) routes() {
 	mux.Handle("GET /jobs/{jobId}", s.auth(http.HandlerFunc(s.jobPage)))
 	mux.Handle("POST /jobs/{jobId}/retry", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.retryPage))))
 	mux.Handle("POST /jobs/{jobId}/cancel", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.cancelPage))))
+	mux.Handle("POST /jobs/{jobId}/rerun", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.rerunPage))))
+	mux.Handle("GET /failures", s.auth(http.HandlerFunc(s.failuresPage)))
+	mux.Handle("GET /bulk", s.auth(http.HandlerFunc(s.bulkPage)))
+	mux.Handle("POST /bulk", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.bulkPost))))
+	mux.Handle("GET /bulk/{bulkId}", s.auth(http.HandlerFunc(s.bulkOpPage)))
 	mux.Handle("GET /assets/", s.auth(assetHandler()))
 	mux.Handle("/", s.auth(http.HandlerFunc(s.notFoundPage)))
 

@@ -141,9 +141,10 @@ func (o *Operator) background(op *store.BulkOp) <-chan struct{} {
 	return done
 }
 
-// GetBulk reads a bulk action and, when withOutcomes, the outcome of every
-// job it has acted on so far, in the order they were matched.
-func (o *Operator) GetBulk(ctx context.Context, id string, withOutcomes bool) (*store.BulkOp, []store.BulkOutcome, error) {
+// GetBulk reads a bulk action and the outcomes of its first limit matched
+// jobs (all of them when limit < 0; none when 0), in the order they were
+// matched: OutcomePending for those it has not acted on yet.
+func (o *Operator) GetBulk(ctx context.Context, id string, limit int) (*store.BulkOp, []store.BulkOutcome, error) {
 	if o.cfg.Store == nil {
 		return nil, nil, ErrNoStore
 	}
@@ -154,16 +155,22 @@ func (o *Operator) GetBulk(ctx context.Context, id string, withOutcomes bool) (*
 	if err != nil {
 		return nil, nil, storeErr(err)
 	}
-	if !withOutcomes {
-		return op, nil, nil
-	}
 	out := []store.BulkOutcome{}
-	for i := 0; i < op.Chunks && i <= op.Next; i++ {
+	for i := 0; i < op.Chunks && (limit < 0 || len(out) < limit); i++ {
 		c, err := o.cfg.Store.GetBulkChunk(ctx, id, i)
 		if err != nil {
 			return nil, nil, storeErr(err)
 		}
-		out = append(out, c.Outcomes...)
+		for k, ref := range c.Jobs {
+			if limit >= 0 && len(out) == limit {
+				break
+			}
+			if k < len(c.Outcomes) && c.Outcomes[k].Outcome != "" {
+				out = append(out, c.Outcomes[k])
+				continue
+			}
+			out = append(out, store.BulkOutcome{JobID: ref.JobID, EventID: ref.EventID, Outcome: store.OutcomePending})
+		}
 	}
 	return op, out, nil
 }

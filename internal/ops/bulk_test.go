@@ -28,7 +28,7 @@ func bulkOp(t *testing.T, o *ops.Operator, req ops.BulkRequest) (*store.BulkOp, 
 	case <-time.After(60 * time.Second):
 		t.Fatalf("bulk %s not done within 60 s", req.Action)
 	}
-	op, outcomes, err := o.GetBulk(ctx, op.ID, true)
+	op, outcomes, err := o.GetBulk(ctx, op.ID, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,10 +201,10 @@ func TestBulkResumesFromItsNextChunk(t *testing.T) {
 		t.Fatalf("ResumeBulk: %d, %v; want 1", n, err)
 	}
 	testenv.WaitFor(t, 30*time.Second, "the resumed action done", func() (bool, error) {
-		op, _, err := o.GetBulk(ctx, op.ID, false)
+		op, _, err := o.GetBulk(ctx, op.ID, 0)
 		return err == nil && op.Status == store.BulkDone, err
 	})
-	op, _, _ = o.GetBulk(ctx, op.ID, false)
+	op, _, _ = o.GetBulk(ctx, op.ID, 0)
 	if op.Done != 6 || op.Next != 3 {
 		t.Errorf("resumed action: %+v, want done 6, next 3", op)
 	}

@@ -38,6 +38,7 @@ const (
 	OutcomeDone    = "done"
 	OutcomeFailed  = "failed"  // the action failed (a store down...)
 	OutcomeSkipped = "skipped" // the job was in no state for it (a completed job cancelled...)
+	OutcomePending = "pending" // not acted on yet
 )
 
 // BulkOp is one bulk action.

@@ -1,0 +1,210 @@
+package web
+
+import (
+	"encoding/json"
+	"errors"
+	"html/template"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+
+	"github.com/bmsview/insights/internal/ops"
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/tasks"
+)
+
+// failureRow is one group of the failures page with its links.
+type failureRow struct {
+	store.FailureGroup
+	// JobsURL and RetryURL are the group's jobs and its bulk retry's dry
+	// run (built here from encoded values, so trusted as URLs).
+	JobsURL  template.URL
+	RetryURL template.URL
+}
+
+type failuresPage struct {
+	Title     string
+	Filter    filterInput
+	Filtered  bool
+	Error     string
+	Total     int
+	Groups    []failureRow
+	Kinds     []string
+	StepNames []string
+}
+
+// failuresPage is GET /failures: every failed job in MongoDB grouped by
+// kind, step and message, each group with links to its jobs and a bulk
+// retry.
+func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request) {
+	in := filterFromQuery(r.URL.Query())
+	in.Status, in.Message = "", ""
+	data := failuresPage{Title: "Failures", Filter: in, Kinds: failureKinds, StepNames: tasks.Steps, Groups: []failureRow{}}
+	data.Filtered = len(in.values()) > 0
+	f, err := in.filter("")
+	code := http.StatusOK
+	if err != nil {
+		data.Error, code = err.Error(), http.StatusUnprocessableEntity
+		f = store.JobFilter{}
+	}
+	out, err := s.failureGroups(r.Context(), f)
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+		return
+	}
+	data.Total = out.Total
+	for _, g := range out.Groups {
+		group := in
+		group.Status, group.FailureKind, group.Step, group.Message = tasks.StatusFailed, g.Kind, g.Step, g.Message
+		v := group.values()
+		jobs := v.Encode()
+		v.Set("action", ops.BulkRetry)
+		v.Set("dryRun", "1")
+		data.Groups = append(data.Groups, failureRow{FailureGroup: g.FailureGroup,
+			JobsURL: template.URL("/?" + jobs), RetryURL: template.URL("/bulk?" + v.Encode())}) //nolint:gosec // encoded above
+	}
+	s.render(w, code, s.pages.failures, data)
+}
+
+type bulkPage struct {
+	Title     string
+	Action    string
+	Filter    filterInput
+	Actions   []string
+	Statuses  []string
+	Kinds     []string
+	StepNames []string
+	Error     string
+	Counted   bool
+	Matched   int
+	CanAct    bool
+	CSRF      string
+	// Hidden are the filter's fields for the confirm form.
+	Hidden map[string]string
+	Recent []*store.BulkOp
+}
+
+// bulkPage is GET /bulk: the bulk action form; with dryRun=1 it counts the
+// jobs the filter selects and offers to act on them.
+func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Store == nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		return
+	}
+	q := r.URL.Query()
+	data := bulkPage{Title: "Bulk actions", Action: q.Get("action"), Filter: filterFromQuery(q), Actions: ops.BulkActions,
+		Statuses: jobStatuses, Kinds: failureKinds, StepNames: tasks.Steps, CanAct: mayAct(r), Hidden: map[string]string{}}
+	if data.Action == "" {
+		data.Action = ops.BulkRetry
+	}
+	code := http.StatusOK
+	if q.Get("dryRun") != "" {
+		f, err := data.Filter.filter("")
+		switch {
+		case err != nil:
+			data.Error, code = err.Error(), http.StatusUnprocessableEntity
+		case !slices.Contains(ops.BulkActions, data.Action):
+			data.Error, code = "action must be one of "+strings.Join(ops.BulkActions, ", "), http.StatusUnprocessableEntity
+		default:
+			n, err := s.ops.CountBulk(r.Context(), f)
+			if err != nil {
+				s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+				return
+			}
+			data.Counted, data.Matched = true, n
+			for k, v := range data.Filter.values() {
+				data.Hidden[k] = v[0]
+			}
+			data.CSRF = s.csrfToken(r, "bulk")
+		}
+	}
+	recent, err := s.cfg.Store.ListBulkOps(r.Context(), false, 20)
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+		return
+	}
+	data.Recent = recent
+	s.render(w, code, s.pages.bulk, data)
+}
+
+// bulkPost is POST /bulk: the confirm button of a counted bulk action.
+func (s *Server) bulkPost(w http.ResponseWriter, r *http.Request) {
+	if !s.checkCSRF(r, "bulk") {
+		s.pageError(w, http.StatusForbidden, "Refused", "The form's token is missing or stale: count the jobs again and confirm.")
+		return
+	}
+	in := filterFromQuery(r.PostForm)
+	back := "/bulk?" + in.values().Encode() + "&action=" + url.QueryEscape(r.PostFormValue("action")) + "&dryRun=1"
+	f, err := in.filter("")
+	if err != nil {
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	action := r.PostFormValue("action")
+	if !slices.Contains(ops.BulkActions, action) {
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	op, _, err := s.startBulk(r, action, f)
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Bulk action not started", err.Error())
+		return
+	}
+	http.Redirect(w, r, "/bulk/"+url.PathEscape(op.ID), http.StatusSeeOther)
+}
+
+// bulkRow is one job of a bulk action's page.
+type bulkRow struct {
+	store.BulkOutcome
+	Status string // the job's now; "" when it is gone
+}
+
+type bulkOpPage struct {
+	Title      string
+	Op         *store.BulkOp
+	FilterJSON string
+	Rows       []bulkRow
+	JobCounts  []statusCount
+	Live       bool
+}
+
+// bulkPageRows is how many of a bulk action's jobs its page shows, each
+// with its status read now.
+const bulkPageRows = 200
+
+// bulkOpPage is GET /bulk/{bulkId}: the action's progress and its jobs'
+// outcomes and statuses now, refreshed while any of them runs.
+func (s *Server) bulkOpPage(w http.ResponseWriter, r *http.Request) {
+	op, outcomes, err := s.ops.GetBulk(r.Context(), r.PathValue("bulkId"), bulkPageRows)
+	if errors.Is(err, ops.ErrNotFound) {
+		s.pageError(w, http.StatusNotFound, "Not found", err.Error())
+		return
+	}
+	if err != nil {
+		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+		return
+	}
+	fj, _ := json.Marshal(op.Filter)
+	data := bulkOpPage{Title: "Bulk " + op.Action, Op: op, FilterJSON: string(fj), Live: op.Status != store.BulkDone}
+	counts := map[string]int64{}
+	for _, o := range outcomes {
+		row := bulkRow{BulkOutcome: o}
+		if o.Outcome == store.OutcomePending {
+			row.Outcome = ""
+		}
+		if j, err := s.cfg.Store.GetJob(r.Context(), o.JobID); err == nil {
+			row.Status = j.Status
+			counts[j.Status]++
+			data.Live = data.Live || tasks.Live(j.Status)
+		}
+		data.Rows = append(data.Rows, row)
+	}
+	for _, st := range jobStatuses {
+		if counts[st] > 0 {
+			data.JobCounts = append(data.JobCounts, statusCount{Status: st, Count: counts[st]})
+		}
+	}
+	s.render(w, http.StatusOK, s.pages.bulkOp, data)
+}
+
