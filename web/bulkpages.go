@@ -207,4 +207,3 @@ func (s *Server) bulkOpPage(w http.ResponseWriter, r *http.Request) {
 	}
 	s.render(w, http.StatusOK, s.pages.bulkOp, data)
 }
-

@@ -248,8 +248,8 @@ type jobPage struct {
 	// Runs are the job's current run, then its ended ones, newest first.
 	Runs      []runRow
 	StepNames []string
-	Notice      string
-	Error       string
+	Notice    string
+	Error     string
 }
 
 var markdown = goldmark.New(goldmark.WithExtensions(extension.GFM))
