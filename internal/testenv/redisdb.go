@@ -23,8 +23,8 @@ import (
 // must never share an index: a package that took another's would wipe its
 // queues mid-test. A package gets its database from here (Redis, RedisFor,
 // RealRedisURL), never by a number of its own; one missing from the table
-// fails with a message saying so. reservedRedisDBs are taken too; 8 and
-// 15 are free.
+// fails with a message saying so. reservedRedisDBs are taken too; 15 is
+// free.
 var redisDBs = []redisDB{
 	{pkg: "handlers", db: 1},
 	{pkg: "web", db: 3},
@@ -32,6 +32,7 @@ var redisDBs = []redisDB{
 	{pkg: "internal/app", db: 5}, // the end-to-end tests
 	{pkg: "internal/app", use: "reconcile", db: 6},
 	{pkg: "internal/ops", db: 7},
+	{pkg: "internal/ops", use: "bench-bulk", db: 8}, // BenchmarkBulkRetry
 	{pkg: "internal/flow", db: 2},
 	{pkg: "handlers", use: "bench-workflow", db: 9}, // BenchmarkWorkflow
 	{pkg: "handlers", use: "bench-noop", db: 10},    // its raw asynq beside it
