@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -341,5 +342,55 @@ func TestAsynqmonAction(t *testing.T) {
 		if e.Action != c.action || e.Target != c.target {
 			t.Errorf("%s %s: %q on %q, want %q on %q", c.method, c.path, e.Action, e.Target, c.action, c.target)
 		}
+	}
+}
+
+// recordAudit is how other routes (bulk actions, re-runs) record an action
+// with its filter and count: the filter is kept in its JSON form, whatever
+// its Go type, and the page shows it as compact JSON.
+func TestRecordAuditFilterAndCount(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	type bulkFilter struct {
+		Status      string `json:"status,omitempty"`
+		FailureKind string `json:"failureKind,omitempty"`
+		SystemID    string `json:"systemId,omitempty"`
+	}
+	req, _ := http.NewRequest("POST", "/api/jobs/bulk", nil)
+	req = req.WithContext(context.WithValue(req.Context(), userKey{}, TokenUser))
+	n := 7
+	e.server.recordAudit(req, "bulk-retry", "jobs", bulkFilter{Status: "failed", FailureKind: "transient"}, &n)
+
+	list := e.audit(t, "?action=bulk-retry", authBearer)
+	if list.Count != 1 {
+		t.Fatalf("entries %+v", list.Entries)
+	}
+	got := list.Entries[0]
+	f, _ := got.Filter.(map[string]any)
+	if got.User != TokenUser || got.Target != "jobs" || got.Count == nil || *got.Count != 7 ||
+		len(f) != 2 || f["status"] != "failed" || f["failureKind"] != "transient" {
+		t.Fatalf("entry %+v (filter %v)", got, got.Filter)
+	}
+	page := string(e.do("GET", "/audit", nil, authBasic).body)
+	for _, want := range []string{`<code>{&#34;failureKind&#34;:&#34;transient&#34;,&#34;status&#34;:&#34;failed&#34;}</code>`, "<td>7</td>"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the audit page lacks %s:\n%s", want, page)
+		}
+	}
+}
+
+// An action that was done stands when its audit entry cannot be written:
+// the failure is logged, the answer is the action's.
+func TestAuditFailureDoesNotFailTheAction(t *testing.T) {
+	st, p := proxiedStore(t)
+	e := newEnv(t, envOptions{store: st})
+	p.close() // MongoDB gone; the breaker lives in Redis
+	start := time.Now()
+	r := e.do("POST", "/api/breaker/reset", nil, authBearer)
+	e.expect(r, http.StatusOK)
+	if m := r.json(t); m["state"] != "closed" {
+		t.Fatalf("reset: %s", r.body)
+	}
+	if took := time.Since(start); took > auditTimeout+2*time.Second {
+		t.Fatalf("the reset answered after %v: the audit write is not bounded", took)
 	}
 }
