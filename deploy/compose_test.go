@@ -27,7 +27,7 @@ const (
 
 // secrets are the variables that must never have a literal value in the
 // compose file: they come from .env through interpolation.
-var secrets = []string{"API_TOKEN", "ADMIN_PASSWORD", "DATA_ENCRYPTION_KEY", "GEMINI_API_KEY", "WEBHOOK_SECRET"}
+var secrets = []string{"API_TOKEN", "ADMIN_PASSWORD", "VIEWER_PASSWORD", "DATA_ENCRYPTION_KEY", "GEMINI_API_KEY", "WEBHOOK_SECRET"}
 
 // requiredSecrets stop `docker compose` when unset (${VAR:?...}).
 var requiredSecrets = []string{"API_TOKEN", "ADMIN_PASSWORD"}
@@ -36,7 +36,7 @@ var requiredSecrets = []string{"API_TOKEN", "ADMIN_PASSWORD"}
 // (REDIS_URL, MONGODB_URI, HTTP_ADDR, DATA_DIR): each must be settable
 // from .env.
 var section4 = []string{
-	"MONGODB_DB_NAME", "API_TOKEN", "ADMIN_PASSWORD", "WORKER_CONCURRENCY", "QUEUE_WEIGHTS",
+	"MONGODB_DB_NAME", "API_TOKEN", "ADMIN_PASSWORD", "VIEWER_PASSWORD", "WORKER_CONCURRENCY", "QUEUE_WEIGHTS",
 	"MAX_RETRIES", "BACKOFF_SCHEDULE", "RETRY_TRANSIENT_DELAY", "RETRY_RATE_LIMIT_DELAY",
 	"TASK_TIMEOUT", "TASK_RETENTION", "DATA_ENCRYPTION_KEY", "INSIGHTS_PROVIDER",
 	"GEMINI_API_KEY", "GEMINI_MODEL", "GEMINI_BASE_URL", "COMPLETION_WEBHOOK_URL",

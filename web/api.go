@@ -236,10 +236,15 @@ func (s *Server) breakerReset(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, errNoBreaker)
 		return
 	}
+	// What was reset, for the audit trail (a failed read says nothing).
+	detail := ""
+	if st, err := s.cfg.Breaker.State(r.Context()); err == nil {
+		detail = fmt.Sprintf("was %s, %d failures", st.State, st.Failures)
+	}
 	if err := s.cfg.Breaker.Reset(r.Context()); err != nil {
 		s.writeErr(w, r, fmt.Errorf("Redis: %w", err))
 		return
 	}
-	s.log.Info("circuit breaker reset by an operator")
+	s.audit(r, store.AuditEntry{Action: "breaker-reset", Target: "breaker", Detail: detail})
 	s.breaker(w, r)
 }

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -14,8 +15,16 @@ import (
 	"strings"
 )
 
-// AdminUser is the HTTP Basic user name.
-const AdminUser = "admin"
+// The users a request is authenticated as (userOf).
+const (
+	// AdminUser is the HTTP Basic user of ADMIN_PASSWORD: may do anything.
+	AdminUser = "admin"
+	// ViewerUser is the HTTP Basic user of VIEWER_PASSWORD: read-only.
+	ViewerUser = "viewer"
+	// TokenUser stands for a caller with the Bearer API_TOKEN (a script or
+	// the BMS app): may do anything.
+	TokenUser = "api-token"
+)
 
 type credKind int
 
@@ -25,30 +34,68 @@ const (
 	credBasic
 )
 
+// userKey is the request context key of the authenticated user.
+type userKey struct{}
+
+// userOf is the user the request was authenticated as: AdminUser,
+// TokenUser, ViewerUser, or "" (an open route).
+func userOf(r *http.Request) string {
+	u, _ := r.Context().Value(userKey{}).(string)
+	return u
+}
+
+// mayAct reports whether the request's user may change state: the admin
+// and the API token, not the viewer.
+func mayAct(r *http.Request) bool {
+	u := userOf(r)
+	return u == AdminUser || u == TokenUser
+}
+
+// readOnlyMethod is what the viewer may send.
+func readOnlyMethod(m string) bool { return m == http.MethodGet || m == http.MethodHead }
+
 // authenticate checks the request's Authorization header against the
-// configured credentials in constant time.
-func (s *Server) authenticate(r *http.Request) (credKind, bool) {
+// configured credentials in constant time and returns the user they
+// identify ("" when none).
+func (s *Server) authenticate(r *http.Request) (credKind, string) {
 	h := r.Header.Get("Authorization")
 	scheme, value, _ := strings.Cut(h, " ")
 	value = strings.TrimSpace(value)
 	switch strings.ToLower(scheme) {
 	case "bearer":
-		return credBearer, s.cfg.APIToken != "" && equal(value, s.cfg.APIToken)
+		if s.cfg.APIToken != "" && equal(value, s.cfg.APIToken) {
+			return credBearer, TokenUser
+		}
+		return credBearer, ""
 	case "basic":
 		raw, err := base64.StdEncoding.DecodeString(value)
 		if err != nil {
-			return credBasic, false
+			return credBasic, ""
 		}
 		user, pass, ok := strings.Cut(string(raw), ":")
-		if !ok || s.cfg.AdminPassword == "" {
-			return credBasic, false
+		if !ok {
+			return credBasic, ""
 		}
-		// Both compared, always, so timing does not tell which was wrong.
-		u := equal(user, AdminUser)
-		p := equal(pass, s.cfg.AdminPassword)
-		return credBasic, u && p
+		return credBasic, s.basicUser(user, pass)
 	}
-	return credNone, false
+	return credNone, ""
+}
+
+// basicUser is the user of Basic credentials, "" when they match none.
+// Every comparison is made, always, and none short-circuits, so timing
+// tells neither which user was tried nor which part was wrong.
+func (s *Server) basicUser(user, pass string) string {
+	isAdmin := equal(user, AdminUser)
+	adminPass := equal(pass, s.cfg.AdminPassword)
+	isViewer := equal(user, ViewerUser)
+	viewerPass := equal(pass, s.cfg.ViewerPassword)
+	switch {
+	case isAdmin && adminPass && s.cfg.AdminPassword != "":
+		return AdminUser
+	case isViewer && viewerPass && s.cfg.ViewerPassword != "":
+		return ViewerUser
+	}
+	return ""
 }
 
 // equal compares in constant time; hashing first hides the lengths.
@@ -57,25 +104,57 @@ func equal(a, b string) bool {
 	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
 }
 
-// auth lets a request through only with valid credentials; otherwise it
-// answers 401 with a Basic challenge, so browsers ask for the password.
+// auth lets a request through only with valid credentials, with its user
+// in the context (userOf); otherwise it answers 401 with a Basic
+// challenge, so browsers ask for the password. The viewer may only read.
 func (s *Server) auth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if kind, ok := s.authenticate(r); ok {
-			if kind == credBasic && !basicMayChange(r) {
-				writeError(w, http.StatusForbidden, "a state-changing API request with browser (Basic) credentials must be same-origin and send application/json; scripts use Authorization: Bearer", "")
-				return
-			}
-			next.ServeHTTP(w, r)
+		kind, user := s.authenticate(r)
+		if user == "" {
+			s.unauthorized(w, r)
 			return
 		}
-		w.Header().Set("WWW-Authenticate", `Basic realm="BMS insights", charset="UTF-8"`)
-		msg := "authentication required: Authorization: Bearer <API_TOKEN> or HTTP Basic admin:<ADMIN_PASSWORD>"
-		if r.Header.Get("Authorization") != "" {
-			msg = "invalid credentials"
+		r = r.WithContext(context.WithValue(r.Context(), userKey{}, user))
+		if user == ViewerUser && !readOnlyMethod(r.Method) {
+			s.refuseViewer(w, r)
+			return
 		}
-		writeError(w, http.StatusUnauthorized, msg, "")
+		if kind == credBasic && !basicMayChange(r) {
+			writeError(w, http.StatusForbidden, "a state-changing API request with browser (Basic) credentials must be same-origin and send application/json; scripts use Authorization: Bearer", "")
+			return
+		}
+		next.ServeHTTP(w, r)
 	})
+}
+
+func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("WWW-Authenticate", `Basic realm="BMS insights", charset="UTF-8"`)
+	msg := "authentication required: Authorization: Bearer <API_TOKEN> or HTTP Basic admin:<ADMIN_PASSWORD>"
+	if s.cfg.ViewerPassword != "" {
+		msg += " (or viewer:<VIEWER_PASSWORD>, read-only)"
+	}
+	if r.Header.Get("Authorization") != "" {
+		msg = "invalid credentials"
+	}
+	writeError(w, http.StatusUnauthorized, msg, "")
+}
+
+// refuseViewer answers the viewer's attempt to change state: 403, as JSON
+// on the API and asynqmon's routes, as a page elsewhere.
+func (s *Server) refuseViewer(w http.ResponseWriter, r *http.Request) {
+	msg := "the viewer is read-only: " + r.Method + " " + r.URL.Path + " is not allowed; log in as admin to act"
+	if jsonPath(r.URL.Path) {
+		writeError(w, http.StatusForbidden, msg, "")
+		return
+	}
+	s.pageError(w, r, http.StatusForbidden, "Read-only", msg+".")
+}
+
+// jsonPath reports the routes that answer JSON (the API, its aliases,
+// asynqmon and /metrics) rather than pages.
+func jsonPath(p string) bool {
+	return strings.HasPrefix(p, "/api/") || strings.HasPrefix(p, "/.netlify/") ||
+		strings.HasPrefix(p, monitorRoot+"/") || p == "/metrics"
 }
 
 // sameOriginUnsafe refuses a state-changing request (anything but GET,

@@ -93,6 +93,19 @@ func TestBulkRetryThroughTheAPI(t *testing.T) {
 		t.Errorf("the list of bulk actions misses %s: %s", a.ID, r.body)
 	}
 	e.expectError(e.do("GET", "/api/jobs/bulk/nope", nil, authBearer), http.StatusNotFound, "")
+
+	// The audit trail has the action (not the dry run): who, the filter,
+	// how many.
+	list := e.audit(t, "?action=bulk-retry", authBearer)
+	if list.Count != 1 {
+		t.Fatalf("audit of bulk retries: %+v", list.Entries)
+	}
+	got0 := list.Entries[0]
+	f, _ := json.Marshal(got0.Filter)
+	if got0.User != "api-token" || got0.Target != a.ID || got0.Count == nil || *got0.Count != 4 ||
+		string(f) != `{"failureKind":"business","status":"failed","step":"process-insights"}` {
+		t.Errorf("audit entry: %+v filter %s", got0, f)
+	}
 }
 
 func TestBulkRefusesBadInput(t *testing.T) {
@@ -246,6 +259,10 @@ func TestRerunFromAStepWithAnEditedPrompt(t *testing.T) {
 	// Both runs' follow-ups were sent, each once.
 	e.waitTask(tasks.QueueLow, tasks.FollowUpTaskIDPrefix+first, 10*time.Second, asynq.TaskStateCompleted)
 	e.waitTask(tasks.QueueLow, tasks.FollowUpTaskIDPrefix+res.EventID, 10*time.Second, asynq.TaskStateCompleted)
+
+	if list := e.audit(t, "?action=rerun", authBearer); list.Count != 1 || list.Entries[0].Target != "rr-1" {
+		t.Errorf("audit of the re-run: %+v", list.Entries)
+	}
 
 	// From the first step: nothing is kept.
 	r = e.do("POST", "/api/jobs/rr-1/rerun", map[string]any{"fromStep": "initialize"}, authBearer)

@@ -24,6 +24,7 @@ type failureRow struct {
 }
 
 type failuresPage struct {
+	pageChrome
 	Title     string
 	Filter    filterInput
 	Filtered  bool
@@ -50,7 +51,7 @@ func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request) {
 	}
 	out, err := s.failureGroups(r.Context(), f)
 	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
 		return
 	}
 	data.Total = out.Total
@@ -64,10 +65,11 @@ func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request) {
 		data.Groups = append(data.Groups, failureRow{FailureGroup: g.FailureGroup,
 			JobsURL: template.URL("/?" + jobs), RetryURL: template.URL("/bulk?" + v.Encode())}) //nolint:gosec // encoded above
 	}
-	s.render(w, code, s.pages.failures, data)
+	s.render(w, r, code, s.pages.failures, &data)
 }
 
 type bulkPage struct {
+	pageChrome
 	Title     string
 	Action    string
 	Filter    filterInput
@@ -89,7 +91,7 @@ type bulkPage struct {
 // jobs the filter selects and offers to act on them.
 func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Store == nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
 		return
 	}
 	q := r.URL.Query()
@@ -109,7 +111,7 @@ func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
 		default:
 			n, err := s.ops.CountBulk(r.Context(), f)
 			if err != nil {
-				s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+				s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
 				return
 			}
 			data.Counted, data.Matched = true, n
@@ -121,17 +123,17 @@ func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
 	}
 	recent, err := s.cfg.Store.ListBulkOps(r.Context(), false, 20)
 	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
 		return
 	}
 	data.Recent = recent
-	s.render(w, code, s.pages.bulk, data)
+	s.render(w, r, code, s.pages.bulk, &data)
 }
 
 // bulkPost is POST /bulk: the confirm button of a counted bulk action.
 func (s *Server) bulkPost(w http.ResponseWriter, r *http.Request) {
 	if !s.checkCSRF(r, "bulk") {
-		s.pageError(w, http.StatusForbidden, "Refused", "The form's token is missing or stale: count the jobs again and confirm.")
+		s.pageError(w, r, http.StatusForbidden, "Refused", "The form's token is missing or stale: count the jobs again and confirm.")
 		return
 	}
 	in := filterFromQuery(r.PostForm)
@@ -148,7 +150,7 @@ func (s *Server) bulkPost(w http.ResponseWriter, r *http.Request) {
 	}
 	op, _, err := s.startBulk(r, action, f)
 	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Bulk action not started", err.Error())
+		s.pageError(w, r, http.StatusServiceUnavailable, "Bulk action not started", err.Error())
 		return
 	}
 	http.Redirect(w, r, "/bulk/"+url.PathEscape(op.ID), http.StatusSeeOther)
@@ -161,6 +163,7 @@ type bulkRow struct {
 }
 
 type bulkOpPage struct {
+	pageChrome
 	Title      string
 	Op         *store.BulkOp
 	FilterJSON string
@@ -178,11 +181,11 @@ const bulkPageRows = 200
 func (s *Server) bulkOpPage(w http.ResponseWriter, r *http.Request) {
 	op, outcomes, err := s.ops.GetBulk(r.Context(), r.PathValue("bulkId"), bulkPageRows)
 	if errors.Is(err, ops.ErrNotFound) {
-		s.pageError(w, http.StatusNotFound, "Not found", err.Error())
+		s.pageError(w, r, http.StatusNotFound, "Not found", err.Error())
 		return
 	}
 	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", err.Error())
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
 		return
 	}
 	fj, _ := json.Marshal(op.Filter)
@@ -205,5 +208,5 @@ func (s *Server) bulkOpPage(w http.ResponseWriter, r *http.Request) {
 			data.JobCounts = append(data.JobCounts, statusCount{Status: st, Count: counts[st]})
 		}
 	}
-	s.render(w, http.StatusOK, s.pages.bulkOp, data)
+	s.render(w, r, http.StatusOK, s.pages.bulkOp, &data)
 }

@@ -32,6 +32,8 @@ const (
 	testToken    = "test-token-0123456789"
 	testPassword = "test-password-9876"
 	testRetries  = 3
+	// testViewerPassword is VIEWER_PASSWORD where envOptions.viewer is set.
+	testViewerPassword = "test-viewer-5555"
 )
 
 // failSwitch fails process-insights with handlers.DoNotRetry while set (for
@@ -105,6 +107,8 @@ type envOptions struct {
 	cors    []string
 	ready   func(context.Context) error
 	store   *store.Store
+	// viewer sets VIEWER_PASSWORD (testViewerPassword): a viewer exists.
+	viewer bool
 	// maxRetries is MAX_RETRIES. 0: testRetries.
 	maxRetries int
 }
@@ -127,8 +131,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 	rdb := e.redis.MakeRedisClient().(redis.UniversalClient)
 	t.Cleanup(func() { rdb.Close() })
 	e.breaker = flow.NewBreaker(rdb, flow.BreakerConfig{Name: "test", Failures: 2, Cooldown: time.Hour})
+	viewerPassword := ""
+	if o.viewer {
+		viewerPassword = testViewerPassword
+	}
 	e.server = New(Config{Store: e.store, Client: e.client, Inspector: e.inspector, RedisConnOpt: e.redis, Breaker: e.breaker,
-		APIToken: testToken, AdminPassword: testPassword, CORSOrigins: o.cors, MaxRetries: e.maxRetries,
+		APIToken: testToken, AdminPassword: testPassword, ViewerPassword: viewerPassword, CORSOrigins: o.cors, MaxRetries: e.maxRetries,
 		Decrypt: o.decrypt, Metrics: e.registry, Ready: o.ready, Logger: testenv.Logger()})
 	t.Cleanup(func() { e.server.Close() })
 	h := e.server.Handler()
@@ -188,6 +196,8 @@ const (
 	authNone auth = iota
 	authBearer
 	authBasic
+	// authViewer is HTTP Basic viewer:testViewerPassword.
+	authViewer
 )
 
 type resp struct {
@@ -232,6 +242,8 @@ func (e *env) do(method, path string, body any, a auth, hdr ...string) *resp {
 		req.Header.Set("Authorization", "Bearer "+testToken)
 	case authBasic:
 		req.SetBasicAuth(AdminUser, testPassword)
+	case authViewer:
+		req.SetBasicAuth(ViewerUser, testViewerPassword)
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])

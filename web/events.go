@@ -1,20 +1,22 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 
 	"github.com/bmsview/insights/internal/ops"
+	"github.com/bmsview/insights/internal/store"
 )
 
 // EventStatus is the answer of GET /api/events/{eventId}, built by ops.
 type EventStatus = ops.EventStatus
 
 // eventRoute serves op (an ops.Operator method) on the path's eventId:
-// GET /api/events/{eventId} and its alias (Status), POST …/retry (Retry),
-// DELETE (Cancel). The operation is ops'; web only answers it.
+// GET /api/events/{eventId} and its alias (Status). The operation is ops';
+// web only answers it.
 func eventRoute[T any](s *Server, op func(context.Context, string) (T, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		res, err := op(r.Context(), r.PathValue("eventId"))
@@ -24,6 +26,40 @@ func eventRoute[T any](s *Server, op func(context.Context, string) (T, error)) h
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
+}
+
+// retryEvent is POST /api/events/{eventId}/retry, audited as "retry".
+func (s *Server) retryEvent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("eventId")
+	res, err := s.ops.Retry(r.Context(), id)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.audit(r, store.AuditEntry{Action: "retry", Target: id, Detail: retryDetail(res)})
+	writeJSON(w, http.StatusOK, res)
+}
+
+// cancelEvent is DELETE /api/events/{eventId}, audited as "cancel".
+func (s *Server) cancelEvent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("eventId")
+	res, err := s.ops.Cancel(r.Context(), id)
+	if err != nil {
+		s.writeErr(w, r, err)
+		return
+	}
+	s.audit(r, store.AuditEntry{Action: "cancel", Target: id, Detail: cancelDetail(res)})
+	writeJSON(w, http.StatusOK, res)
+}
+
+// retryDetail says what a retry did, for the audit trail.
+func retryDetail(res *ops.RetryResult) string {
+	return fmt.Sprintf("job %s: %s (%s → %s)", res.JobID, res.Action, cmp.Or(res.PreviousState, "gone"), res.State)
+}
+
+// cancelDetail says what a cancel did, for the audit trail.
+func cancelDetail(res *ops.CancelResult) string {
+	return fmt.Sprintf("job %s: %s (task was %s)", res.JobID, res.Status, cmp.Or(res.PreviousState, "gone"))
 }
 
 // httpError is an error with the answer it calls for: web's own checks (a

@@ -31,8 +31,20 @@ var templateFS embed.FS
 var assetFS embed.FS
 
 type pageTemplates struct {
-	index, job, message, failures, bulk, bulkOp *template.Template
+	index, job, message, audit, failures, bulk, bulkOp *template.Template
 }
+
+// pageChrome is what the layout shows of the request on every page: who
+// is signed in. Page data embeds it; render fills it.
+type pageChrome struct {
+	SignedInAs string
+	ReadOnly   bool
+}
+
+func (c *pageChrome) chrome() *pageChrome { return c }
+
+// chromed is page data that embeds pageChrome.
+type chromed interface{ chrome() *pageChrome }
 
 var funcs = template.FuncMap{
 	"time":     fmtTime,
@@ -49,6 +61,13 @@ var funcs = template.FuncMap{
 		return monitorRoot + "/queues/" + url.PathEscape(queue) + "/tasks/" + url.PathEscape(id)
 	},
 	"jobURL": func(id string) string { return "/jobs/" + url.PathEscape(id) },
+	// chrome is the page's pageChrome, nil for data without one.
+	"chrome": func(data any) *pageChrome {
+		if c, ok := data.(chromed); ok {
+			return c.chrome()
+		}
+		return nil
+	},
 	"deref": func(s *string) string {
 		if s == nil {
 			return ""
@@ -61,7 +80,7 @@ func mustParsePages() *pageTemplates {
 	parse := func(name string) *template.Template {
 		return template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name))
 	}
-	return &pageTemplates{index: parse("index.html"), job: parse("job.html"), message: parse("message.html"),
+	return &pageTemplates{index: parse("index.html"), job: parse("job.html"), message: parse("message.html"), audit: parse("audit.html"),
 		failures: parse("failures.html"), bulk: parse("bulk.html"), bulkOp: parse("bulkop.html")}
 }
 
@@ -99,8 +118,12 @@ func fmtDuration(ms int64) string {
 	return d.Round(time.Second).String()
 }
 
-// render writes a page; a template error is logged and answered 500.
-func (s *Server) render(w http.ResponseWriter, code int, t *template.Template, data any) {
+// render writes a page; a template error is logged and answered 500. Data
+// that embeds pageChrome (passed as a pointer) gets the request's user.
+func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, t *template.Template, data any) {
+	if c, ok := data.(chromed); ok {
+		c.chrome().SignedInAs, c.chrome().ReadOnly = userOf(r), !mayAct(r)
+	}
 	var buf bytes.Buffer
 	if err := t.ExecuteTemplate(&buf, "layout", data); err != nil {
 		s.log.Error("render page", "err", err)
@@ -118,15 +141,16 @@ func (s *Server) render(w http.ResponseWriter, code int, t *template.Template, d
 }
 
 type messagePage struct {
+	pageChrome
 	Title, Message string
 }
 
-func (s *Server) pageError(w http.ResponseWriter, code int, title, msg string) {
-	s.render(w, code, s.pages.message, messagePage{Title: title, Message: msg})
+func (s *Server) pageError(w http.ResponseWriter, r *http.Request, code int, title, msg string) {
+	s.render(w, r, code, s.pages.message, &messagePage{Title: title, Message: msg})
 }
 
 func (s *Server) notFoundPage(w http.ResponseWriter, r *http.Request) {
-	s.pageError(w, http.StatusNotFound, "Not found", "There is no page at "+r.URL.Path+".")
+	s.pageError(w, r, http.StatusNotFound, "Not found", "There is no page at "+r.URL.Path+".")
 }
 
 type statusCount struct {
@@ -136,6 +160,7 @@ type statusCount struct {
 }
 
 type indexPage struct {
+	pageChrome
 	Title    string
 	Jobs     []*store.Job
 	Counts   []statusCount
@@ -169,7 +194,7 @@ func (s *Server) openBreaker(ctx context.Context) *flow.BreakerState {
 // indexPage is GET /: recent jobs, filters and counts by status.
 func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Store == nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
 		return
 	}
 	data := indexPage{Title: "Recent jobs", Statuses: jobStatuses, Breaker: s.openBreaker(r.Context())}
@@ -181,7 +206,7 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 	data.Status, data.SystemID, data.Limit = f.Status, f.SystemID, f.Limit
 	counts, err := s.cfg.Store.CountByStatus(r.Context())
 	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		s.pageError(w, r, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
 		return
 	}
 	for _, st := range jobStatuses {
@@ -190,7 +215,7 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 	}
 	jobs, err := s.cfg.Store.ListJobs(r.Context(), f)
 	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		s.pageError(w, r, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
 		return
 	}
 	data.Jobs = jobs
@@ -216,7 +241,7 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 	if data.Error != "" {
 		code = http.StatusUnprocessableEntity
 	}
-	s.render(w, code, s.pages.index, data)
+	s.render(w, r, code, s.pages.index, &data)
 }
 
 type stepRow struct {
@@ -227,6 +252,7 @@ type stepRow struct {
 }
 
 type jobPage struct {
+	pageChrome
 	Title string
 	// Breaker is the provider's breaker when it is not closed; nil else.
 	Breaker     *flow.BreakerState
@@ -239,12 +265,14 @@ type jobPage struct {
 	RequestJSON string
 	Progress    []progressRow
 	Live        bool
-	CanRetry    bool
-	CanCancel   bool
-	CanRerun    bool
-	RetryCSRF   string
-	CancelCSRF  string
-	RerunCSRF   string
+	// CanAct: the user may press the buttons (not the viewer).
+	CanAct     bool
+	CanRetry   bool
+	CanCancel  bool
+	CanRerun   bool
+	RetryCSRF  string
+	CancelCSRF string
+	RerunCSRF  string
 	// Runs are the job's current run, then its ended ones, newest first.
 	Runs      []runRow
 	StepNames []string
@@ -278,16 +306,16 @@ func prettyJSON(v any) string {
 // pageJob reads job id for a page, or answers with the error page (false).
 func (s *Server) pageJob(w http.ResponseWriter, r *http.Request, id string) (*store.Job, bool) {
 	if s.cfg.Store == nil {
-		s.pageError(w, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
 		return nil, false
 	}
 	job, err := s.cfg.Store.GetJob(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
-		s.pageError(w, http.StatusNotFound, "Job not found", "There is no job "+id+".")
+		s.pageError(w, r, http.StatusNotFound, "Job not found", "There is no job "+id+".")
 		return nil, false
 	}
 	if err != nil {
-		s.pageError(w, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		s.pageError(w, r, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
 		return nil, false
 	}
 	return job, true
@@ -329,10 +357,10 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	if data.Event != nil && data.Event.State != nil {
 		state = *data.Event.State
 	}
-	act := mayAct(r)
-	data.CanRetry = act && (job.Status == tasks.StatusFailed || state == "archived" || state == "retry")
-	data.CanCancel = act && tasks.Live(job.Status)
-	data.CanRerun = act && !tasks.Live(job.Status) && job.EventID != ""
+	data.CanAct = mayAct(r)
+	data.CanRetry = data.CanAct && (job.Status == tasks.StatusFailed || state == "archived" || state == "retry")
+	data.CanCancel = data.CanAct && tasks.Live(job.Status)
+	data.CanRerun = data.CanAct && !tasks.Live(job.Status) && job.EventID != ""
 	if data.CanRetry {
 		data.RetryCSRF = s.csrfToken(r, "retry:"+job.ID)
 	}
@@ -349,7 +377,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 			data.Runs = append(data.Runs, endedRun(p))
 		}
 	}
-	s.render(w, http.StatusOK, s.pages.job, data)
+	s.render(w, r, http.StatusOK, s.pages.job, &data)
 }
 
 // progressRow is one progress event on the job page.
@@ -369,23 +397,28 @@ func finalOf(stored any) store.FinalInsights {
 	return f
 }
 
-// retryPage is POST /jobs/{jobId}/retry (the Retry button).
+// retryPage is POST /jobs/{jobId}/retry (the Retry button), audited as
+// "retry" of the job's event, as the API's retry is.
 func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
 	s.pageAction(w, r, "retry", func(job *store.Job) (string, error) {
 		res, err := s.ops.Retry(r.Context(), job.EventID)
 		if err != nil {
 			return "", err
 		}
+		s.audit(r, store.AuditEntry{Action: "retry", Target: job.EventID, Detail: retryDetail(res) + "; job page"})
 		return "Event " + res.EventID + " " + res.Action + " (" + res.State + ").", nil
 	})
 }
 
-// cancelPage is POST /jobs/{jobId}/cancel (the Cancel button).
+// cancelPage is POST /jobs/{jobId}/cancel (the Cancel button), audited as
+// "cancel" of the job's event, as the API's cancel is.
 func (s *Server) cancelPage(w http.ResponseWriter, r *http.Request) {
 	s.pageAction(w, r, "cancel", func(job *store.Job) (string, error) {
-		if _, err := s.ops.Cancel(r.Context(), job.EventID); err != nil {
+		res, err := s.ops.Cancel(r.Context(), job.EventID)
+		if err != nil {
 			return "", err
 		}
+		s.audit(r, store.AuditEntry{Action: "cancel", Target: job.EventID, Detail: cancelDetail(res) + "; job page"})
 		return "Job cancelled.", nil
 	})
 }
@@ -393,7 +426,7 @@ func (s *Server) cancelPage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action string, do func(*store.Job) (string, error)) {
 	id := r.PathValue("jobId")
 	if !s.checkCSRF(r, action+":"+id) {
-		s.pageError(w, http.StatusForbidden, "Refused", "The form's token is missing or stale: reload the job page and try again.")
+		s.pageError(w, r, http.StatusForbidden, "Refused", "The form's token is missing or stale: reload the job page and try again.")
 		return
 	}
 	job, ok := s.pageJob(w, r, id)

@@ -59,6 +59,11 @@ type Config struct {
 	// Basic credentials are accepted. With both credentials empty every
 	// route but /healthz and /readyz answers 401.
 	AdminPassword string
+	// ViewerPassword is VIEWER_PASSWORD, the HTTP Basic password of user
+	// "viewer", who may only read: GET and HEAD on every route (the API,
+	// the pages, /metrics, asynqmon in its read-only mode); anything else
+	// is 403. Empty: there is no viewer.
+	ViewerPassword string
 	// CORSOrigins are the browser origins allowed to call /api/ and the
 	// Netlify aliases ("*" allows any). Empty: no CORS headers at all.
 	CORSOrigins []string
@@ -88,14 +93,17 @@ type Config struct {
 
 // Server is the HTTP server's handler set. It is safe for concurrent use.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	mux      *http.ServeMux
-	handler  http.Handler
-	monitor  *asynqmon.HTTPHandler
-	csrfKey  []byte
-	requests *prometheus.CounterVec
-	pages    *pageTemplates
+	cfg     Config
+	log     *slog.Logger
+	mux     *http.ServeMux
+	handler http.Handler
+	monitor *asynqmon.HTTPHandler
+	// monitorRO is asynqmon in read-only mode, served to the viewer: its
+	// UI hides the buttons and its API refuses changes.
+	monitorRO *asynqmon.HTTPHandler
+	csrfKey   []byte
+	requests  *prometheus.CounterVec
+	pages     *pageTemplates
 	// ops runs the event operations and builds the job view; web only
 	// maps them to routes.
 	ops     *ops.Operator
@@ -152,12 +160,10 @@ func New(cfg Config) *Server {
 	}
 	s.pages = mustParsePages()
 	if cfg.RedisConnOpt != nil {
-		s.monitor = asynqmon.New(asynqmon.Options{
-			RootPath:         monitorRoot,
-			RedisConnOpt:     cfg.RedisConnOpt,
-			PayloadFormatter: asynqmon.PayloadFormatterFunc(FormatPayload),
-			ResultFormatter:  asynqmon.ResultFormatterFunc(FormatResult),
-		})
+		s.monitor = newMonitor(cfg.RedisConnOpt, false)
+		if cfg.ViewerPassword != "" {
+			s.monitorRO = newMonitor(cfg.RedisConnOpt, true)
+		}
 	}
 	s.routes()
 	return s
@@ -199,15 +205,28 @@ func (s *Server) ResumeBulk(ctx context.Context, every time.Duration) {
 	}
 }
 
+func newMonitor(redis asynq.RedisConnOpt, readOnly bool) *asynqmon.HTTPHandler {
+	return asynqmon.New(asynqmon.Options{
+		RootPath:         monitorRoot,
+		RedisConnOpt:     redis,
+		PayloadFormatter: asynqmon.PayloadFormatterFunc(FormatPayload),
+		ResultFormatter:  asynqmon.ResultFormatterFunc(FormatResult),
+		ReadOnly:         readOnly,
+	})
+}
+
 // Close stops the bulk actions under way (they resume later) and releases
-// asynqmon's Redis connections. The dependencies in Config
-// are the caller's to close.
+// asynqmon's Redis connections. The dependencies in Config are the
+// caller's to close.
 func (s *Server) Close() error {
 	s.ops.Close()
-	if s.monitor != nil {
-		return s.monitor.Close()
+	var errs []error
+	for _, m := range []*asynqmon.HTTPHandler{s.monitor, s.monitorRO} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 const monitorRoot = "/monitoring"
@@ -223,8 +242,8 @@ func (s *Server) routes() {
 	// API.
 	mux.Handle("POST /api/events", s.auth(http.HandlerFunc(s.postEvent)))
 	mux.Handle("GET /api/events/{eventId}", s.auth(eventRoute(s, s.ops.Status)))
-	mux.Handle("POST /api/events/{eventId}/retry", s.auth(eventRoute(s, s.ops.Retry)))
-	mux.Handle("DELETE /api/events/{eventId}", s.auth(eventRoute(s, s.ops.Cancel)))
+	mux.Handle("POST /api/events/{eventId}/retry", s.auth(http.HandlerFunc(s.retryEvent)))
+	mux.Handle("DELETE /api/events/{eventId}", s.auth(http.HandlerFunc(s.cancelEvent)))
 	mux.Handle("GET /api/jobs/{jobId}", s.auth(http.HandlerFunc(s.getJob)))
 	mux.Handle("GET /api/jobs", s.auth(http.HandlerFunc(s.listJobs)))
 	mux.Handle("GET /api/failures", s.auth(http.HandlerFunc(s.failures)))
@@ -234,6 +253,7 @@ func (s *Server) routes() {
 	mux.Handle("POST /api/jobs/{jobId}/rerun", s.auth(http.HandlerFunc(s.rerun)))
 	mux.Handle("GET /api/breaker", s.auth(http.HandlerFunc(s.breaker)))
 	mux.Handle("POST /api/breaker/reset", s.auth(http.HandlerFunc(s.breakerReset)))
+	mux.Handle("GET /api/audit", s.auth(http.HandlerFunc(s.listAudit)))
 	mux.Handle("/api/", s.auth(http.HandlerFunc(s.apiNotFound)))
 
 	// Netlify Async Workloads aliases.
@@ -254,6 +274,7 @@ func (s *Server) routes() {
 	// Pages.
 	mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.indexPage)))
 	mux.Handle("GET /jobs/{jobId}", s.auth(http.HandlerFunc(s.jobPage)))
+	mux.Handle("GET /audit", s.auth(http.HandlerFunc(s.auditPage)))
 	mux.Handle("POST /jobs/{jobId}/retry", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.retryPage))))
 	mux.Handle("POST /jobs/{jobId}/cancel", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.cancelPage))))
 	mux.Handle("POST /jobs/{jobId}/rerun", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.rerunPage))))
@@ -274,13 +295,26 @@ func (s *Server) monitoring(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "the dashboard is not configured (no Redis connection)", "")
 		return
 	}
+	if !mayAct(r) {
+		// The viewer (auth lets it send only GET and HEAD).
+		if s.monitorRO == nil {
+			writeError(w, http.StatusForbidden, "the read-only dashboard is not configured", "")
+			return
+		}
+		s.monitorRO.ServeHTTP(w, r)
+		return
+	}
 	if r.Method == http.MethodPost && strings.Contains(r.URL.Path, "/archived_tasks") {
 		if err := s.resetArchivedBudgets(r); err != nil {
 			s.writeErr(w, r, err)
 			return
 		}
 	}
-	s.monitor.ServeHTTP(w, r)
+	if readOnlyMethod(r.Method) || r.Method == http.MethodOptions {
+		s.monitor.ServeHTTP(w, r)
+		return
+	}
+	s.auditedMonitor(w, r)
 }
 
 // resetArchivedBudgets: asynqmon's Run (one archived task, a batch, or all

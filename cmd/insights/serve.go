@@ -86,14 +86,16 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if runAPI {
 		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
-			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
+			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, ViewerPassword: cfg.ViewerPassword,
+			CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
 			Decrypt: a.Decrypt, Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 		go ws.ResumeBulk(ctx, time.Minute)
 	} else {
 		// A worker serves health, readiness and (behind the same auth)
 		// its step and job metrics; it has no API of its own.
-		ws = web.New(web.Config{APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, Metrics: reg, Ready: a.Ready, Logger: log})
+		ws = web.New(web.Config{APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, ViewerPassword: cfg.ViewerPassword,
+			Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 	}
 	go func() {
@@ -167,6 +169,9 @@ func printBanner(w io.Writer, cfg *config.Config, addr, role string) {
 		case "ADMIN_PASSWORD":
 			fmt.Fprintf(w, "ADMIN_PASSWORD=%s   (generated; browser login user: admin)\n", cfg.AdminPassword)
 		}
+	}
+	if cfg.ViewerPassword != "" {
+		fmt.Fprintln(w, "read-only login: user viewer with VIEWER_PASSWORD")
 	}
 	if cfg.EmbeddedMongo() && len(cfg.Generated) > 0 {
 		fmt.Fprintf(w, "generated credentials are kept in %s\n", cfg.DataDir)

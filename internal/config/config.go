@@ -6,6 +6,7 @@ package config
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -35,6 +36,11 @@ type Config struct {
 
 	APIToken      string // API_TOKEN; random, printed once at start
 	AdminPassword string // ADMIN_PASSWORD; random, printed once at start
+	// ViewerPassword is VIEWER_PASSWORD, the HTTP Basic password of the
+	// read-only user "viewer"; "" → no viewer. It must differ from
+	// ADMIN_PASSWORD and API_TOKEN: a viewer who knew one of those could
+	// act as the admin by changing the user name or the scheme.
+	ViewerPassword string
 	// Generated lists the credentials that were generated, to print them.
 	Generated []string
 
@@ -87,6 +93,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		HTTPAddr:            p.str("HTTP_ADDR", ":8080"),
 		APIToken:            getenv("API_TOKEN"),
 		AdminPassword:       getenv("ADMIN_PASSWORD"),
+		ViewerPassword:      getenv("VIEWER_PASSWORD"),
 		WorkerConcurrency:   p.intRange("WORKER_CONCURRENCY", handlers.DefaultConcurrency, 1, 10000),
 		MaxRetries:          p.intRange("MAX_RETRIES", handlers.DefaultMaxRetries, 0, 1000),
 		BackoffSchedule:     p.durations("BACKOFF_SCHEDULE", handlers.DefaultBackoff),
@@ -135,10 +142,28 @@ func Load(getenv func(string) string) (*Config, error) {
 			p.fail("REDIS_URL", err.Error())
 		}
 	}
+	if err := c.checkViewer(); err != nil {
+		p.fail("VIEWER_PASSWORD", err.Error())
+	}
 	if p.err != nil {
 		return nil, p.err
 	}
 	return c, nil
+}
+
+// checkViewer refuses a viewer password that is also an admin credential:
+// the viewer would then be an admin in all but name. Unset credentials
+// are not compared (the generated ones are checked once made).
+func (c *Config) checkViewer() error {
+	switch {
+	case c.ViewerPassword == "":
+		return nil
+	case c.ViewerPassword == c.AdminPassword:
+		return errors.New("must differ from ADMIN_PASSWORD (the viewer is read-only; with the admin's password it could log in as admin)")
+	case c.ViewerPassword == c.APIToken:
+		return errors.New("must differ from API_TOKEN (the viewer is read-only; with the token it could act as Bearer)")
+	}
+	return nil
 }
 
 // EnsureCredentials fills API_TOKEN and ADMIN_PASSWORD when unset. In
@@ -175,6 +200,9 @@ func (c *Config) EnsureCredentials() error {
 				return fmt.Errorf("DATA_DIR: keep %s: %w", cred.name, err)
 			}
 		}
+	}
+	if err := c.checkViewer(); err != nil {
+		return fmt.Errorf("config: VIEWER_PASSWORD: %w", err)
 	}
 	return nil
 }

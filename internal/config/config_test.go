@@ -149,3 +149,51 @@ func TestDurationEdgesAccepted(t *testing.T) {
 		})
 	}
 }
+
+// TestViewerPassword: VIEWER_PASSWORD is optional (unset: no viewer), read
+// as given, and refused when it is also an admin credential, given or
+// generated.
+func TestViewerPassword(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		vars    map[string]string
+		want    string
+		wantErr string
+	}{
+		{"unset: no viewer", map[string]string{"ADMIN_PASSWORD": "a"}, "", ""},
+		{"set", map[string]string{"VIEWER_PASSWORD": "look-only", "ADMIN_PASSWORD": "a"}, "look-only", ""},
+		{"set, admin generated", map[string]string{"VIEWER_PASSWORD": "look-only"}, "look-only", ""},
+		{"same as ADMIN_PASSWORD", map[string]string{"VIEWER_PASSWORD": "same", "ADMIN_PASSWORD": "same"}, "", "VIEWER_PASSWORD: must differ from ADMIN_PASSWORD"},
+		{"same as API_TOKEN", map[string]string{"VIEWER_PASSWORD": "same", "API_TOKEN": "same"}, "", "VIEWER_PASSWORD: must differ from API_TOKEN"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Load(env(tc.vars))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ViewerPassword != tc.want {
+				t.Errorf("ViewerPassword %q, want %q", c.ViewerPassword, tc.want)
+			}
+		})
+	}
+	// A generated ADMIN_PASSWORD is kept in DATA_DIR: a viewer password
+	// set to it later is refused once the credentials are filled in.
+	dir := t.TempDir()
+	c, _ := Load(env(map[string]string{"DATA_DIR": dir}))
+	if err := c.EnsureCredentials(); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Load(env(map[string]string{"DATA_DIR": dir, "VIEWER_PASSWORD": c.AdminPassword}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.EnsureCredentials(); err == nil || !strings.Contains(err.Error(), "VIEWER_PASSWORD: must differ from ADMIN_PASSWORD") {
+		t.Fatalf("viewer password = the generated admin password: %v", err)
+	}
+}

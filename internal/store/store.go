@@ -41,6 +41,7 @@ type Store struct {
 	systems *mongo.Collection
 	history *mongo.Collection
 	claims  *mongo.Collection
+	audit   *mongo.Collection
 	// bulkOps and bulkChunks hold bulk actions (bulk.go); runs the ended
 	// runs of jobs (runs.go).
 	bulkOps    *mongo.Collection
@@ -134,6 +135,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		bulkOps:       db.Collection(bulkOpsCollection),
 		bulkChunks:    db.Collection(bulkChunksCollection),
 		runs:          db.Collection(RunsCollection),
+		audit:         db.Collection(AuditCollection),
 		opTimeout:     cfg.OpTimeout,
 		historyWindow: cfg.HistoryWindow,
 	}
@@ -257,7 +259,7 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		// serves (PostgreSQL: `_jsonb->$1 @> $2`): secondary indexes
 		// would only slow every write. The collections are created here
 		// so that prepare sees them all.
-		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims, s.bulkOps, s.bulkChunks, s.runs} {
+		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims, s.audit, s.bulkOps, s.bulkChunks, s.runs} {
 			err := s.db.CreateCollection(ctx, c.Name())
 			var ce mongo.CommandError
 			if err != nil && !(errors.As(err, &ce) && ce.Name == "NamespaceExists") {
@@ -292,6 +294,9 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "createdAt", Value: -1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "createdAt", Value: -1}}}},
 		{s.history, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "timestamp", Value: 1}}}},
+		// The audit list is newest first on _id; these serve its filters.
+		{s.audit, mongo.IndexModel{Keys: bson.D{{Key: "user", Value: 1}, {Key: "_id", Value: -1}}}},
+		{s.audit, mongo.IndexModel{Keys: bson.D{{Key: "action", Value: 1}, {Key: "_id", Value: -1}}}},
 	}
 	for _, i := range idx {
 		if _, err := i.c.Indexes().CreateOne(ctx, i.m); err != nil && !indexExists(err) {
