@@ -222,7 +222,7 @@ func (o *Operator) workBulk(ctx context.Context, op *store.BulkOp) error {
 		// job it already did finds the job moved on and is skipped.
 		before := *op
 		c.Outcomes = make([]store.BulkOutcome, len(c.Jobs))
-		if err := o.workChunk(ctx, op, c); err != nil {
+		if err := o.workChunk(ctx, op, before, c); err != nil {
 			*op = before
 			return err
 		}
@@ -246,8 +246,10 @@ func (o *Operator) workBulk(ctx context.Context, op *store.BulkOp) error {
 }
 
 // workChunk acts on a chunk's jobs, bulkWorkers at a time, counting their
-// outcomes on op and recording op's progress every bulkHeartbeat.
-func (o *Operator) workChunk(ctx context.Context, op *store.BulkOp, c *store.BulkChunk) error {
+// outcomes on op. Every bulkHeartbeat it records that the action is alive
+// with the counts it had before the chunk (before): a chunk cut off is
+// done again whole, so its partial counts must never be recorded.
+func (o *Operator) workChunk(ctx context.Context, op *store.BulkOp, before store.BulkOp, c *store.BulkChunk) error {
 	type result struct {
 		i   int
 		out store.BulkOutcome
@@ -286,7 +288,7 @@ func (o *Operator) workChunk(ctx context.Context, op *store.BulkOp, c *store.Bul
 		}
 		if time.Since(last) >= bulkHeartbeat {
 			last = time.Now()
-			if err := o.cfg.Store.SaveBulkOp(ctx, op); err != nil {
+			if err := o.cfg.Store.SaveBulkOp(ctx, &before); err != nil {
 				o.log.Warn("bulk action progress not recorded", "bulkId", op.ID, "err", err)
 			}
 		}
