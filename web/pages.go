@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/yuin/goldmark/extension"
 
 	"github.com/bmsview/insights/internal/flow"
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -47,6 +49,16 @@ var funcs = template.FuncMap{
 		return monitorRoot + "/queues/" + url.PathEscape(queue) + "/tasks/" + url.PathEscape(id)
 	},
 	"jobURL": func(id string) string { return "/jobs/" + url.PathEscape(id) },
+	// chainState words a follow-up's state for the job page.
+	"chainState": func(state string) string {
+		switch state {
+		case ops.FollowUpUnsent:
+			return "not sent yet"
+		case ops.FollowUpGone:
+			return "gone from Redis"
+		}
+		return state
+	},
 	"deref": func(s *string) string {
 		if s == nil {
 			return ""
@@ -96,8 +108,22 @@ func fmtDuration(ms int64) string {
 	return d.Round(time.Second).String()
 }
 
-// render writes a page; a template error is logged and answered 500.
+// The pages' Content-Security-Policy: no script at all, or the service's
+// own scripts only (/assets/; no inline script, no other origin).
+const (
+	cspNoScript = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'"
+	cspScripts  = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'"
+)
+
+// render writes a page that loads no script; a template error is logged
+// and answered 500.
 func (s *Server) render(w http.ResponseWriter, code int, t *template.Template, data any) {
+	s.renderPage(w, code, t, data, false)
+}
+
+// renderPage writes a page; scripts: it loads the service's own scripts,
+// which its policy then allows.
+func (s *Server) renderPage(w http.ResponseWriter, code int, t *template.Template, data any, scripts bool) {
 	var buf bytes.Buffer
 	if err := t.ExecuteTemplate(&buf, "layout", data); err != nil {
 		s.log.Error("render page", "err", err)
@@ -109,7 +135,11 @@ func (s *Server) render(w http.ResponseWriter, code int, t *template.Template, d
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'")
+	csp := cspNoScript
+	if scripts {
+		csp = cspScripts
+	}
+	h.Set("Content-Security-Policy", csp)
 	w.WriteHeader(code)
 	_, _ = buf.WriteTo(w)
 }
@@ -220,6 +250,15 @@ type jobPage struct {
 	CancelCSRF  string
 	Notice      string
 	Error       string
+
+	// Streams: the page follows the job's live stream (LiveURL) with
+	// live.js; the run is live, or its chain has yet to be sent.
+	Streams bool
+	LiveURL string
+	// Chain is the run's insights-completed follow-up; ChainError says why
+	// it is unknown.
+	Chain      *ops.FollowUpStatus
+	ChainError string
 }
 
 var markdown = goldmark.New(goldmark.WithExtensions(extension.GFM))
@@ -299,6 +338,14 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	if data.Event != nil && data.Event.State != nil {
 		state = *data.Event.State
 	}
+	chain, err := s.ops.FollowUp(r.Context(), raw)
+	if err != nil {
+		data.ChainError = err.Error()
+	}
+	data.Chain = chain
+	if data.Streams = streams(job); data.Streams {
+		data.LiveURL = "/jobs/" + url.PathEscape(job.ID) + "/live?since=" + strconv.Itoa(len(job.Progress))
+	}
 	data.CanRetry = job.Status == tasks.StatusFailed || state == "archived" || state == "retry"
 	data.CanCancel = tasks.Live(job.Status)
 	if data.CanRetry {
@@ -307,7 +354,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	if data.CanCancel {
 		data.CancelCSRF = s.csrfToken(r, "cancel:"+job.ID)
 	}
-	s.render(w, http.StatusOK, s.pages.job, data)
+	s.renderPage(w, http.StatusOK, s.pages.job, data, data.Streams)
 }
 
 // progressRow is one progress event on the job page.

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -101,6 +102,10 @@ type Server struct {
 	ops     *ops.Operator
 	cors    map[string]bool
 	corsAny bool
+	// live paces the job pages' live streams; liveStreams counts the
+	// open ones.
+	live        liveTiming
+	liveStreams atomic.Int64
 }
 
 // maxBodyBytes is the largest POST /api/events body (500 KB).
@@ -112,7 +117,7 @@ const sendTimeout = 12 * time.Second
 
 // New builds the server from cfg.
 func New(cfg Config) *Server {
-	s := &Server{cfg: cfg, log: cfg.Logger, cors: map[string]bool{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, cors: map[string]bool{}, live: defaultLiveTiming}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -228,6 +233,7 @@ func (s *Server) routes() {
 	// Pages.
 	mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.indexPage)))
 	mux.Handle("GET /jobs/{jobId}", s.auth(http.HandlerFunc(s.jobPage)))
+	mux.Handle("GET /jobs/{jobId}/live", s.auth(http.HandlerFunc(s.jobLive)))
 	mux.Handle("POST /jobs/{jobId}/retry", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.retryPage))))
 	mux.Handle("POST /jobs/{jobId}/cancel", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.cancelPage))))
 	mux.Handle("GET /assets/", s.auth(assetHandler()))
