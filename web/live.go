@@ -193,11 +193,18 @@ func (sw *sseWriter) event(name string, id int, data any) error {
 // events. The first event tells the job as it is, with the progress events
 // after the client's count; then one for each change; the last one (end)
 // when it has nothing left to wait for. The stream also ends when the
-// client goes away and after liveTiming.max (the client reconnects).
+// client goes away, after liveTiming.max and on EndStreams (the client
+// reconnects).
 func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Store == nil {
 		s.writeErr(w, r, ops.ErrNoStore)
 		return
+	}
+	select {
+	case <-s.streamsEnd:
+		writeError(w, http.StatusServiceUnavailable, "the server is shutting down", "")
+		return
+	default:
 	}
 	id := r.PathValue("jobId")
 	job, err := s.cfg.Store.GetJob(r.Context(), id)
@@ -270,6 +277,8 @@ func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-ctx.Done():
 			return // the client went away, or the bound: EventSource reconnects
+		case <-s.streamsEnd:
+			return // the server shuts down
 		case <-keepAlive.C:
 			if err := sw.write([]byte(": keep-alive\n\n")); err != nil {
 				return

@@ -495,3 +495,32 @@ func TestChain(t *testing.T) {
 		t.Fatalf("job page without Redis does not say why the chain is unknown:\n%s", rec.Body)
 	}
 }
+
+// On shutdown the streams end at once (http.Server.Shutdown would wait for
+// them) and new ones are refused; the browsers reconnect elsewhere.
+func TestLiveStreamShutdown(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.server.live = liveTiming{poll: 50 * time.Millisecond, keepAlive: time.Minute, max: time.Minute, retry: 100 * time.Millisecond}
+	srv := httptest.NewUnstartedServer(e.server.Handler())
+	srv.Config.RegisterOnShutdown(e.server.EndStreams) // as `insights serve` does
+	srv.Start()
+	const jobID = "job-live-shutdown"
+	e.send(jobID)
+
+	s := e.openLive(srv.URL, jobID)
+	if m, _ := s.event(5 * time.Second); m.name != "job" {
+		t.Fatalf("first event %s", m.name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := srv.Config.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with a stream open: %v after %v", err, time.Since(start))
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("shutdown took %v with a stream open", took)
+	}
+	s.ends(5 * time.Second) // no end event: the job is still live
+	e.waitStreams(0)
+	e.expectError(e.do("GET", "/jobs/"+jobID+"/live", nil, authBasic), http.StatusServiceUnavailable, "")
+}

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -106,6 +107,9 @@ type Server struct {
 	// open ones.
 	live        liveTiming
 	liveStreams atomic.Int64
+	// streamsEnd is closed by EndStreams.
+	streamsEnd     chan struct{}
+	endStreamsOnce sync.Once
 }
 
 // maxBodyBytes is the largest POST /api/events body (500 KB).
@@ -117,7 +121,8 @@ const sendTimeout = 12 * time.Second
 
 // New builds the server from cfg.
 func New(cfg Config) *Server {
-	s := &Server{cfg: cfg, log: cfg.Logger, cors: map[string]bool{}, live: defaultLiveTiming}
+	s := &Server{cfg: cfg, log: cfg.Logger, cors: map[string]bool{}, live: defaultLiveTiming,
+		streamsEnd: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -183,6 +188,14 @@ func registerOrReuse(reg prometheus.Registerer, c **prometheus.CounterVec) {
 
 // Handler is the http.Handler of every route.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// EndStreams ends the job pages' live streams and refuses new ones (503),
+// since each holds its connection open: http.Server.Shutdown would wait
+// for them. Register it with http.Server.RegisterOnShutdown; the browsers
+// reconnect, to the next server.
+func (s *Server) EndStreams() {
+	s.endStreamsOnce.Do(func() { close(s.streamsEnd) })
+}
 
 // Close releases asynqmon's Redis connections. The dependencies in Config
 // are the caller's to close.

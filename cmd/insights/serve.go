@@ -89,6 +89,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
 			Decrypt: a.Decrypt, Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
+		// Shutdown waits for open connections: the job pages' live
+		// streams end at once (the browsers reconnect).
+		srv.RegisterOnShutdown(ws.EndStreams)
 	} else {
 		// A worker serves health, readiness and (behind the same auth)
 		// its step and job metrics; it has no API of its own.

@@ -15,8 +15,11 @@
   var done = false;
   var es = new EventSource(src);
 
-  function say(text) {
+  // say shows the stream's state; data-stream holds it for scripts
+  // (open, closed, reconnecting).
+  function say(text, stream) {
     if (note) note.textContent = text;
+    if (stream) live.setAttribute('data-stream', stream);
   }
 
   // fmtTime is the pages' own format: 2006-01-02 15:04:05Z.
@@ -104,7 +107,7 @@
   }
 
   es.addEventListener('open', function () {
-    say('(connected)');
+    say('(connected)', 'open');
   });
   es.addEventListener('job', function (msg) {
     if (apply(msg)) say('(updated ' + new Date().toLocaleTimeString() + ')');
@@ -112,7 +115,7 @@
   es.addEventListener('end', function (msg) {
     es.close();
     apply(msg);
-    say('(finished: reloading)');
+    say('(finished: reloading)', 'closed');
     reload();
   });
   es.addEventListener('error', function () {
@@ -120,10 +123,10 @@
     if (es.readyState === EventSource.CLOSED) {
       // Refused (signed out, job gone, store down): reload a little
       // later, as the page without script would.
-      say('(stream refused: reloading shortly)');
+      say('(stream refused: reloading shortly)', 'closed');
       setTimeout(reload, 5000);
       return;
     }
-    say('(reconnecting)');
+    say('(reconnecting)', 'reconnecting');
   });
 })();
