@@ -112,15 +112,15 @@ func (c *Completed) ProcessTask(ctx context.Context, t *asynq.Task) error {
 }
 
 // NewCompletedTask builds the insights-completed follow-up of a run: on
-// the low queue, with task id insights-completed:<eventId>, so that a second
-// send of the same follow-up is a conflict (asynq.ErrTaskIDConflict), not
-// a duplicate.
+// tasks.FollowUpQueue (low), with task id insights-completed:<eventId>,
+// so that a second send of the same follow-up is a conflict
+// (asynq.ErrTaskIDConflict), not a duplicate.
 func NewCompletedTask(p tasks.CompletedPayload, retention time.Duration) (*asynq.Task, []asynq.Option, error) {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode %s: %w", tasks.EventInsightsCompleted, err)
 	}
-	return asynq.NewTask(tasks.EventInsightsCompleted, b), []asynq.Option{asynq.Queue(tasks.QueueLow),
+	return asynq.NewTask(tasks.EventInsightsCompleted, b), []asynq.Option{asynq.Queue(tasks.FollowUpQueue),
 		asynq.TaskID(tasks.FollowUpTaskIDPrefix + p.EventID), asynq.MaxRetry(tasks.AsynqMaxRetry), asynq.Retention(retention)}, nil
 }
 

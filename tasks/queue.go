@@ -8,6 +8,10 @@ const (
 	QueueLow      = "low"
 )
 
+// FollowUpQueue is the queue of the insights-completed follow-up: it
+// waits behind the runs themselves.
+const FollowUpQueue = QueueLow
+
 // Queues lists every queue this service uses.
 var Queues = []string{QueueCritical, QueueHigh, QueueDefault, QueueLow}
 

@@ -91,7 +91,25 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, storeErr(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.ops.View(job))
+	view := &JobView{Job: s.ops.View(job)}
+	if s.cfg.Inspector != nil {
+		// Redis down or slow must not hide the job MongoDB has: the field
+		// is left out and the failure logged.
+		if view.FollowUpTask, err = s.ops.FollowUp(r.Context(), job); err != nil {
+			s.log.Warn("job view without its follow-up", "jobId", id, "err", err)
+		}
+	}
+	writeJSON(w, http.StatusOK, view)
+}
+
+// JobView is the answer of GET /api/jobs/{jobId}: the job as ops.View
+// shows it, and the chain of its current run.
+type JobView struct {
+	*store.Job
+	// FollowUpTask is the run's insights-completed follow-up as Redis
+	// knows it; left out for a job without a run, or when Redis is not
+	// configured or did not answer.
+	FollowUpTask *ops.FollowUpStatus `json:"followUpTask,omitempty"`
 }
 
 // JobList is the answer of GET /api/jobs.

@@ -33,27 +33,17 @@ func artifactsDir(t *testing.T) string {
 	return dir
 }
 
-// TestBrowserRunArchivedFromDashboard drives the dashboard in headless
-// Chromium: a job fails for good (archived), the cause is fixed, the
-// operator presses Run on the archived task in asynqmon, and the job page
-// shows it completed with its earlier steps run once.
-func TestBrowserRunArchivedFromDashboard(t *testing.T) {
+// startBrowser starts headless Chromium for a test (skipped without it,
+// but outside CI) and returns the browser's context and one for the test,
+// bounded by within.
+func startBrowser(t *testing.T, within time.Duration) (bctx, ctx context.Context) {
+	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s is missing and CI=true: the browser test must run in CI (.ci/browser.sh installs it)", chromiumPath)
 		}
 		t.Skipf("skipping the browser test: %s not found (install it with .ci/browser.sh; in CI it is required)", chromiumPath)
 	}
-	e := newEnv(t, envOptions{worker: true})
-	shots := artifactsDir(t)
-
-	// A job that fails for good at process-insights.
-	const jobID = "job-browser"
-	e.fail.set(true, jobID)
-	eventID := e.send(jobID)["eventId"].(string)
-	e.waitStatus(jobID, tasks.StatusFailed, 20*time.Second)
-	e.waitTask("default", eventID, 10*time.Second, asynq.TaskStateArchived)
-
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromiumPath),
 		chromedp.Flag("headless", true),
@@ -69,16 +59,34 @@ func TestBrowserRunArchivedFromDashboard(t *testing.T) {
 		chromedp.WindowSize(1400, 1000),
 	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
+	t.Cleanup(cancelAlloc)
 	bctx, cancelCtx := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	defer cancelCtx()
+	t.Cleanup(cancelCtx)
 	// Start the browser on a context without deadline (a deadline on the
 	// first call would bound the browser's life), then bound the test.
 	if err := chromedp.Do(bctx); err != nil {
 		t.Fatalf("start %s: %v", chromiumPath, err)
 	}
-	ctx, cancelTimeout := context.WithTimeout(bctx, 90*time.Second)
-	defer cancelTimeout()
+	ctx, cancelTimeout := context.WithTimeout(bctx, within)
+	t.Cleanup(cancelTimeout)
+	return bctx, ctx
+}
+
+// TestBrowserRunArchivedFromDashboard drives the dashboard in headless
+// Chromium: a job fails for good (archived), the cause is fixed, the
+// operator presses Run on the archived task in asynqmon, and the job page
+// shows it completed with its earlier steps run once.
+func TestBrowserRunArchivedFromDashboard(t *testing.T) {
+	e := newEnv(t, envOptions{worker: true})
+	bctx, ctx := startBrowser(t, 90*time.Second)
+	shots := artifactsDir(t)
+
+	// A job that fails for good at process-insights.
+	const jobID = "job-browser"
+	e.fail.set(true, jobID)
+	eventID := e.send(jobID)["eventId"].(string)
+	e.waitStatus(jobID, tasks.StatusFailed, 20*time.Second)
+	e.waitTask("default", eventID, 10*time.Second, asynq.TaskStateArchived)
 
 	shot := func(name string) chromedp.Action[chromedp.Void] {
 		return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

@@ -68,6 +68,16 @@ var funcs = template.FuncMap{
 		}
 		return nil
 	},
+	// chainState words a follow-up's state for the job page.
+	"chainState": func(state string) string {
+		switch state {
+		case ops.FollowUpUnsent:
+			return "not sent yet"
+		case ops.FollowUpGone:
+			return "gone from Redis"
+		}
+		return state
+	},
 	"deref": func(s *string) string {
 		if s == nil {
 			return ""
@@ -118,9 +128,23 @@ func fmtDuration(ms int64) string {
 	return d.Round(time.Second).String()
 }
 
-// render writes a page; a template error is logged and answered 500. Data
-// that embeds pageChrome (passed as a pointer) gets the request's user.
+// The pages' Content-Security-Policy: no script at all, or the service's
+// own scripts only (/assets/; no inline script, no other origin).
+const (
+	cspNoScript = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'"
+	cspScripts  = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'"
+)
+
+// render writes a page that loads no script; a template error is logged
+// and answered 500. Data that embeds pageChrome (passed as a pointer) gets
+// the request's user.
 func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, t *template.Template, data any) {
+	s.renderPage(w, r, code, t, data, false)
+}
+
+// renderPage writes a page; scripts: it loads the service's own scripts,
+// which its policy then allows.
+func (s *Server) renderPage(w http.ResponseWriter, r *http.Request, code int, t *template.Template, data any, scripts bool) {
 	if c, ok := data.(chromed); ok {
 		c.chrome().SignedInAs, c.chrome().ReadOnly = userOf(r), !mayAct(r)
 	}
@@ -135,7 +159,11 @@ func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, t *tem
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'none'; frame-ancestors 'none'; form-action 'self'")
+	csp := cspNoScript
+	if scripts {
+		csp = cspScripts
+	}
+	h.Set("Content-Security-Policy", csp)
 	w.WriteHeader(code)
 	_, _ = buf.WriteTo(w)
 }
@@ -278,6 +306,15 @@ type jobPage struct {
 	StepNames []string
 	Notice    string
 	Error     string
+
+	// Streams: the page follows the job's live stream (LiveURL) with
+	// live.js; the run is live, or its chain has yet to be sent.
+	Streams bool
+	LiveURL string
+	// Chain is the run's insights-completed follow-up; ChainError says why
+	// it is unknown.
+	Chain      *ops.FollowUpStatus
+	ChainError string
 }
 
 var markdown = goldmark.New(goldmark.WithExtensions(extension.GFM))
@@ -357,6 +394,14 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	if data.Event != nil && data.Event.State != nil {
 		state = *data.Event.State
 	}
+	chain, err := s.ops.FollowUp(r.Context(), raw)
+	if err != nil {
+		data.ChainError = err.Error()
+	}
+	data.Chain = chain
+	if data.Streams = streams(job); data.Streams {
+		data.LiveURL = "/jobs/" + url.PathEscape(job.ID) + "/live?since=" + strconv.Itoa(len(job.Progress))
+	}
 	data.CanAct = mayAct(r)
 	data.CanRetry = data.CanAct && (job.Status == tasks.StatusFailed || state == "archived" || state == "retry")
 	data.CanCancel = data.CanAct && tasks.Live(job.Status)
@@ -377,7 +422,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 			data.Runs = append(data.Runs, endedRun(p))
 		}
 	}
-	s.render(w, r, http.StatusOK, s.pages.job, &data)
+	s.renderPage(w, r, http.StatusOK, s.pages.job, &data, data.Streams)
 }
 
 // progressRow is one progress event on the job page.

@@ -98,13 +98,17 @@ func TestPages(t *testing.T) {
 		t.Fatalf("runs %v", testenv.Runs(j))
 	}
 
-	// A running job refreshes itself.
+	// A running job's page follows it live (live.js), refreshing itself
+	// only without script.
 	e.fail.block.Store(true)
 	e.send("job-page-live")
 	e.waitStatus("job-page-live", tasks.StatusProcessing, 10*time.Second)
 	r = e.do("GET", "/jobs/job-page-live", nil, authBasic)
-	if !strings.Contains(string(r.body), `<meta http-equiv="refresh" content="2">`) || !strings.Contains(string(r.body), `id="cancel"`) {
-		t.Fatalf("live job page does not refresh:\n%s", r.body)
+	for _, want := range []string{`<noscript><meta http-equiv="refresh" content="2"></noscript>`, `<script src="/assets/live.js" defer></script>`,
+		`data-src="/jobs/job-page-live/live?since=`, `id="cancel"`} {
+		if !strings.Contains(string(r.body), want) {
+			t.Fatalf("live job page lacks %s:\n%s", want, r.body)
+		}
 	}
 	e.expect(e.do("DELETE", "/api/events/"+e.job("job-page-live").EventID, nil, authBearer), http.StatusOK)
 	e.fail.block.Store(false)

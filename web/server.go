@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -109,6 +111,13 @@ type Server struct {
 	ops     *ops.Operator
 	cors    map[string]bool
 	corsAny bool
+	// live paces the job pages' live streams; liveStreams counts the
+	// open ones.
+	live        liveTiming
+	liveStreams atomic.Int64
+	// streamsEnd is closed by EndStreams.
+	streamsEnd     chan struct{}
+	endStreamsOnce sync.Once
 }
 
 // maxBodyBytes is the largest POST /api/events body (500 KB).
@@ -120,7 +129,8 @@ const sendTimeout = 12 * time.Second
 
 // New builds the server from cfg.
 func New(cfg Config) *Server {
-	s := &Server{cfg: cfg, log: cfg.Logger, cors: map[string]bool{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, cors: map[string]bool{}, live: defaultLiveTiming,
+		streamsEnd: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -205,6 +215,14 @@ func (s *Server) ResumeBulk(ctx context.Context, every time.Duration) {
 	}
 }
 
+// EndStreams ends the job pages' live streams and refuses new ones (503),
+// since each holds its connection open: http.Server.Shutdown would wait
+// for them. Register it with http.Server.RegisterOnShutdown; the browsers
+// reconnect, to the next server.
+func (s *Server) EndStreams() {
+	s.endStreamsOnce.Do(func() { close(s.streamsEnd) })
+}
+
 func newMonitor(redis asynq.RedisConnOpt, readOnly bool) *asynqmon.HTTPHandler {
 	return asynqmon.New(asynqmon.Options{
 		RootPath:         monitorRoot,
@@ -275,6 +293,7 @@ func (s *Server) routes() {
 	mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.indexPage)))
 	mux.Handle("GET /jobs/{jobId}", s.auth(http.HandlerFunc(s.jobPage)))
 	mux.Handle("GET /audit", s.auth(http.HandlerFunc(s.auditPage)))
+	mux.Handle("GET /jobs/{jobId}/live", s.auth(http.HandlerFunc(s.jobLive)))
 	mux.Handle("POST /jobs/{jobId}/retry", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.retryPage))))
 	mux.Handle("POST /jobs/{jobId}/cancel", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.cancelPage))))
 	mux.Handle("POST /jobs/{jobId}/rerun", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.rerunPage))))

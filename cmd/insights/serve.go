@@ -91,6 +91,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			Decrypt: a.Decrypt, Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 		go ws.ResumeBulk(ctx, time.Minute)
+		// Shutdown waits for open connections: the job pages' live
+		// streams end at once (the browsers reconnect).
+		srv.RegisterOnShutdown(ws.EndStreams)
 	} else {
 		// A worker serves health, readiness and (behind the same auth)
 		// its step and job metrics; it has no API of its own.

@@ -1,0 +1,47 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/internal/testenv"
+	"github.com/bmsview/insights/tasks"
+)
+
+// ReloadJob reads a job again by its _id: one of this service's (its
+// jobId) and one the BMS app created (an ObjectId _id, found by `id`), with
+// what changed since; ErrNotFound once deleted.
+func TestReloadJob(t *testing.T) {
+	st := testenv.Store(t)
+	ctx := context.Background()
+	claim(t, st, "job-ours", "ev-ours")
+	appID := bson.NewObjectID()
+	if _, err := st.Database().Collection("insights-jobs").InsertOne(ctx, bson.D{{Key: "_id", Value: appID}, {Key: "id", Value: "job-app"},
+		{Key: "status", Value: tasks.StatusQueued}, {Key: "systemId", Value: "sys"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"job-ours", "job-app"} {
+		j := testenv.Job(t, st, id)
+		if oid, ok := j.DocID.(bson.ObjectID); id == "job-app" && (!ok || oid != appID) {
+			t.Fatalf("the app's job has _id %v, want %v", j.DocID, appID)
+		}
+		if _, err := st.Database().Collection("insights-jobs").UpdateOne(ctx, bson.D{{Key: "_id", Value: j.DocID}},
+			bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusProcessing}}}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.ReloadJob(ctx, j)
+		if err != nil || got.ID != id || got.Status != tasks.StatusProcessing || got.Steps == nil {
+			t.Fatalf("reload %s: %+v, %v", id, got, err)
+		}
+		if _, err := st.Database().Collection("insights-jobs").DeleteOne(ctx, bson.D{{Key: "_id", Value: j.DocID}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.ReloadJob(ctx, j); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("reload %s once deleted: %v, want ErrNotFound", id, err)
+		}
+	}
+}

@@ -1,0 +1,132 @@
+// live.js keeps a job page up to date from its job's live stream
+// (GET /jobs/{jobId}/live, server-sent events; docs/api.md): new progress
+// rows, the status badge, the steps' badges and runs. When the job has
+// nothing left to wait for the page reloads, to show the result and the
+// chain. Without script the page's <noscript> refresh does the same, by
+// reloading every 2 seconds.
+(function () {
+  'use strict';
+  var live = document.getElementById('live');
+  if (!live || !window.EventSource) return;
+  var src = live.getAttribute('data-src');
+  var eventId = live.getAttribute('data-event-id');
+  var note = document.getElementById('live-state');
+  var list = document.getElementById('progress');
+  var done = false;
+  var es = new EventSource(src);
+
+  // say shows the stream's state; data-stream holds it for scripts
+  // (open, closed, reconnecting).
+  function say(text, stream) {
+    if (note) note.textContent = text;
+    if (stream) live.setAttribute('data-stream', stream);
+  }
+
+  // fmtTime is the pages' own format: 2006-01-02 15:04:05Z.
+  function fmtTime(iso) {
+    var d = new Date(iso);
+    if (isNaN(d.getTime())) return String(iso);
+    return d.toISOString().slice(0, 19).replace('T', ' ') + 'Z';
+  }
+
+  function reload() {
+    if (done) return;
+    done = true;
+    es.close();
+    window.location.reload();
+  }
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function addProgress(rows) {
+    if (!list) return;
+    var have = list.children.length;
+    rows.forEach(function (p) {
+      if (p.index < have) return; // the page has it already
+      var li = el('li');
+      li.setAttribute('data-type', p.type);
+      li.append(el('span', 'muted', fmtTime(p.timestamp)), ' ', el('span', 'kind', p.type), ' ' + p.text);
+      list.appendChild(li);
+      have++;
+    });
+    var none = document.getElementById('no-progress');
+    if (have > 0 && none) none.remove();
+  }
+
+  function setStep(s) {
+    var li = document.querySelector('li.step[data-step="' + s.name + '"]');
+    if (!li) return;
+    var ran = s.status !== 'pending';
+    li.className = 'step step-' + s.status;
+    li.setAttribute('data-status', s.status);
+    li.setAttribute('data-runs', String(s.runs));
+    var badge = li.querySelector('.step-head .badge');
+    if (badge) {
+      badge.className = 'badge st-' + (ran ? s.status : 'none');
+      badge.textContent = ran ? s.status : 'not run';
+    }
+    if (!ran) return;
+    var runs = li.querySelector('.runs');
+    if (runs) {
+      runs.textContent = String(s.runs);
+      return;
+    }
+    // A step that had not run when the page was rendered.
+    var meta = el('div', 'step-meta');
+    meta.append('runs ', el('b', 'runs', String(s.runs)), ' · attempt ', el('b', '', String(s.attempt)));
+    li.appendChild(meta);
+  }
+
+  function text(id, value) {
+    var e = document.getElementById(id);
+    if (e) e.textContent = value;
+  }
+
+  // apply shows one event; false when the page is out of date.
+  function apply(msg) {
+    var ev = JSON.parse(msg.data);
+    if (ev.deleted || ev.eventId !== eventId) {
+      reload(); // deleted, or another run started: the page tells of an old one
+      return false;
+    }
+    addProgress(ev.progress);
+    var badge = document.getElementById('job-status');
+    if (badge) {
+      badge.className = 'badge st-' + ev.status;
+      badge.textContent = ev.status;
+    }
+    ev.steps.forEach(setStep);
+    text('attempts', String(ev.attempts));
+    text('updated-at', fmtTime(ev.updatedAt));
+    return true;
+  }
+
+  es.addEventListener('open', function () {
+    say('(connected)', 'open');
+  });
+  es.addEventListener('job', function (msg) {
+    if (apply(msg)) say('(updated ' + new Date().toLocaleTimeString() + ')');
+  });
+  es.addEventListener('end', function (msg) {
+    es.close();
+    apply(msg);
+    say('(finished: reloading)', 'closed');
+    reload();
+  });
+  es.addEventListener('error', function () {
+    if (done) return;
+    if (es.readyState === EventSource.CLOSED) {
+      // Refused (signed out, job gone, store down): reload a little
+      // later, as the page without script would.
+      say('(stream refused: reloading shortly)', 'closed');
+      setTimeout(reload, 5000);
+      return;
+    }
+    say('(reconnecting)', 'reconnecting');
+  });
+})();
