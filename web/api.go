@@ -75,22 +75,34 @@ func writeSendError(w http.ResponseWriter, err error) {
 	}
 }
 
-// getJob is GET /api/jobs/{jobId}.
-func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+// apiJob reads the route's job for an API answer, or answers the error
+// (false): 503 without MongoDB, 404 for an unknown job.
+func (s *Server) apiJob(w http.ResponseWriter, r *http.Request) (*store.Job, bool) {
 	if s.cfg.Store == nil {
 		s.writeErr(w, r, ops.ErrNoStore)
-		return
+		return nil, false
 	}
 	id := r.PathValue("jobId")
 	job, err := s.cfg.Store.GetJob(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, "job "+id+" not found", "")
-		return
+		return nil, false
 	}
 	if err != nil {
 		s.writeErr(w, r, storeErr(err))
+		return nil, false
+	}
+	return job, true
+}
+
+// getJob is GET /api/jobs/{jobId}.
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	job, ok := s.apiJob(w, r)
+	if !ok {
 		return
 	}
+	id := job.ID
+	var err error
 	view := &JobView{Job: s.ops.View(job)}
 	if s.cfg.Inspector != nil {
 		// Redis down or slow must not hide the job MongoDB has: the field

@@ -27,41 +27,11 @@ type browser struct {
 	shots string
 }
 
-// newBrowser starts Chromium for e's server (skipped without it outside
-// CI) with Basic credentials on every request.
-func newBrowser(t *testing.T, e *env, within time.Duration) *browser {
+// newBrowser starts Chromium (startBrowser) signed in as admin: Basic
+// credentials on every request.
+func newBrowser(t *testing.T, within time.Duration) *browser {
 	t.Helper()
-	if _, err := os.Stat(chromiumPath); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is missing and CI=true: the browser test must run in CI (.ci/browser.sh installs it)", chromiumPath)
-		}
-		t.Skipf("skipping the browser test: %s not found (install it with .ci/browser.sh; in CI it is required)", chromiumPath)
-	}
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1400, 1000),
-	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancelAlloc)
-	root, cancelRoot := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(cancelRoot)
-	// Started on a context without deadline (a deadline on the first call
-	// would bound the browser's life), then the test is bounded.
-	if err := chromedp.Do(root); err != nil {
-		t.Fatalf("start %s: %v", chromiumPath, err)
-	}
-	ctx, cancel := context.WithTimeout(root, within)
-	t.Cleanup(cancel)
+	root, ctx := startBrowser(t, within)
 	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(AdminUser+":"+testPassword))
 	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
 		t.Fatal(err)
@@ -113,7 +83,7 @@ func (b *browser) text(what string, sel chromedp.CSS) string {
 // complete, in headless Chromium.
 func TestBrowserBulkRetryOfAFailureGroup(t *testing.T) {
 	e := newEnv(t, envOptions{worker: true})
-	b := newBrowser(t, e, 90*time.Second)
+	b := newBrowser(t, 90*time.Second)
 
 	// Three jobs refused at process-insights (one group), and an older
 	// failure of another kind that the retry must leave alone.

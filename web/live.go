@@ -14,7 +14,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -196,26 +195,17 @@ func (sw *sseWriter) event(name string, id int, data any) error {
 // client goes away, after liveTiming.max and on EndStreams (the client
 // reconnects).
 func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.Store == nil {
-		s.writeErr(w, r, ops.ErrNoStore)
-		return
-	}
 	select {
 	case <-s.streamsEnd:
 		writeError(w, http.StatusServiceUnavailable, "the server is shutting down", "")
 		return
 	default:
 	}
-	id := r.PathValue("jobId")
-	job, err := s.cfg.Store.GetJob(r.Context(), id)
-	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusNotFound, "job "+id+" not found", "")
+	job, ok := s.apiJob(w, r)
+	if !ok {
 		return
 	}
-	if err != nil {
-		s.writeErr(w, r, storeErr(err))
-		return
-	}
+	id := job.ID
 	since, err := liveSince(r)
 	if err != nil {
 		s.writeErr(w, r, err)

@@ -119,55 +119,54 @@ func heapPeak() (stop func() uint64) {
 func BenchmarkBulkRetry(b *testing.B) {
 	n := bulkBenchJobs(b)
 	b.Run("ours", func(b *testing.B) {
-		for range b.N {
-			b.StopTimer()
-			st := testenv.Store(b)
-			redis := testenv.RedisFor(b, "bench-bulk")
-			failedJobs(b, st, redis, n)
-			insp := asynq.NewInspector(redis)
+		benchBulk(b, n, func(st *store.Store, redis asynq.RedisClientOpt, insp *asynq.Inspector) (int, error) {
 			client := tasks.NewClient(redis, tasks.ClientConfig{Jobs: st})
+			defer client.Close()
 			o := ops.New(ops.Config{Store: st, Inspector: insp, Client: client, MaxRetries: 3, Logger: testenv.Logger()})
-			peak := heapPeak()
-			b.StartTimer()
-			start := time.Now()
+			defer o.Close()
 			op, done, err := o.StartBulk(context.Background(), ops.BulkRequest{Action: ops.BulkRetry,
 				Filter: store.JobFilter{Status: tasks.StatusFailed, FailureKind: store.KindTransient}})
 			if err != nil {
-				b.Fatal(err)
+				return 0, err
 			}
 			<-done
-			elapsed := time.Since(start)
-			b.StopTimer()
-			b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MiB")
-			b.ReportMetric(float64(n)/elapsed.Seconds(), "jobs/s")
-			op, _, err = o.GetBulk(context.Background(), op.ID, 0)
-			if err != nil || op.Done != n {
-				b.Fatalf("bulk retry: %+v %v, want %d done", op, err, n)
+			if op, _, err = o.GetBulk(context.Background(), op.ID, 0); err != nil || op.Done != n {
+				return 0, fmt.Errorf("bulk retry: %+v %v, want %d done", op, err, n)
 			}
-			o.Close()
-			client.Close()
-			insp.Close()
-		}
+			return op.Done, nil
+		})
 	})
 	b.Run("asynq-run-all-archived", func(b *testing.B) {
-		for range b.N {
-			b.StopTimer()
-			st := testenv.Store(b)
-			redis := testenv.RedisFor(b, "bench-bulk")
-			failedJobs(b, st, redis, n)
-			insp := asynq.NewInspector(redis)
-			peak := heapPeak()
-			b.StartTimer()
-			start := time.Now()
+		benchBulk(b, n, func(_ *store.Store, _ asynq.RedisClientOpt, insp *asynq.Inspector) (int, error) {
 			moved, err := insp.RunAllArchivedTasks(tasks.QueueDefault)
-			elapsed := time.Since(start)
-			b.StopTimer()
-			if err != nil || moved != (n+1)/2 {
-				b.Fatalf("run all archived: %d, %v", moved, err)
+			if err == nil && moved != (n+1)/2 {
+				err = fmt.Errorf("run all archived moved %d, want %d", moved, (n+1)/2)
 			}
-			b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MiB")
-			b.ReportMetric(float64(moved)/elapsed.Seconds(), "jobs/s")
-			insp.Close()
-		}
+			return moved, err
+		})
 	})
+}
+
+// benchBulk writes n failed jobs for each round, then times act on them
+// and reports the jobs it acted on per second and the peak heap.
+func benchBulk(b *testing.B, n int, act func(*store.Store, asynq.RedisClientOpt, *asynq.Inspector) (int, error)) {
+	for range b.N {
+		b.StopTimer()
+		st := testenv.Store(b)
+		redis := testenv.RedisFor(b, "bench-bulk")
+		failedJobs(b, st, redis, n)
+		insp := asynq.NewInspector(redis)
+		peak := heapPeak()
+		b.StartTimer()
+		start := time.Now()
+		acted, err := act(st, redis, insp)
+		elapsed := time.Since(start)
+		b.StopTimer()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(peak())/(1<<20), "peak-heap-MiB")
+		b.ReportMetric(float64(acted)/elapsed.Seconds(), "jobs/s")
+		insp.Close()
+	}
 }
