@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"html"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +216,24 @@ func TestFailuresBeyondTheArchive(t *testing.T) {
 		t.Errorf("dry run of the app's group: %s", r.body)
 	}
 	e.expectError(e.do("GET", "/api/jobs?offset=-1", nil, authBearer), 422, "offset")
+
+	// The failures page lists the failed jobs themselves, 50 a page, the
+	// oldest reached by its "older" links.
+	pages, listed := 0, map[string]bool{}
+	for next := "/failures?failureKind=transient"; next != ""; pages++ {
+		r = e.do("GET", next, nil, authBasic)
+		e.expect(r, http.StatusOK)
+		for _, m := range regexp.MustCompile(`<tr data-job="([^"]+)">`).FindAllStringSubmatch(string(r.body), -1) {
+			listed[m[1]] = true
+		}
+		next = ""
+		if m := regexp.MustCompile(`<a href="([^"]+)" id="older">`).FindStringSubmatch(string(r.body)); m != nil {
+			next = html.UnescapeString(m[1])
+		}
+	}
+	if len(listed) != 496 || pages != 10 || !listed["old-1"] {
+		t.Errorf("the failures page listed %d transient failures in %d pages, want 496 in 10", len(listed), pages)
+	}
 }
 
 func TestRerunFromAStepWithAnEditedPrompt(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/bmsview/insights/internal/ops"
@@ -33,11 +34,18 @@ type failuresPage struct {
 	Groups    []failureRow
 	Kinds     []string
 	StepNames []string
+	// Jobs are the failed jobs the filter selects, a page of them newest
+	// first; Older and Newer page through all of them.
+	Jobs         []*store.Job
+	Older, Newer string
 }
+
+// failedPerPage is how many failed jobs the failures page lists at once.
+const failedPerPage = 50
 
 // failuresPage is GET /failures: every failed job in MongoDB grouped by
 // kind, step and message, each group with links to its jobs and a bulk
-// retry.
+// retry, then the failed jobs themselves, paged, however old.
 func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request) {
 	in := filterFromQuery(r.URL.Query())
 	in.Status, in.Message = "", ""
@@ -64,6 +72,23 @@ func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request) {
 		v.Set("dryRun", "1")
 		data.Groups = append(data.Groups, failureRow{FailureGroup: g.FailureGroup,
 			JobsURL: template.URL("/?" + jobs), RetryURL: template.URL("/bulk?" + v.Encode())}) //nolint:gosec // encoded above
+	}
+	offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
+	f.Status, f.Limit, f.Offset = tasks.StatusFailed, failedPerPage, max(offset, 0)
+	if data.Jobs, err = s.cfg.Store.ListJobs(r.Context(), f); err != nil {
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
+		return
+	}
+	page := func(offset int) string {
+		v := in.values()
+		v.Set("offset", strconv.Itoa(offset))
+		return "/failures?" + v.Encode() + "#failed-jobs"
+	}
+	if len(data.Jobs) == failedPerPage {
+		data.Older = page(f.Offset + failedPerPage)
+	}
+	if f.Offset > 0 {
+		data.Newer = page(max(f.Offset-failedPerPage, 0))
 	}
 	s.render(w, r, code, s.pages.failures, &data)
 }
