@@ -230,7 +230,19 @@ func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, fr
 	return rows.Err()
 }
 
-// ErrNoWindow: HistoryWindow serves the SQLite store only.
+// SQLite is a handle on database's SQLite file beside FerretDB's own, shared
+// by every caller (the store reads the jobs through its own expression
+// indexes there: FerretDB v1 would decode the whole collection for any
+// filter but an _id equality). Over PostgreSQL it returns ErrNoWindow.
+func (m *Mongo) SQLite(ctx context.Context, database string) (*sql.DB, error) {
+	if m.dir == "" {
+		return nil, ErrNoWindow
+	}
+	db, _, err := m.reader(ctx, database)
+	return db, err
+}
+
+// ErrNoWindow: HistoryWindow and SQLite serve the SQLite store only.
 var ErrNoWindow = errors.New("devstack: history windows are read from SQLite only")
 
 // reader is the read handle of database's file and its history table,

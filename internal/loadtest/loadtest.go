@@ -139,7 +139,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		}}}
 	scfg.Prepare = m.Prepare
 	if o.Store == StoreEmbedded {
-		scfg.Sync, scfg.Checkpoint, scfg.HistoryWindow = m.Sync, m.Checkpoint, m.HistoryWindow
+		scfg.Sync, scfg.Checkpoint, scfg.HistoryWindow, scfg.SQLite = m.Sync, m.Checkpoint, m.HistoryWindow, m.SQLite
 	}
 	st, err := store.Open(ctx, scfg)
 	if err != nil {

@@ -2,11 +2,14 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/bmsview/insights/tasks"
 )
 
 // KindUnknown is the failure kind of a failed job that records none (the
@@ -36,11 +39,76 @@ type JobFilter struct {
 	Offset int `json:"-" bson:"-"`
 }
 
+// failure reports whether f names a failure (its kind, step or message):
+// such a filter selects failed jobs only.
+func (f JobFilter) failure() bool { return f.FailureKind != "" || f.Step != "" || f.Message != "" }
+
+// Empty reports whether f selects every job (its Limit and Offset aside).
+func (f JobFilter) Empty() bool {
+	return f.Status == "" && f.SystemID == "" && !f.failure() && f.From == nil && f.To == nil
+}
+
+// status is the status f selects: its Status, and failed for a failure
+// filter. none: f names a failure and another status, so it selects
+// nothing.
+func (f JobFilter) status() (status string, none bool) {
+	if !f.failure() {
+		return f.Status, false
+	}
+	if f.Status != "" && f.Status != tasks.StatusFailed {
+		return "", true
+	}
+	return tasks.StatusFailed, false
+}
+
+// Matches reports whether f selects j, as its query does: a bulk action
+// acts on a job only while it still matches.
+func (f JobFilter) Matches(j *Job) bool {
+	st, none := f.status()
+	switch {
+	case none, st != "" && j.Status != st, f.SystemID != "" && j.SystemID != f.SystemID:
+		return false
+	}
+	fl := j.Failure
+	switch f.FailureKind {
+	case "":
+	case KindUnknown:
+		if fl != nil {
+			return false
+		}
+	default:
+		if fl == nil || fl.Kind != f.FailureKind {
+			return false
+		}
+	}
+	if f.Step != "" && (fl == nil || fl.Step != f.Step) {
+		return false
+	}
+	if f.Message != "" {
+		byFailure := fl != nil && fl.Message == f.Message
+		byError := fl == nil && j.Error != nil && *j.Error == f.Message
+		if !byFailure && !byError {
+			return false
+		}
+	}
+	if f.From != nil && j.UpdatedAt.Before(*f.From) {
+		return false
+	}
+	if f.To != nil && !j.UpdatedAt.Before(*f.To) {
+		return false
+	}
+	return true
+}
+
 // query is the MongoDB filter of f.
 func (f JobFilter) query() bson.D {
+	st, none := f.status()
+	if none {
+		return bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{}}}}}
+	}
 	q := bson.D{}
-	if f.Status != "" {
-		q = append(q, bson.E{Key: "status", Value: f.Status})
+	if st != "" {
+		q = append(q, bson.E{Key: "status", Value: st})
 	}
 	if f.SystemID != "" {
 		q = append(q, bson.E{Key: "systemId", Value: f.SystemID})
@@ -83,6 +151,13 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
 		f.Limit = 50
 	}
 	f.Limit = min(f.Limit, 500)
+	if s.idx != nil {
+		out, err := s.listJobsIndexed(ctx, f)
+		if err != nil {
+			return nil, fmt.Errorf("list jobs: %w", unavailable(ctx, err))
+		}
+		return out, nil
+	}
 	opts := options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(int64(f.Limit))
 	if f.Offset > 0 {
 		opts.SetSkip(int64(f.Offset))
@@ -102,6 +177,13 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
 func (s *Store) CountJobs(ctx context.Context, f JobFilter) (int64, error) {
 	ctx, cancel := s.scanCtx(ctx)
 	defer cancel()
+	if s.idx != nil {
+		n, err := s.countJobsIndexed(ctx, f)
+		if err != nil {
+			return 0, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
+		}
+		return n, nil
+	}
 	n, err := s.jobs.CountDocuments(ctx, f.query())
 	if err != nil {
 		return 0, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
@@ -120,6 +202,17 @@ type JobRef struct {
 // streamed cursor that reads only the ids (its Limit and Offset aside). An
 // error of fn stops it and is returned.
 func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) error) error {
+	if s.idx != nil {
+		err := s.eachJobRefIndexed(ctx, f, fn)
+		var fnErr fnError
+		if errors.As(err, &fnErr) {
+			return fnErr.err
+		}
+		if err != nil {
+			return fmt.Errorf("select jobs: %w", unavailable(ctx, err))
+		}
+		return nil
+	}
 	fctx, cancel := s.scanCtx(ctx)
 	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
 		SetProjection(bson.D{{Key: "id", Value: 1}, {Key: "eventId", Value: 1}}))
@@ -158,12 +251,48 @@ type FailureGroup struct {
 }
 
 // FailureGroups groups every failed job f selects (its Status is failed
-// whatever it says) by failure kind, step and message: however many and
-// however old, not the newest page. Largest groups first. The jobs are
-// streamed, their failure fields alone, and grouped here: FerretDB v1's
-// $group has no $max, $min, $first or $ifNull.
+// whatever it says) by GroupOf: however many and however old, not the
+// newest page. Largest groups first. The jobs are streamed, their failure
+// fields alone, and grouped here: FerretDB v1's $group has no $max, $min,
+// $first or $ifNull. On the embedded store only the failed jobs' rows are
+// read (the status index).
 func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup, error) {
-	f.Status = "failed"
+	if _, none := f.status(); none {
+		return []FailureGroup{}, nil
+	}
+	f.Status = tasks.StatusFailed
+	out := []FailureGroup{}
+	idx := map[FailureGroup]int{}
+	add := func(fl *Failure, errMsg *string, at time.Time) {
+		k := GroupOf(fl, errMsg)
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, k)
+		}
+		g := &out[i]
+		g.Count++
+		if at.After(g.NewestAt) {
+			g.NewestAt = at
+		}
+		if g.OldestAt.IsZero() || at.Before(g.OldestAt) {
+			g.OldestAt = at
+		}
+	}
+	if s.idx != nil {
+		fctx, cancel := s.scanCtx(ctx)
+		defer cancel()
+		err := s.eachFailureIndexed(fctx, f, func(fl *Failure, errMsg *string, at time.Time) error {
+			add(fl, errMsg, at)
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
+		}
+		sortGroups(out)
+		return out, nil
+	}
 	fctx, cancel := s.scanCtx(ctx)
 	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
 		SetProjection(bson.D{{Key: "failure", Value: 1}, {Key: "error", Value: 1}, {Key: "updatedAt", Value: 1}}))
@@ -172,8 +301,6 @@ func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup,
 		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
 	}
 	defer cur.Close(context.WithoutCancel(ctx))
-	out := []FailureGroup{}
-	idx := map[FailureGroup]int{}
 	for s.next(ctx, cur) {
 		var j struct {
 			Failure   *Failure  `bson:"failure"`
@@ -183,27 +310,7 @@ func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup,
 		if err := cur.Decode(&j); err != nil {
 			return nil, fmt.Errorf("group failures: %w", err)
 		}
-		k := FailureGroup{Kind: KindUnknown, Message: "(no error recorded)"}
-		switch {
-		case j.Failure != nil:
-			k.Kind, k.Step, k.Message = j.Failure.Kind, j.Failure.Step, j.Failure.Message
-		case j.Error != nil:
-			k.Message = *j.Error // failed by the app's own workload
-		}
-		i, ok := idx[k]
-		if !ok {
-			i = len(out)
-			idx[k] = i
-			out = append(out, k)
-		}
-		g := &out[i]
-		g.Count++
-		if j.UpdatedAt.After(g.NewestAt) {
-			g.NewestAt = j.UpdatedAt
-		}
-		if g.OldestAt.IsZero() || j.UpdatedAt.Before(g.OldestAt) {
-			g.OldestAt = j.UpdatedAt
-		}
+		add(j.Failure, j.Error, j.UpdatedAt)
 	}
 	if err := cur.Err(); err != nil {
 		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
@@ -211,3 +318,23 @@ func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup,
 	sortGroups(out)
 	return out, nil
 }
+
+// GroupOf is the failure group of a failed job with failure fl and error
+// errMsg: its kind, step and message (KindUnknown and its error for a job
+// the BMS app's own workload failed). The one place the grouping key is
+// computed: the failures page and API group by it.
+func GroupOf(fl *Failure, errMsg *string) FailureGroup {
+	k := FailureGroup{Kind: KindUnknown, Message: "(no error recorded)"}
+	switch {
+	case fl != nil:
+		k.Kind, k.Step, k.Message = fl.Kind, fl.Step, fl.Message
+	case errMsg != nil:
+		k.Message = *errMsg
+	}
+	return k
+}
+
+// fnError carries the error of a caller's function through a scan.
+type fnError struct{ err error }
+
+func (e fnError) Error() string { return e.err.Error() }

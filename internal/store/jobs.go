@@ -226,6 +226,9 @@ func newJobDoc(run tasks.Run, status string, now time.Time) *Job {
 // creates; the one lookup FerretDB serves from an index), else by the
 // app's `id` field (its own jobs, with an ObjectId `_id`).
 func (s *Store) findJob(ctx context.Context, jobID string) (*Job, error) {
+	if s.idx != nil {
+		return s.findJobIndexed(ctx, jobID)
+	}
 	var j Job
 	err := findByID(ctx, s.jobs, jobID, &j)
 	if errors.Is(err, mongo.ErrNoDocuments) {
@@ -697,6 +700,9 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (*Job, error) {
 func (s *Store) GetJobByEvent(ctx context.Context, eventID string) (*Job, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if s.idx != nil {
+		return s.jobByEventIndexed(ctx, eventID)
+	}
 	var j Job
 	if err := s.jobs.FindOne(ctx, bson.D{{Key: "eventId", Value: eventID}}).Decode(&j); err != nil {
 		if errors.Is(err, mongo.ErrNoDocuments) {
@@ -751,6 +757,13 @@ func (s *Store) FailEvent(ctx context.Context, eventID, kind, msg string) error 
 func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if s.idx != nil {
+		out, err := s.countByStatusIndexed(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
+		}
+		return out, nil
+	}
 	cur, err := s.jobs.Aggregate(ctx, mongo.Pipeline{
 		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$status"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
 	})
@@ -805,6 +818,17 @@ func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error 
 // job, however many, not the first page. An error of fn stops the stream
 // and is returned.
 func (s *Store) EachStale(ctx context.Context, before time.Time, fn func(*Job) error) error {
+	if s.idx != nil {
+		err := s.eachStaleIndexed(ctx, before, fn)
+		var fnErr fnError
+		if errors.As(err, &fnErr) {
+			return fnErr.err
+		}
+		if err != nil {
+			return fmt.Errorf("stale jobs: %w", unavailable(ctx, err))
+		}
+		return nil
+	}
 	q := bson.D{
 		{Key: "$or", Value: bson.A{
 			bson.D{{Key: "status", Value: bson.D{{Key: "$in", Value: bson.A{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying}}}}},

@@ -63,6 +63,9 @@ type Store struct {
 	locks *runLocks
 	// historyWindow reads history windows beside FerretDB (Config).
 	historyWindow HistoryWindowFunc
+	// idx answers the jobs' queries from SQLite's indexes on the embedded
+	// store (jobindex.go); nil elsewhere.
+	idx *jobIndex
 }
 
 // Config configures Open.
@@ -97,6 +100,11 @@ type Config struct {
 	// a find: the embedded FerretDB, which would scan the whole collection
 	// (devstack.Mongo.HistoryWindow reads SQLite's index). Nil: a find.
 	HistoryWindow HistoryWindowFunc
+	// SQLite, when set, gives the embedded FerretDB's SQLite file: the
+	// store indexes the jobs there and answers every query of them but an
+	// _id lookup from those indexes (jobindex.go), which FerretDB v1 would
+	// answer by decoding the whole collection. Nil: finds.
+	SQLite SQLiteFunc
 }
 
 // Open connects to MongoDB, checks it answers and creates the indexes.
@@ -151,6 +159,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if s.ferret {
 		s.locks = newRunLocks()
+		if cfg.SQLite != nil {
+			s.idx = &jobIndex{open: cfg.SQLite, database: cfg.Database}
+		}
 	}
 	if cfg.Sync != nil && !s.ferret {
 		// Sync-based group commit leaves each write's durability to Sync,
@@ -280,6 +291,11 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		return fmt.Errorf("store: create the unique index on %s.id: %w", s.jobs.Name(), err)
 	}
 	if s.ferret {
+		if s.idx != nil {
+			if err := s.idx.create(ctx); err != nil {
+				return fmt.Errorf("store: index the jobs in SQLite: %w", err)
+			}
+		}
 		return nil
 	}
 	// Indexes only where a query uses them: the job list (status, system,
