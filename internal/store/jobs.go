@@ -627,6 +627,14 @@ func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 		}
 		job.seen = held.seen()
 	}
+	if job.Failure != nil && completes(c.Set) {
+		// A run that completes has no failure: a filter of failures must
+		// never select it. Its run record keeps the failure it got over.
+		if err := s.keepFailure(ctx, job); err != nil {
+			return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
+		}
+		c.Set = append(slices.Clone(c.Set), bson.E{Key: "failure", Value: nil})
+	}
 	matched, err := s.updateJob(ctx, job.docID(), checkpointUpdate(c),
 		bson.E{Key: "eventId", Value: job.EventID}, bson.E{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCancelled}}})
 	if err != nil {
@@ -638,7 +646,20 @@ func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 		}
 		return ErrCancelled // the filter's other condition: it was cancelled meanwhile
 	}
+	if completes(c.Set) {
+		job.Failure = nil
+	}
 	return nil
+}
+
+// completes reports whether set makes the job completed.
+func completes(set bson.D) bool {
+	for _, e := range set {
+		if e.Key == "status" && e.Value == tasks.StatusCompleted {
+			return true
+		}
+	}
+	return false
 }
 
 func checkpointUpdate(c Checkpoint) bson.D {

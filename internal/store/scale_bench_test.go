@@ -139,7 +139,9 @@ func BenchmarkScale(b *testing.B) {
 		run  func(s *Store, q func(*Store) error, name string) error
 	}{
 		{"sqlite", indexed, func(s *Store, q func(*Store) error, _ string) error { return q(s) }},
-		{"summary", plain, func(s *Store, _ func(*Store) error, name string) error { return summaryQuery(ctx, s, name, sys, probe.EventID) }},
+		{"summary", plain, func(s *Store, _ func(*Store) error, name string) error {
+			return summaryQuery(ctx, s, name, sys, probe.EventID)
+		}},
 	}
 	if os.Getenv("SCALE_BASELINE") == "1" {
 		designs = append(designs, struct {
