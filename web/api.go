@@ -209,12 +209,8 @@ func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failure
 	}
 	sort.SliceStable(jobs, func(a, b int) bool { return failedAt(jobs[a]).After(failedAt(jobs[b])) })
 	for _, j := range jobs {
-		k := key{kind: store.KindUnknown, msg: "(no error recorded)"}
-		if fl := j.Failure; fl != nil {
-			k = key{fl.Kind, fl.Step, fl.Message}
-		} else if j.Error != nil {
-			k.msg = *j.Error // failed by the app's own workload
-		}
+		g := store.GroupOf(j.Failure, j.Error)
+		k := key{g.Kind, g.Step, g.Message}
 		i, ok := idx[k]
 		if !ok || len(out.Groups[i].Examples) == failureExamples {
 			continue

@@ -785,22 +785,18 @@ func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 		}
 		return out, nil
 	}
-	cur, err := s.jobs.Aggregate(ctx, mongo.Pipeline{
-		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$status"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("count jobs: %w", err)
-	}
-	var rows []struct {
-		ID string `bson:"_id"`
-		N  int64  `bson:"n"`
-	}
-	if err := cur.All(ctx, &rows); err != nil {
-		return nil, fmt.Errorf("count jobs: %w", err)
-	}
+	// One count per status: each is served by the {status, createdAt}
+	// index, where a $group would read every document.
 	out := map[string]int64{}
-	for _, r := range rows {
-		out[r.ID] = r.N
+	for _, st := range []string{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying,
+		tasks.StatusCompleted, tasks.StatusFailed, tasks.StatusCancelled} {
+		n, err := s.jobs.CountDocuments(ctx, bson.D{{Key: "status", Value: st}})
+		if err != nil {
+			return nil, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
+		}
+		if n > 0 {
+			out[st] = n
+		}
 	}
 	return out, nil
 }

@@ -307,6 +307,11 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		{s.systems, mongo.IndexModel{Keys: bson.D{{Key: "id", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "eventId", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "updatedAt", Value: 1}}}},
+		// The job list by status (and a failure filter's, which is of
+		// failed jobs), newest first; counts by status.
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "createdAt", Value: -1}}}},
+		// The reconciler's completed jobs without a follow-up.
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "followUp", Value: 1}, {Key: "updatedAt", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "createdAt", Value: -1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "createdAt", Value: -1}}}},
 		{s.history, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "timestamp", Value: 1}}}},
