@@ -785,6 +785,10 @@ func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 		}
 		return out, nil
 	}
+	if s.ferret {
+		// FerretDB over PostgreSQL: one pass, not one per status.
+		return s.countByStatusGroup(ctx)
+	}
 	// One count per status: each is served by the {status, createdAt}
 	// index, where a $group would read every document.
 	out := map[string]int64{}
@@ -797,6 +801,27 @@ func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 		if n > 0 {
 			out[st] = n
 		}
+	}
+	return out, nil
+}
+
+func (s *Store) countByStatusGroup(ctx context.Context) (map[string]int64, error) {
+	cur, err := s.jobs.Aggregate(ctx, mongo.Pipeline{
+		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$status"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	var rows []struct {
+		ID string `bson:"_id"`
+		N  int64  `bson:"n"`
+	}
+	if err := cur.All(ctx, &rows); err != nil {
+		return nil, fmt.Errorf("count jobs: %w", err)
+	}
+	out := map[string]int64{}
+	for _, r := range rows {
+		out[r.ID] = r.N
 	}
 	return out, nil
 }
