@@ -33,6 +33,10 @@ const (
 // an unreachable MongoDB surfaces as an error, never a hang.
 const DefaultOpTimeout = 10 * time.Second
 
+// indexBuildTimeout bounds the creation of the jobs' SQLite indexes on an
+// embedded store that has jobs from before them.
+const indexBuildTimeout = 30 * time.Minute
+
 // Store is the MongoDB store. It is safe for concurrent use.
 type Store struct {
 	client  *mongo.Client
@@ -292,7 +296,13 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 	}
 	if s.ferret {
 		if s.idx != nil {
-			if err := s.idx.create(ctx); err != nil {
+			// Not bounded by the per-call deadline: a store of 100,000
+			// jobs written before these indexes is indexed on this start,
+			// which reads every job once (minutes on a slow disk).
+			ictx, icancel := context.WithTimeout(context.WithoutCancel(ctx), indexBuildTimeout)
+			err := s.idx.create(ictx)
+			icancel()
+			if err != nil {
 				return fmt.Errorf("store: index the jobs in SQLite: %w", err)
 			}
 		}
