@@ -74,18 +74,20 @@ func (a *Analysis) Markdown() string {
 func (sn SnapshotAnalysis) stateLine() string {
 	var parts []string
 	if sn.SOC != nil {
-		parts = append(parts, fmt.Sprintf("State of charge %.0f %%", *sn.SOC))
+		parts = append(parts, fmt.Sprintf("state of charge %.0f %%", *sn.SOC))
 	}
 	switch {
 	case sn.RemainingKWh != nil && sn.CapacityKWh > 0:
 		parts = append(parts, fmt.Sprintf("%.2f kWh remaining of %.2f kWh rated", *sn.RemainingKWh, sn.CapacityKWh))
 	case sn.RemainingKWh != nil:
 		parts = append(parts, fmt.Sprintf("%.2f kWh remaining", *sn.RemainingKWh))
+	case sn.RemainingAh != nil: // no voltage to give it in kWh
+		parts = append(parts, fmt.Sprintf("%.1f Ah remaining", *sn.RemainingAh))
 	case sn.CapacityKWh > 0:
-		parts = append(parts, fmt.Sprintf("Rated capacity %.2f kWh", sn.CapacityKWh))
+		parts = append(parts, fmt.Sprintf("rated capacity %.2f kWh", sn.CapacityKWh))
 	}
 	if len(parts) == 0 && sn.VoltageV != nil { // the voltage is the only sign of charge left
-		parts = append(parts, fmt.Sprintf("Pack voltage %.2f V", *sn.VoltageV))
+		parts = append(parts, fmt.Sprintf("pack voltage %.2f V", *sn.VoltageV))
 	}
 	// rate is the present flow: in W when the power is known, else in A.
 	rate := func() string {
@@ -129,11 +131,14 @@ func (sn SnapshotAnalysis) stateLine() string {
 	switch {
 	case flow == "":
 	case line == "":
-		line = strings.ToUpper(flow[:1]) + flow[1:]
+		line = flow
 	default:
 		line += "; " + flow
 	}
-	return line
+	if line == "" {
+		return ""
+	}
+	return strings.ToUpper(line[:1]) + line[1:]
 }
 
 // historyLines are the TREND ANALYSIS lines of a window with records.

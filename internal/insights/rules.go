@@ -33,6 +33,7 @@ type SnapshotAnalysis struct {
 	Discharging       *bool    `json:"discharging,omitempty" bson:"discharging,omitempty"`
 	RuntimeHours      float64  `json:"runtimeHours,omitempty" bson:"runtimeHours,omitempty"`
 	HoursToFull       float64  `json:"hoursToFull,omitempty" bson:"hoursToFull,omitempty"`
+	RemainingAh       *float64 `json:"remainingAh,omitempty" bson:"remainingAh,omitempty"`
 	RemainingKWh      *float64 `json:"remainingKWh,omitempty" bson:"remainingKWh,omitempty"`
 	CapacityKWh       float64  `json:"capacityKWh,omitempty" bson:"capacityKWh,omitempty"`
 	RatedCapacityAh   float64  `json:"ratedCapacityAh,omitempty" bson:"ratedCapacityAh,omitempty"`
@@ -57,7 +58,7 @@ func (a SnapshotAnalysis) isDischarging() bool { return a.Discharging != nil && 
 // data (sys may be nil).
 func AnalyzeSnapshot(s bms.Snapshot, sys *bms.System) SnapshotAnalysis {
 	a := SnapshotAnalysis{SOC: clone(s.StateOfCharge), MOSTemperature: clone(s.MOSTemperature), CurrentA: clone(s.Current),
-		VoltageV: clone(s.OverallVoltage), CycleCount: clone(s.CycleCount), Unmeasured: Unmeasured(s)}
+		VoltageV: clone(s.OverallVoltage), RemainingAh: clone(s.RemainingCapacity), CycleCount: clone(s.CycleCount), Unmeasured: Unmeasured(s)}
 	if mv, ok := ImbalanceMV(s); ok {
 		a.ImbalanceMV, a.HasCells = &mv, true
 		a.ImbalanceClass, a.ImbalanceLevel = ClassifyImbalance(mv), ImbalanceLevel(mv)
