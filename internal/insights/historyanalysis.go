@@ -25,8 +25,8 @@ type EnergyBalance struct {
 	DailyDischargeKWh   float64     `json:"dailyDischargeKWh" bson:"dailyDischargeKWh"`
 	NetDailyKWh         float64     `json:"netDailyKWh" bson:"netDailyKWh"`
 	SolarSufficiencyPct float64     `json:"solarSufficiencyPct" bson:"solarSufficiencyPct"`
-	SolarClass          string      `json:"solarClass,omitempty" bson:"solarClass,omitempty"` // surplus|adequate|deficit
-	AutonomyDays        float64     `json:"autonomyDays" bson:"autonomyDays"`
+	SolarClass          string      `json:"solarClass,omitempty" bson:"solarClass,omitempty"`     // surplus|adequate|deficit
+	AutonomyDays        float64     `json:"autonomyDays,omitempty" bson:"autonomyDays,omitempty"` // 0: unknown (no capacity kWh or no consumption)
 	PerDay              []DayEnergy `json:"perDay,omitempty" bson:"perDay,omitempty"`
 }
 

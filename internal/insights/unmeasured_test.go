@@ -360,6 +360,25 @@ func TestHistoryMeansOverMeasuredSamples(t *testing.T) {
 	}
 }
 
+// Without a capacity in kWh (no system, a snapshot without voltage or
+// full capacity) there is no autonomy: not 0 days.
+func TestNoAutonomyWithoutCapacity(t *testing.T) {
+	t0 := time.Date(2025, 2, 1, 0, 0, 0, 0, time.UTC)
+	src := NewMemorySource(nil, sparseHistory(t0))
+	res, err := NewRules(src).Generate(context.Background(), Request{SystemID: "sparse", Snapshot: bms.Snapshot{StateOfCharge: bms.F(60)},
+		Now: t0.AddDate(0, 0, 3), ContextWindowDays: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(res.Metrics["energy"])
+	if !strings.Contains(string(b), `"dailyDischargeKWh"`) || strings.Contains(string(b), "autonomyDays") {
+		t.Fatalf("energy metrics %s: want consumption and no autonomy", b)
+	}
+	if slices.ContainsFunc(res.Findings, func(f Finding) bool { return f.Code == "AUTONOMY" }) || strings.Contains(res.Markdown, "autonomy") {
+		t.Fatalf("autonomy without a capacity:\n%s", res.Markdown)
+	}
+}
+
 // An hour without a SOC reading is no SOC jump (its mean is not 0 %), and
 // a history without power has no energy balance (not 0 kWh).
 func TestHistoryWithoutAReading(t *testing.T) {
