@@ -112,7 +112,7 @@ func (sn SnapshotAnalysis) stateLine() string {
 		}
 	case sn.CurrentA != nil || sn.PowerW != nil:
 		// The sign of the current decides (EffectivePower follows it).
-		v := 0.0
+		var v float64
 		if sn.PowerW != nil {
 			v = *sn.PowerW
 		} else {
