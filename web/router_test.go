@@ -42,8 +42,9 @@ func TestRouterPrioritiesAndRefusals(t *testing.T) {
 		{10, tasks.QueueCritical}, {50, tasks.QueueCritical}, {-10, tasks.QueueLow}} {
 		t.Run(fmt.Sprint("priority ", c.priority), func(t *testing.T) {
 			e.t = t
-			id := fmt.Sprintf("ev-prio-%v", c.priority)
-			ev := routerEvent(id, snapshotData("job-prio-"+strings.ReplaceAll(fmt.Sprint(c.priority), "-", "m")), "priority", c.priority)
+			name := strings.NewReplacer("-", "m", "<", "", ">", "").Replace(fmt.Sprint(c.priority))
+			id := "ev-prio-" + name
+			ev := routerEvent(id, snapshotData("job-prio-"+name), "priority", c.priority)
 			r := e.do("POST", routerURL, []any{ev}, authBearer)
 			e.expect(r, http.StatusAccepted)
 			out := r.json(t)["events"].([]any)[0].(map[string]any)
