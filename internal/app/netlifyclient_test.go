@@ -262,14 +262,14 @@ func TestNetlifyClientDropIn(t *testing.T) {
 		}
 	})
 
-	t.Run("delayUntil is honoured; the app reads queued", func(t *testing.T) {
+	t.Run("delayUntil is honoured", func(t *testing.T) {
 		jobID := fmt.Sprintf("insights_%d_delayed1", now.UnixMilli())
-		due := time.Now().Add(3 * time.Second).Truncate(time.Millisecond)
+		due := time.Now().Add(5 * time.Second).Truncate(time.Millisecond)
 		appSend(jobID, bmsSnapshotDoc(), 5, due.UnixMilli())
-		if st := status(jobID); st["status"] != "queued" || st["workloadStatus"] != "scheduled" {
-			t.Fatalf("status while delayed: %v", st)
-		}
 		j := testenv.WaitJob(t, a.Store, jobID, 60*time.Second, "completed", func(j *store.Job) bool { return j.Status == tasks.StatusCompleted })
+		if j.ProcessAt == nil || !j.ProcessAt.Equal(due) {
+			t.Fatalf("processAt %v, want the delayUntil %v", j.ProcessAt, due)
+		}
 		if started := j.Steps[tasks.StepInitialize].StartedAt; started.IsZero() || started.Before(due) {
 			t.Fatalf("the run started at %v, before its delayUntil %v", started, due)
 		}
@@ -304,9 +304,12 @@ func TestNetlifyClientDropIn(t *testing.T) {
 		}
 	})
 
-	t.Run("awl:delete-events cancels a delayed event; the app reads failed", func(t *testing.T) {
+	t.Run("the app reads queued while delayed; awl:delete-events cancels it and the app reads failed", func(t *testing.T) {
 		jobID := fmt.Sprintf("insights_%d_later001", now.UnixMilli())
 		res := appSend(jobID, bmsSnapshotDoc(), 5, time.Now().Add(2*time.Hour).UnixMilli())
+		if st := status(jobID); st["status"] != "queued" || st["workloadStatus"] != "scheduled" {
+			t.Fatalf("status while delayed: %v", st)
+		}
 		r := send(env, clientCall{EventName: tasks.EventDeleteEvents, Options: map[string]any{"data": map[string]any{"eventIds": []string{res.EventID}, "states": []string{"delayed"}}}})[0]
 		if r.SendStatus != "succeeded" {
 			t.Fatalf("awl:delete-events: %+v", r)
