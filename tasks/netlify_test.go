@@ -90,4 +90,3 @@ func TestNothingMeasured(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
-
