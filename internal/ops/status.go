@@ -70,7 +70,11 @@ func (o *Operator) Status(ctx context.Context, id string) (*EventStatus, error) 
 		st.State = &state
 		st.EventName = t.Type
 		st.Queue = t.Queue
-		st.NextProcessAt = timePtr(t.NextProcessAt)
+		// asynq reports a pending task's next process time as "now", a
+		// value that changes with each read: the job's due time says it.
+		if t.State != asynq.TaskStatePending || st.NextProcessAt == nil {
+			st.NextProcessAt = timePtr(t.NextProcessAt)
+		}
 		if t.LastErr != "" {
 			msg := t.LastErr
 			st.LastError = &msg
