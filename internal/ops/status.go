@@ -71,8 +71,9 @@ func (o *Operator) Status(ctx context.Context, id string) (*EventStatus, error) 
 		st.EventName = t.Type
 		st.Queue = t.Queue
 		// asynq reports a pending task's next process time as "now", a
-		// value that changes with each read: the job's due time says it.
-		if t.State != asynq.TaskStatePending || st.NextProcessAt == nil {
+		// value that changes with each read: a pending task is due, since
+		// its job's due time where it has one, else null.
+		if t.State != asynq.TaskStatePending {
 			st.NextProcessAt = timePtr(t.NextProcessAt)
 		}
 		if t.LastErr != "" {
