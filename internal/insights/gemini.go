@@ -318,15 +318,19 @@ func AnonymousProfile(sys *bms.System, systemID string) map[string]any {
 func (g *Gemini) prompt(a *Analysis, req Request) (string, error) {
 	snap := req.Snapshot
 	snap.HardwareSystemID = "" // identifying
+	rba := map[string]any{
+		"healthScore": a.HealthScore, "status": a.Status, "findings": a.Findings, "deductions": a.Deductions,
+		"snapshot": a.Snapshot, "trends": a.History.Trends,
+		"anomalyCount": a.History.AnomalyCount, "socJumpCount": a.History.SOCJumpCount,
+	}
+	if a.History.Energy.CoveredDays > 0 { // no power in the window: no energy, rather than 0 kWh
+		rba["energy"] = a.History.Energy.summary()
+	}
 	ctxJSON, err := json.Marshal(map[string]any{
-		"system":         AnonymousProfile(a.System, req.SystemID),
-		"snapshot":       snap,
-		"contextSummary": a.Context,
-		"ruleBasedAnalysis": map[string]any{
-			"healthScore": a.HealthScore, "status": a.Status, "findings": a.Findings, "deductions": a.Deductions,
-			"snapshot": a.Snapshot, "energy": a.History.Energy.summary(), "trends": a.History.Trends,
-			"anomalyCount": a.History.AnomalyCount, "socJumpCount": a.History.SOCJumpCount,
-		},
+		"system":            AnonymousProfile(a.System, req.SystemID),
+		"snapshot":          snap,
+		"contextSummary":    a.Context,
+		"ruleBasedAnalysis": rba,
 	})
 	if err != nil {
 		return "", fmt.Errorf("gemini: encode context: %w", err)
