@@ -56,15 +56,19 @@ const (
 	xRefID   = `(_ferretdb_sjson->>'$.id')`
 )
 
-// jobIndexes are the indexes on the jobs' table. Each ends with the `_id`
-// and its type, so a page of `_id`s is read from the index alone.
+// jobIndexes are the indexes on the jobs' table. The list indexes end with
+// the `_id` (and its type), `id` and `eventId`, so a page of keys, a count or
+// a bulk action's selection is read from the index alone; the failed
+// jobs' index holds what the failures page groups by, so it never reads a
+// document.
 var jobIndexes = []struct{ name, cols string }{
-	{"q_status_created", xStatus + ", " + xCreated + ", " + xID + ", " + xIDType},
-	{"q_system_created", xSystem + ", " + xCreated + ", " + xID + ", " + xIDType},
-	{"q_created", xCreated + ", " + xID + ", " + xIDType},
+	{"q_status", xStatus + ", " + xCreated + ", " + xID + ", " + xIDType + ", " + xRefID + ", " + xEvent},
+	{"q_system", xSystem + ", " + xCreated + ", " + xID + ", " + xIDType + ", " + xRefID + ", " + xEvent},
+	{"q_newest", xCreated + ", " + xID + ", " + xIDType + ", " + xRefID + ", " + xEvent},
 	{"q_event", xEvent + ", " + xID + ", " + xIDType},
 	// The reconciler: live jobs, and completed ones without a follow-up.
 	{"q_stale", xStatus + ", " + xFollowUp + ", " + xUpdated + ", " + xID + ", " + xIDType},
+	{"q_failed", xStatus + ", " + xKind + ", " + xStep + ", " + xMessage + ", " + xError + ", " + xUpdated + ", " + xFailAt + ", " + xSystem},
 }
 
 // jobIndex reads the jobs' SQLite table.
@@ -388,29 +392,46 @@ func (s *Store) eachJobRefIndexed(ctx context.Context, f JobFilter, fn func(JobR
 }
 
 // eachFailureIndexed streams the failure fields of every failed job f
-// selects: the rows of failed jobs alone are read.
+// selects, from the failed jobs' index alone: one read, one row in memory
+// at a time (fn only counts).
 func (s *Store) eachFailureIndexed(ctx context.Context, f JobFilter, fn func(fl *Failure, errMsg *string, at time.Time) error) error {
 	cond, args, none := f.where()
 	if none {
 		return nil
 	}
-	return s.keyset(ctx, cond, args, []string{xCreated, xID}, true, []string{xKind, xStep, xMessage, xError, xUpdated, xFailAt}, func(row []any) error {
-		row = row[2:]
+	db, t, err := s.idx.handle(ctx)
+	if err != nil {
+		return err
+	}
+	rows, err := db.QueryContext(ctx, fmt.Sprintf(`SELECT %s, %s, %s, %s, %s, %s FROM %q WHERE %s`,
+		xKind, xStep, xMessage, xError, xUpdated, xFailAt, t, cond), args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	row := make([]any, 6)
+	ptr := make([]any, len(row))
+	for i := range row {
+		ptr[i] = &row[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptr...); err != nil {
+			return err
+		}
 		var fl *Failure
 		if row[0] != nil {
-			fl = &Failure{Kind: sqlString(row[0]), Step: sqlString(row[1]), Message: sqlString(row[2])}
+			fl = &Failure{Kind: sqlString(row[0]), Step: sqlString(row[1]), Message: sqlString(row[2]), At: millis(row[5])}
 		}
 		var msg *string
 		if row[3] != nil {
 			m := sqlString(row[3])
 			msg = &m
 		}
-		at := millis(row[4])
-		if fl != nil {
-			fl.At = millis(row[5])
+		if err := fn(fl, msg, millis(row[4])); err != nil {
+			return err
 		}
-		return fn(fl, msg, at)
-	})
+	}
+	return rows.Err()
 }
 
 // millis reads a date of FerretDB's JSON (Unix milliseconds); zero else.
