@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -18,125 +19,158 @@ import (
 // the index selected, costs a JSON decode per job instead of a FerretDB
 // round trip (measured: 4–10 ms per 10 KB job through FerretDB, docs/bench.md).
 
-type sjSchema struct {
-	P map[string]*sjElem `json:"p"`
-	K []string           `json:"$k"`
-}
-
-type sjElem struct {
-	T string    `json:"t"`
-	S *sjSchema `json:"$s"`
-	I []*sjElem `json:"i"`
-	B *byte     `json:"s"`
-	O *string   `json:"o"`
-}
-
-// decodeSJSON turns one FerretDB row into the document it stores.
+// decodeSJSON turns one FerretDB row into the document it stores. The row
+// is parsed once (numbers kept as text), then walked with its schema.
 func decodeSJSON(doc []byte) (bson.D, error) {
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(doc, &raw); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	var v map[string]any
+	if err := dec.Decode(&v); err != nil {
 		return nil, fmt.Errorf("sjson: %w", err)
 	}
-	var sch sjSchema
-	if err := json.Unmarshal(raw["$s"], &sch); err != nil {
-		return nil, fmt.Errorf("sjson schema: %w", err)
+	sch, _ := v["$s"].(map[string]any)
+	if sch == nil {
+		return nil, fmt.Errorf("sjson: no schema")
 	}
-	return sjDoc(raw, &sch)
+	return sjDoc(v, sch)
 }
 
-func sjDoc(raw map[string]json.RawMessage, sch *sjSchema) (bson.D, error) {
-	d := make(bson.D, 0, len(sch.K))
-	for _, k := range sch.K {
-		e := sch.P[k]
+// sjDoc is the object v with schema sch (`{"p": {...}, "$k": [...]}`).
+func sjDoc(v map[string]any, sch map[string]any) (bson.D, error) {
+	props, _ := sch["p"].(map[string]any)
+	keys, _ := sch["$k"].([]any)
+	d := make(bson.D, 0, len(keys))
+	for _, k := range keys {
+		key, _ := k.(string)
+		e, _ := props[key].(map[string]any)
 		if e == nil {
-			return nil, fmt.Errorf("sjson: field %q has no schema", k)
+			return nil, fmt.Errorf("sjson: field %q has no schema", key)
 		}
-		v, err := sjValue(raw[k], e)
+		x, err := sjValue(v[key], e)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", k, err)
+			return nil, fmt.Errorf("%s: %w", key, err)
 		}
-		d = append(d, bson.E{Key: k, Value: v})
+		d = append(d, bson.E{Key: key, Value: x})
 	}
 	return d, nil
 }
 
-func sjValue(raw json.RawMessage, e *sjElem) (any, error) {
-	switch e.T {
-	case "object":
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(raw, &m); err != nil {
-			return nil, err
+func sjValue(v any, e map[string]any) (any, error) {
+	t, _ := e["t"].(string)
+	str := func() (string, error) {
+		s, ok := v.(string)
+		if !ok {
+			return "", fmt.Errorf("sjson: %s is not a string", t)
 		}
-		if e.S == nil {
+		return s, nil
+	}
+	num := func() (string, error) {
+		n, ok := v.(json.Number)
+		if !ok {
+			return "", fmt.Errorf("sjson: %s is not a number", t)
+		}
+		return string(n), nil
+	}
+	switch t {
+	case "object":
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("sjson: object is not one")
+		}
+		sch, _ := e["$s"].(map[string]any)
+		if sch == nil {
 			return bson.D{}, nil
 		}
-		return sjDoc(m, e.S)
+		return sjDoc(m, sch)
 	case "array":
-		var items []json.RawMessage
-		if err := json.Unmarshal(raw, &items); err != nil {
-			return nil, err
+		items, ok := v.([]any)
+		if !ok {
+			return nil, fmt.Errorf("sjson: array is not one")
 		}
-		if len(items) != len(e.I) {
-			return nil, fmt.Errorf("sjson: %d items, %d in the schema", len(items), len(e.I))
+		schemas, _ := e["i"].([]any)
+		if len(items) != len(schemas) {
+			return nil, fmt.Errorf("sjson: %d items, %d in the schema", len(items), len(schemas))
 		}
 		a := make(bson.A, len(items))
 		for i := range items {
-			v, err := sjValue(items[i], e.I[i])
+			ie, _ := schemas[i].(map[string]any)
+			x, err := sjValue(items[i], ie)
 			if err != nil {
 				return nil, err
 			}
-			a[i] = v
+			a[i] = x
 		}
 		return a, nil
 	case "double":
-		return strconv.ParseFloat(string(raw), 64)
-	case "string":
-		var s string
-		err := json.Unmarshal(raw, &s)
-		return s, err
-	case "binData":
-		var b []byte
-		if err := json.Unmarshal(raw, &b); err != nil {
+		n, err := num()
+		if err != nil {
 			return nil, err
 		}
-		var sub byte
-		if e.B != nil {
-			sub = *e.B
+		return strconv.ParseFloat(n, 64)
+	case "string":
+		return str()
+	case "binData":
+		s, err := str()
+		if err != nil {
+			return nil, err
 		}
-		return bson.Binary{Subtype: sub, Data: b}, nil
+		b, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return nil, err
+		}
+		sub, _ := e["s"].(json.Number)
+		st, _ := strconv.ParseUint(string(sub), 10, 8)
+		return bson.Binary{Subtype: byte(st), Data: b}, nil
 	case "objectId":
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
+		s, err := str()
+		if err != nil {
 			return nil, err
 		}
 		return bson.ObjectIDFromHex(s)
 	case "bool":
-		return bytes.Equal(raw, []byte("true")), nil
+		b, ok := v.(bool)
+		if !ok {
+			return nil, fmt.Errorf("sjson: bool is not one")
+		}
+		return b, nil
 	case "date":
-		ms, err := strconv.ParseInt(string(raw), 10, 64)
+		n, err := num()
+		if err != nil {
+			return nil, err
+		}
+		ms, err := strconv.ParseInt(n, 10, 64)
 		return bson.DateTime(ms), err
 	case "null":
 		return nil, nil
 	case "regex":
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
+		s, err := str()
+		if err != nil {
 			return nil, err
 		}
-		o := ""
-		if e.O != nil {
-			o = *e.O
-		}
+		o, _ := e["o"].(string)
 		return bson.Regex{Pattern: s, Options: o}, nil
 	case "int":
-		n, err := strconv.ParseInt(string(raw), 10, 32)
-		return int32(n), err
+		n, err := num()
+		if err != nil {
+			return nil, err
+		}
+		x, err := strconv.ParseInt(n, 10, 32)
+		return int32(x), err
 	case "timestamp":
-		n, err := strconv.ParseUint(string(raw), 10, 64)
-		return bson.Timestamp{T: uint32(n >> 32), I: uint32(n)}, err
+		n, err := num()
+		if err != nil {
+			return nil, err
+		}
+		x, err := strconv.ParseUint(n, 10, 64)
+		return bson.Timestamp{T: uint32(x >> 32), I: uint32(x)}, err
 	case "long":
-		return strconv.ParseInt(string(raw), 10, 64)
+		n, err := num()
+		if err != nil {
+			return nil, err
+		}
+		return strconv.ParseInt(n, 10, 64)
 	}
-	return nil, fmt.Errorf("sjson: unknown type %q", e.T)
+	return nil, fmt.Errorf("sjson: unknown type %q", t)
 }
 
 // decodeJobSJSON reads a job from its FerretDB row, as the driver would
