@@ -236,24 +236,43 @@ func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failure
 		idx[key{g.Kind, g.Step, g.Message}] = i
 		out.Total += g.Count
 	}
-	f.Status, f.Limit, f.Offset = tasks.StatusFailed, maxLimit, 0
-	jobs, err := s.cfg.Store.ListJobs(ctx, f)
-	if err != nil {
-		return nil, storeErr(err)
-	}
-	sort.SliceStable(jobs, func(a, b int) bool { return failedAt(jobs[a]).After(failedAt(jobs[b])) })
-	for _, j := range jobs {
-		g := store.GroupOf(j.Failure, j.Error)
-		k := key{g.Kind, g.Step, g.Message}
-		i, ok := idx[k]
-		if !ok || len(out.Groups[i].Examples) == failureExamples {
-			continue
+	// Examples among the newest maxLimit failed jobs, read a page at a time
+	// until every group has its examples: on the embedded store each job
+	// read is decoded, so a few groups cost a page, not maxLimit jobs.
+	full := 0
+	for off := 0; off < maxLimit && full < len(out.Groups); off += examplePage {
+		f.Status, f.Limit, f.Offset = tasks.StatusFailed, examplePage, off
+		jobs, err := s.cfg.Store.ListJobs(ctx, f)
+		if err != nil {
+			return nil, storeErr(err)
 		}
-		out.Groups[i].Examples = append(out.Groups[i].Examples, FailureExample{JobID: j.ID, EventID: j.EventID,
-			SystemID: j.SystemID, Queue: j.Queue, Step: k.step, FailedAt: failedAt(j)})
+		for _, j := range jobs {
+			g := store.GroupOf(j.Failure, j.Error)
+			k := key{g.Kind, g.Step, g.Message}
+			i, ok := idx[k]
+			if !ok || len(out.Groups[i].Examples) == failureExamples {
+				continue
+			}
+			grp := &out.Groups[i]
+			grp.Examples = append(grp.Examples, FailureExample{JobID: j.ID, EventID: j.EventID,
+				SystemID: j.SystemID, Queue: j.Queue, Step: k.step, FailedAt: failedAt(j)})
+			if len(grp.Examples) == min(failureExamples, grp.Count) {
+				full++ // a group of 3 jobs is full with 3
+			}
+		}
+		if len(jobs) < examplePage {
+			break
+		}
+	}
+	for i := range out.Groups {
+		ex := out.Groups[i].Examples
+		sort.SliceStable(ex, func(a, b int) bool { return ex[a].FailedAt.After(ex[b].FailedAt) })
 	}
 	return out, nil
 }
+
+// examplePage is how many failed jobs failureGroups reads at once.
+const examplePage = 50
 
 func failedAt(j *store.Job) time.Time { return j.FailedAt() }
 
