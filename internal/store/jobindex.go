@@ -2,15 +2,17 @@ package store
 
 // The jobs' index on the embedded store. FerretDB v1's SQLite backend
 // pushes only an `_id` equality down: any other filter or sort reads and
-// decodes the whole insights-jobs collection (measured in docs/bench.md:
-// 6.5 s and 2.6 GB for a page of 10,000 jobs, OOM at 100,000). So on the
-// embedded store every query of the console, the API, bulk actions and the
-// reconciler is answered from SQLite expression indexes on FerretDB's own
-// table (as HistoryWindow reads history), giving `_id`s; the documents are
-// then read through FerretDB by `_id`, the one lookup it indexes. Every read
-// pages through the index by key, so no scan holds more than a page. On
-// MongoDB the same filters are plain finds on the indexes ensureIndexes
-// creates.
+// decodes the whole insights-jobs collection (issue 23: 6.5 s and 2.6 GB
+// for a page of 10,000 jobs, OOM at 100,000). So on the embedded store every
+// query of the console, the API, bulk actions and the reconciler is
+// answered from SQLite expression indexes on FerretDB's own table (as
+// HistoryWindow reads history): counts, failure groups and a bulk action's
+// selection from the indexes alone, a page of jobs from the rows the index
+// selects, decoded here (sjson.go). Every read is one page (keyset paging
+// through the index) or one streamed row at a time, so no scan's memory
+// grows with the collection, and the SQLite driver interrupts a statement
+// when its context ends. On MongoDB the same filters are plain finds on the
+// indexes ensureIndexes creates (docs/bench.md).
 
 import (
 	"context"
@@ -284,7 +286,8 @@ func sqlString(v any) string {
 	return fmt.Sprint(v)
 }
 
-// fetchJob reads one job by its key through FerretDB; nil when it is gone.
+// fetchJob reads one job by its key through FerretDB (the one lookup it
+// indexes); nil when it is gone.
 func (s *Store) fetchJob(ctx context.Context, k docKey) (*Job, error) {
 	id, err := k.value()
 	if err != nil {
