@@ -69,9 +69,18 @@ var jobIndexes = []struct{ name, cols string }{
 	{"q_newest", xCreated + ", " + xID + ", " + xIDType + ", " + xRefID + ", " + xEvent},
 	{"q_event", xEvent + ", " + xID + ", " + xIDType},
 	// The reconciler: live jobs, and completed ones without a follow-up.
-	{"q_stale", xStatus + ", " + xFollowUp + ", " + xUpdated + ", " + xID + ", " + xIDType},
-	{"q_failed", xStatus + ", " + xKind + ", " + xStep + ", " + xMessage + ", " + xError + ", " + xUpdated + ", " + xFailAt + ", " + xSystem},
+	// Partial, as q_failed: most jobs (completed, followed up) have no
+	// entry to maintain; their queries name the statuses literally, so
+	// that SQLite sees they imply the index's condition.
+	{"q_stale_p", xStatus + ", " + xFollowUp + ", " + xUpdated + ", " + xID + ", " + xIDType + ") WHERE (" + staleCond},
+	{"q_failed_p", xStatus + ", " + xKind + ", " + xStep + ", " + xMessage + ", " + xError + ", " + xUpdated + ", " + xFailAt + ", " + xSystem + ") WHERE (" + failedCond},
 }
+
+// The conditions of the partial indexes, as the queries write them.
+const (
+	failedCond = xStatus + ` = 'failed'`
+	staleCond  = xStatus + ` IN ('queued', 'scheduled', 'processing', 'retrying') OR (` + xStatus + ` = 'completed' AND ` + xFollowUp + ` IS NULL)`
+)
 
 // jobIndex reads the jobs' SQLite table.
 type jobIndex struct {
@@ -149,7 +158,11 @@ func (f JobFilter) where() (cond string, args []any, none bool) {
 	}
 	var c []string
 	add := func(s string, a ...any) { c = append(c, s); args = append(args, a...) }
-	if st != "" {
+	switch st {
+	case "":
+	case tasks.StatusFailed:
+		add(failedCond) // literal: it implies q_failed_p's condition
+	default:
 		add(xStatus+" = ?", st)
 	}
 	if f.SystemID != "" {
@@ -458,10 +471,12 @@ func (s *Store) eachStaleIndexed(ctx context.Context, before time.Time, fn func(
 	}
 	var parts []part
 	for _, st := range []string{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying} {
-		parts = append(parts, part{xStatus + " = ? AND " + xUpdated + " < ?", []any{st, before.UnixMilli()}})
+		// The status literal (a constant), so that SQLite sees it implies
+		// q_stale_p's condition.
+		parts = append(parts, part{"(" + staleCond + ") AND " + xStatus + " = '" + st + "' AND " + xUpdated + " < ?", []any{before.UnixMilli()}})
 	}
-	parts = append(parts, part{xStatus + " = ? AND " + xFollowUp + " IS NULL AND " + xUpdated + " < ?",
-		[]any{tasks.StatusCompleted, before.UnixMilli()}})
+	parts = append(parts, part{"(" + staleCond + ") AND " + xStatus + " = 'completed' AND " + xFollowUp + " IS NULL AND " + xUpdated + " < ?",
+		[]any{before.UnixMilli()}})
 	for _, p := range parts {
 		err := s.keyset(ctx, p.cond, p.args, []string{xUpdated, xID}, false, []string{"_ferretdb_sjson"}, func(row []any) error {
 			j, err := decodeJobSJSON([]byte(sqlString(row[2])))
