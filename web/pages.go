@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -367,7 +368,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	}
 	job := s.ops.View(raw)
 	data := jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status), Breaker: s.openBreaker(r.Context()),
-		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error")}
+		Notice: pageNotices[r.URL.Query().Get("notice")], Error: s.pageErrorOf(r, raw.ID)}
 	for _, name := range tasks.Steps {
 		st, ok := job.Steps[name]
 		data.Steps = append(data.Steps, stepRow{Name: name, Present: ok, State: st, Output: prettyJSON(st.Output)})
@@ -442,6 +443,43 @@ func finalOf(stored any) store.FinalInsights {
 	return f
 }
 
+// The notices a job page shows after one of its buttons: ?notice= names
+// one by its key. The page never shows the parameter's own text, so a link
+// cannot put words of its choosing ("session expired: sign in at …") in
+// the service's notice box.
+const (
+	noticeRetried   = "retried"
+	noticeCancelled = "cancelled"
+	noticeRerun     = "rerun"
+)
+
+var pageNotices = map[string]string{
+	noticeRetried:   "Retry accepted: the job's event runs again, from its first step not completed.",
+	noticeCancelled: "Job cancelled.",
+	noticeRerun:     "Re-run started: a new run of this job (see Runs below).",
+}
+
+// pageErrorMAC signs the error text an action's redirect carries
+// (?error=&sig=), for this job and these credentials: the page shows the
+// text only when the service itself wrote it.
+func (s *Server) pageErrorMAC(r *http.Request, jobID, msg string) string {
+	return s.csrfToken(r, "page-error\x00"+jobID+"\x00"+msg)
+}
+
+// pageErrorOf is the action error the job page's URL carries, when this
+// service signed it; "" otherwise.
+func (s *Server) pageErrorOf(r *http.Request, jobID string) string {
+	q := r.URL.Query()
+	msg, sig := q.Get("error"), q.Get("sig")
+	if msg == "" || sig == "" {
+		return ""
+	}
+	if subtle.ConstantTimeCompare([]byte(sig), []byte(s.pageErrorMAC(r, jobID, msg))) != 1 {
+		return ""
+	}
+	return msg
+}
+
 // retryPage is POST /jobs/{jobId}/retry (the Retry button), audited as
 // "retry" of the job's event, as the API's retry is.
 func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
@@ -451,7 +489,7 @@ func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
 			return "", err
 		}
 		s.audit(r, store.AuditEntry{Action: "retry", Target: job.EventID, Detail: retryDetail(res) + "; job page"})
-		return "Event " + res.EventID + " " + res.Action + " (" + res.State + ").", nil
+		return noticeRetried, nil
 	})
 }
 
@@ -464,10 +502,12 @@ func (s *Server) cancelPage(w http.ResponseWriter, r *http.Request) {
 			return "", err
 		}
 		s.audit(r, store.AuditEntry{Action: "cancel", Target: job.EventID, Detail: cancelDetail(res) + "; job page"})
-		return "Job cancelled.", nil
+		return noticeCancelled, nil
 	})
 }
 
+// pageAction runs a job page's button: do returns the key of the notice
+// to show (pageNotices), or an error, shown signed.
 func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action string, do func(*store.Job) (string, error)) {
 	id := r.PathValue("jobId")
 	if !s.checkCSRF(r, action+":"+id) {
@@ -479,12 +519,13 @@ func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action strin
 		return
 	}
 	target := "/jobs/" + url.PathEscape(id)
-	msg, err := do(job)
+	notice, err := do(job)
 	if err != nil {
-		http.Redirect(w, r, target+"?error="+url.QueryEscape(strings.TrimSpace(err.Error())), http.StatusSeeOther)
+		msg := strings.TrimSpace(err.Error())
+		http.Redirect(w, r, target+"?"+url.Values{"error": {msg}, "sig": {s.pageErrorMAC(r, job.ID, msg)}}.Encode(), http.StatusSeeOther)
 		return
 	}
-	http.Redirect(w, r, target+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
+	http.Redirect(w, r, target+"?notice="+url.QueryEscape(notice), http.StatusSeeOther)
 }
 
 // runRow is one run of a job on its page.
@@ -557,11 +598,11 @@ func (s *Server) rerunPage(w http.ResponseWriter, r *http.Request) {
 				*f.dst = &n
 			}
 		}
-		res, err := s.ops.Rerun(r.Context(), job.ID, req)
+		_, err := s.ops.Rerun(r.Context(), job.ID, req)
 		if err != nil {
 			return "", err
 		}
 		s.recordAudit(r, "rerun", job.ID, req, nil)
-		return "Re-run " + res.EventID + " started from " + res.FromStep + ".", nil
+		return noticeRerun, nil
 	})
 }

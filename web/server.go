@@ -304,7 +304,23 @@ func (s *Server) routes() {
 	mux.Handle("GET /assets/", s.auth(assetHandler()))
 	mux.Handle("/", s.auth(http.HandlerFunc(s.notFoundPage)))
 
-	s.handler = s.recoverer(s.count(s.corsMiddleware(mux)))
+	s.handler = securityHeaders(s.recoverer(s.count(s.corsMiddleware(mux))))
+}
+
+// securityHeaders sets, on every answer (asynqmon's, errors and 401s
+// included), the headers that keep another site from framing a page
+// (clickjacking asynqmon's Delete or Run-all buttons) and a browser from
+// sniffing a JSON or text answer into HTML. A handler may set a fuller
+// Content-Security-Policy of its own (the job pages do); each of theirs
+// keeps frame-ancestors 'none'.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", "frame-ancestors 'none'")
+		next.ServeHTTP(w, r)
+	})
 }
 
 const netlifyBase = "/.netlify/functions/async-workloads"
