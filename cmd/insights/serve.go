@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -178,6 +179,10 @@ func printBanner(w io.Writer, cfg *config.Config, addr, role string) {
 	}
 	if cfg.EmbeddedMongo() && len(cfg.Generated) > 0 {
 		fmt.Fprintf(w, "generated credentials are kept in %s\n", cfg.DataDir)
+	}
+	// Read back from DATA_DIR: shown when generated, never again.
+	for _, name := range cfg.Kept {
+		fmt.Fprintf(w, "%s: as generated at an earlier start, kept in %s\n", name, filepath.Join(cfg.DataDir, strings.ToLower(name)))
 	}
 }
 

@@ -44,8 +44,12 @@ type Mongo struct {
 // The store makes its writes durable in groups with Sync, one fdatasync of
 // the write-ahead log for many commits, instead of one per commit.
 func StartMongo(ctx context.Context, dir string, logger *slog.Logger) (*Mongo, error) {
+	// 0700 also when it exists: the database is no other local user's.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("devstack: create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devstack: %s: %w", dir, err)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
