@@ -1,10 +1,13 @@
 package web
 
 import (
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/hibiken/asynq"
 )
 
 // Every answer, asynqmon's and the errors' included, forbids framing
@@ -107,5 +110,30 @@ func TestJobPageNoticesAreFixed(t *testing.T) {
 	e.expect(r, http.StatusSeeOther)
 	if loc := r.header.Get("Location"); loc != "/jobs/"+jobID+"?notice="+noticeRerun {
 		t.Fatalf("a re-run redirects to %s, want the notice key %s", loc, noticeRerun)
+	}
+}
+
+// asynqmon's Redis page tells the admin where Redis listens, never the
+// read-only viewer (who might reach a store without credentials).
+func TestViewerRedisInfoHidesTheAddress(t *testing.T) {
+	e := newEnv(t, envOptions{viewer: true})
+	opt, ok := e.redis.(asynq.RedisClientOpt)
+	if !ok {
+		t.Skipf("redis options %T", e.redis)
+	}
+	_, port, _ := net.SplitHostPort(opt.Addr)
+	r := e.do("GET", "/monitoring/api/redis_info", nil, authBasic)
+	e.expect(r, http.StatusOK)
+	if r.json(t)["address"] != opt.Addr {
+		t.Fatalf("the admin's redis_info: %.300s, want address %s", r.body, opt.Addr)
+	}
+	r = e.do("GET", "/monitoring/api/redis_info", nil, authViewer)
+	e.expect(r, http.StatusOK)
+	info := r.json(t)
+	if strings.Contains(string(r.body), opt.Addr) || strings.Contains(string(r.body), "tcp_port:"+port) || info["address"] == opt.Addr {
+		t.Fatalf("the viewer's redis_info shows where Redis listens: %.500s", r.body)
+	}
+	if raw, _ := info["raw_info"].(string); !strings.Contains(raw, "redis_version") {
+		t.Fatalf("the viewer's redis_info lost the rest of INFO: %.300s", r.body)
 	}
 }

@@ -336,6 +336,10 @@ func (s *Server) monitoring(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusForbidden, "the read-only dashboard is not configured", "")
 			return
 		}
+		if r.URL.Path == redisInfoPath {
+			s.viewerRedisInfo(w, r)
+			return
+		}
 		s.monitorRO.ServeHTTP(w, r)
 		return
 	}
