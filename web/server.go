@@ -89,6 +89,12 @@ type Config struct {
 	// Ready reports readiness for /readyz. Nil: MongoDB answers a ping
 	// (Store) and Redis answers (Inspector).
 	Ready func(ctx context.Context) error
+	// LiveStreamsPerUser and LiveStreamsMax cap the job pages' open live
+	// streams (GET /jobs/{jobId}/live) of one user (admin, viewer, the API
+	// token) and of the whole server; a stream beyond is answered 429.
+	// 0: DefaultLiveStreamsPerUser, DefaultLiveStreamsMax; < 0: no cap.
+	LiveStreamsPerUser int
+	LiveStreamsMax     int
 	// Logger. Nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -115,6 +121,9 @@ type Server struct {
 	// open ones.
 	live        liveTiming
 	liveStreams atomic.Int64
+	// liveHub shares one watcher per followed job among its streams and
+	// caps the open streams.
+	liveHub *liveHub
 	// streamsEnd is closed by EndStreams.
 	streamsEnd     chan struct{}
 	endStreamsOnce sync.Once
@@ -134,6 +143,7 @@ func New(cfg Config) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.liveHub = newLiveHub(s.log, cfg.LiveStreamsPerUser, cfg.LiveStreamsMax)
 	s.ops = ops.New(ops.Config{Store: cfg.Store, Inspector: cfg.Inspector, Client: cfg.Client,
 		MaxRetries: cfg.MaxRetries, Decrypt: cfg.Decrypt, Logger: s.log})
 	for _, o := range cfg.CORSOrigins {
