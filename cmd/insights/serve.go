@@ -89,6 +89,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
 			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, ViewerPassword: cfg.ViewerPassword,
 			CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
+			LiveStreamsPerUser: cfg.LiveStreamsPerUser, LiveStreamsMax: cfg.LiveStreamsMax,
 			Decrypt: a.Decrypt, Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 		go ws.ResumeBulk(ctx, time.Minute)

@@ -71,6 +71,8 @@ type Config struct {
 	SystemConcurrency   int             // SYSTEM_CONCURRENCY; 1 with gemini, 0 (no limit) with rules
 	BreakerFailures     int             // BREAKER_FAILURES; flow.DefaultBreakerFailures; 0: off
 	BreakerCooldown     time.Duration   // BREAKER_COOLDOWN; flow.DefaultBreakerCooldown; > 0
+	LiveStreamsPerUser  int             // LIVE_STREAMS_PER_USER; 0 (unset): web.DefaultLiveStreamsPerUser (20) open live streams a user
+	LiveStreamsMax      int             // LIVE_STREAMS_MAX; 0 (unset): web.DefaultLiveStreamsMax (500) open live streams in all
 	LogLevel            string          // LOG_LEVEL; "info" (debug, info, warn, error)
 	LogFormat           string          // LOG_FORMAT; "text" (text, json)
 }
@@ -117,6 +119,8 @@ func Load(getenv func(string) string) (*Config, error) {
 		GeminiTPM:           p.intRange("GEMINI_TPM", 0, 0, 1000000000),
 		BreakerFailures:     p.intRange("BREAKER_FAILURES", flow.DefaultBreakerFailures, 0, 1000),
 		BreakerCooldown:     p.duration("BREAKER_COOLDOWN", flow.DefaultBreakerCooldown, 0, ""),
+		LiveStreamsPerUser:  p.intRange("LIVE_STREAMS_PER_USER", 0, 1, 100000),
+		LiveStreamsMax:      p.intRange("LIVE_STREAMS_MAX", 0, 1, 1000000),
 		LogLevel:            strings.ToLower(p.oneOfFold("LOG_LEVEL", "info", "debug", "info", "warn", "error")),
 		LogFormat:           strings.ToLower(p.oneOfFold("LOG_FORMAT", "text", "text", "json")),
 	}
