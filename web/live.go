@@ -236,7 +236,11 @@ func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer leave()
-	job, _, changes := watcher.latest()
+	job, gone, changes := watcher.latest()
+	if gone { // deleted between the watcher's reads
+		writeError(w, http.StatusNotFound, "job "+id+" not found", "")
+		return
+	}
 
 	ctx, cancel := context.WithTimeout(r.Context(), timing.max)
 	defer cancel()
