@@ -270,9 +270,10 @@ func TestMalformedURLErrorsHidePasswords(t *testing.T) {
 			t.Errorf("%s: error %q shows the password", tc.name, err)
 		}
 	}
-	msg := Redact("dial mongodb://u:p%40ss-word@h/ failed; API key sk-123456", Secrets(env(map[string]string{
+	msg := Redact("dial mongodb://u:p%40ss-word@h/ failed; API key sk-123456; token second-token-77", Secrets(env(map[string]string{
+		"API_TOKEN":   "first-token-66, second-token-77",
 		"MONGODB_URI": "mongodb://u:p%40ss-word@h/", "GEMINI_API_KEY": "sk-123456"})))
-	if strings.Contains(msg, "ss-word") || strings.Contains(msg, "sk-123456") {
+	if strings.Contains(msg, "ss-word") || strings.Contains(msg, "sk-123456") || strings.Contains(msg, "second-token") {
 		t.Errorf("Redact left a secret: %s", msg)
 	}
 }

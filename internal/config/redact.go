@@ -26,8 +26,17 @@ func Secrets(getenv func(string) string) []string {
 	}
 	var out []string
 	for _, name := range secretVars {
-		if v := strings.TrimSpace(getenv(name)); v != "" {
-			out = append(out, v)
+		v := strings.TrimSpace(getenv(name))
+		if v == "" {
+			continue
+		}
+		out = append(out, v)
+		if name == "API_TOKEN" { // several tokens, comma-separated
+			for _, t := range strings.Split(v, ",") {
+				if t = strings.TrimSpace(t); t != "" && t != v {
+					out = append(out, t)
+				}
+			}
 		}
 	}
 	for _, name := range urlVars {
