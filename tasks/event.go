@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -218,7 +219,7 @@ func ParseEnvelope(body []byte) (*Send, error) {
 		return nil, err
 	}
 	if env.EventName == "" {
-		return nil, &malformed{field: "eventName", msg: "required"}
+		return nil, &malformed{field: "eventName", msg: "required (this service accepts \"" + EventGenerateInsights + "\")", parsed: true}
 	}
 	if env.EventName != EventGenerateInsights {
 		return nil, fmt.Errorf("%w %q (this service accepts %q)", ErrUnknownEvent, env.EventName, EventGenerateInsights)
@@ -286,9 +287,17 @@ func unixMillis(s string) (time.Time, error) {
 	return time.UnixMilli(ms), nil
 }
 
-type malformed struct{ field, msg string }
+// malformed is a body refused as a whole (400); parsed: it is valid JSON,
+// only not the envelope, so the message does not call it malformed.
+type malformed struct {
+	field, msg string
+	parsed     bool
+}
 
 func (m *malformed) Error() string {
+	if m.parsed {
+		return m.field + ": " + m.msg
+	}
 	if m.field == "" {
 		return ErrMalformed.Error() + ": " + m.msg
 	}
@@ -310,7 +319,7 @@ func strictDecode(b []byte, v any, prefix string) error {
 			if field == "" {
 				return &malformed{field: strings.TrimSuffix(prefix, "."), msg: "must be a JSON object"}
 			}
-			return fieldErr(prefix+field, "must be %s, got %s", te.Type.String(), te.Value)
+			return fieldErr(prefix+field, "must be %s, got %s", jsonKind(te.Type), te.Value)
 		}
 		return &malformed{msg: err.Error()}
 	}
@@ -331,4 +340,27 @@ func FieldOf(err error) string {
 		return m.field
 	}
 	return ""
+}
+
+// jsonKind names a Go type as the JSON a client sends for it ("a number",
+// not "float64").
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "a whole number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return t.String()
 }

@@ -226,6 +226,11 @@ func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failure
 		out.Groups[i].Examples = append(out.Groups[i].Examples, FailureExample{JobID: j.ID, EventID: j.EventID,
 			SystemID: j.SystemID, Queue: j.Queue, Step: k.step, Message: msg, FailedAt: failedAt(j)})
 	}
+	for i := range out.Groups {
+		if ex := out.Groups[i].Examples; len(ex) > 0 {
+			out.Groups[i].Message = ex[0].Message // the newest failure's, as the examples order them
+		}
+	}
 	return out, nil
 }
 
