@@ -174,7 +174,11 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 	for _, e := range list {
 		row := auditRow{AuditEntry: e, Links: auditLinks(e)}
 		if op := bulks[e.Target]; op != nil && strings.HasPrefix(e.Action, "bulk-") {
-			row.Result = fmt.Sprintf("%s: %d done · %d failed · %d skipped of %d", op.Status, op.Done, op.Failed, op.Skipped, op.Matched)
+			state := op.Status
+			if state == store.BulkDone {
+				state = "finished"
+			}
+			row.Result = fmt.Sprintf("%s: %d done · %d failed · %d skipped of %d", state, op.Done, op.Failed, op.Skipped, op.Matched)
 		}
 		if e.Filter != nil {
 			if b, err := json.Marshal(e.Filter); err == nil {
@@ -322,4 +326,13 @@ func (s *Server) eventPage(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.pageError(w, r, http.StatusNotFound, "Event not found", "Event "+id+" has no job and no task.")
 	}
+}
+
+// rerunDetail says what a re-run started, for the audit trail.
+func rerunDetail(res *ops.RerunResult) string {
+	d := "new run " + res.EventID + " from " + res.FromStep
+	if len(res.Reused) > 0 {
+		d += ", keeping " + strings.Join(res.Reused, ", ")
+	}
+	return d
 }

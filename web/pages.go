@@ -239,6 +239,9 @@ type indexPage struct {
 	// form and the paging links; Older and Newer page through the jobs.
 	Extra        map[string]string
 	Older, Newer string
+	// GroupPattern is the failure group's pattern when the filter names
+	// one by fingerprint (read from its first job).
+	GroupPattern string
 	// Breaker is the provider's breaker when it is not closed; nil else.
 	Breaker *flow.BreakerState
 }
@@ -284,6 +287,9 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data.Jobs = jobs
+	if f.Fingerprint != "" && len(jobs) > 0 {
+		data.GroupPattern, _ = store.FailureGroupOf(jobs[0])
+	}
 	in := filterFromQuery(r.URL.Query())
 	in.Status, in.SystemID = "", ""
 	data.Extra = map[string]string{}
@@ -752,7 +758,7 @@ func (s *Server) rerunPage(w http.ResponseWriter, r *http.Request) {
 		s.renderPage(w, r, http.StatusUnprocessableEntity, s.pages.job, data, data.Streams)
 		return
 	}
-	s.recordAudit(r, "rerun", job.ID, req, nil)
+	s.audit(r, store.AuditEntry{Action: "rerun", Target: job.ID, Filter: req, Detail: rerunDetail(res) + "; job page"})
 	msg := "Re-run " + res.EventID + " started from " + res.FromStep + "."
 	http.Redirect(w, r, "/jobs/"+url.PathEscape(id)+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
 }
