@@ -183,3 +183,64 @@ func TestRerunFormKeepsInputAndShowsEdits(t *testing.T) {
 		t.Errorf("the runs table does not show the edit:\n%s", r.body)
 	}
 }
+
+// Sign-out and the pages around the login: the icon and the sign-out page
+// need no login, a page asked for without one answers a page (what a
+// cancelled prompt shows), the sign-out probe makes the browser keep a
+// user that matches nothing, and /signin leads a valid login to the jobs.
+func TestSignOutAndTheLoginPages(t *testing.T) {
+	e := newEnv(t, envOptions{viewer: true})
+	r := e.do("GET", "/favicon.ico", nil, authNone)
+	e.expect(r, http.StatusOK)
+	if ct := r.header.Get("Content-Type"); ct != "image/svg+xml" {
+		t.Errorf("favicon served as %q", ct)
+	}
+	r = e.do("GET", "/signout", nil, authNone)
+	e.expect(r, http.StatusOK)
+	if !strings.Contains(string(r.body), `<script src="/assets/signout.js" defer></script>`) || !strings.Contains(string(r.body), `href="/signin"`) {
+		t.Errorf("sign-out page:\n%s", r.body)
+	}
+	r = e.do("GET", "/", nil, authNone)
+	e.expect(r, http.StatusUnauthorized)
+	if !strings.Contains(string(r.body), "Sign-in needed") || r.header.Get("WWW-Authenticate") == "" {
+		t.Errorf("a page without a login: %s", r.body)
+	}
+	r = e.do("GET", "/signin?probe=1", nil, authNone)
+	e.expect(r, http.StatusUnauthorized)
+	if r.header.Get("WWW-Authenticate") == "" {
+		t.Errorf("the probe does not challenge")
+	}
+	e.expect(e.do("GET", "/signin?probe=1", nil, authNone, "Authorization", "Basic c2lnbmVkLW91dDpzaWduZWQtb3V0"), http.StatusOK)
+	e.expect(e.do("GET", "/signin", nil, authNone), http.StatusUnauthorized)
+	r = e.do("GET", "/signin", nil, authBasic)
+	e.expect(r, http.StatusSeeOther)
+	if r.header.Get("Location") != "/" {
+		t.Errorf("signed in, /signin redirects to %q", r.header.Get("Location"))
+	}
+	// The viewer is offered the way to the admin.
+	if body := string(e.do("GET", "/", nil, authViewer).body); !strings.Contains(body, `id="signout" href="/signout">sign out / sign in as admin`) {
+		t.Errorf("the viewer's page has no sign-out to the admin")
+	}
+}
+
+// The audit page links each entry to what it acted on, and an event's
+// link opens its job.
+func TestAuditLinksOpenTheJob(t *testing.T) {
+	e := newEnv(t, envOptions{worker: true})
+	e.fail.set(true, "aud-1")
+	ev := e.send("aud-1")["eventId"].(string)
+	e.waitStatus("aud-1", tasks.StatusFailed, 20*time.Second)
+	e.fail.set(false)
+	e.expect(e.do("POST", "/api/events/"+ev+"/retry", nil, authBearer), http.StatusOK)
+	e.waitDone("aud-1")
+	body := string(e.do("GET", "/audit", nil, authBasic).body)
+	if !strings.Contains(body, `<a class="audit-link" href="/events/`+ev+`">job</a>`) {
+		t.Fatalf("the retry's entry does not link its job:\n%s", body)
+	}
+	r := e.do("GET", "/events/"+ev, nil, authBasic)
+	e.expect(r, http.StatusSeeOther)
+	if loc := r.header.Get("Location"); loc != "/jobs/aud-1" {
+		t.Errorf("/events/%s leads to %q", ev, loc)
+	}
+	e.expect(e.do("GET", "/events/no-such-event", nil, authBasic), http.StatusNotFound)
+}

@@ -129,7 +129,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		go func() {
 			if err := runDemo(ctx, a, stdout); err != nil {
 				log.Error("demo", "err", err)
+				return
 			}
+			log.Info("demo finished")
 		}()
 	}
 
