@@ -244,3 +244,17 @@ func TestAuditLinksOpenTheJob(t *testing.T) {
 	}
 	e.expect(e.do("GET", "/events/no-such-event", nil, authBasic), http.StatusNotFound)
 }
+
+// asynqmon's pages load nothing from another origin: its links to Google's
+// fonts are taken out, the page is otherwise asynqmon's.
+func TestMonitorLoadsNoExternalFonts(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for _, p := range []string{"/monitoring/", "/monitoring/queues/default"} {
+		r := e.do("GET", p, nil, authBasic)
+		e.expect(r, http.StatusOK)
+		body := string(r.body)
+		if strings.Contains(body, "fonts.googleapis.com") || !strings.Contains(body, `window.FLAG_ROOT_PATH=`) {
+			t.Errorf("%s:\n%.800s", p, body)
+		}
+	}
+}

@@ -291,7 +291,7 @@ func (s *Server) routes() {
 	mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{})))
 
 	// Dashboard.
-	mux.Handle(monitorRoot+"/", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.monitoring))))
+	mux.Handle(monitorRoot+"/", s.auth(s.sameOriginUnsafe(selfContainedMonitor(http.HandlerFunc(s.monitoring)))))
 	mux.Handle("GET "+monitorRoot, s.auth(http.RedirectHandler(monitorRoot+"/", http.StatusMovedPermanently)))
 
 	// Pages.
