@@ -497,19 +497,38 @@ func (s *Server) pageJob(w http.ResponseWriter, r *http.Request, id string) (*st
 }
 
 // jobPage is GET /jobs/{jobId}: the result first, then the steps as a
-// timeline, the runs, the progress and the event's asynq state.
+// timeline, the runs, the progress and the event's asynq state, from one
+// read of the job (ops.Job).
 func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
-	raw, ok := s.pageJob(w, r, r.PathValue("jobId"))
+	d, ok := s.pageJobDetail(w, r, r.PathValue("jobId"))
 	if !ok {
 		return
 	}
-	data := s.buildJobPage(r, raw)
+	data := s.buildJobPage(r, d)
 	s.renderPage(w, r, http.StatusOK, s.pages.job, data, data.Streams)
 }
 
-// buildJobPage is the job page's data for job raw as stored.
-func (s *Server) buildJobPage(r *http.Request, raw *store.Job) *jobPage {
-	job := s.ops.View(raw)
+// pageJobDetail reads job id for display (ops.Job), or answers with the
+// error page (false).
+func (s *Server) pageJobDetail(w http.ResponseWriter, r *http.Request, id string) (*ops.JobDetail, bool) {
+	d, err := s.ops.Job(r.Context(), id)
+	switch {
+	case errors.Is(err, ops.ErrNoStore):
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		return nil, false
+	case errors.Is(err, ops.ErrNotFound):
+		s.pageError(w, r, http.StatusNotFound, "Job not found", "There is no job "+id+".")
+		return nil, false
+	case err != nil:
+		s.pageError(w, r, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
+		return nil, false
+	}
+	return d, true
+}
+
+// buildJobPage is the job page's data for a job read for display.
+func (s *Server) buildJobPage(r *http.Request, d *ops.JobDetail) *jobPage {
+	job := d.Job
 	data := &jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status), Breaker: s.openBreaker(r.Context()),
 		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error"), Provider: s.cfg.Provider,
 		Rerun: rerunForm{FromStep: tasks.StepProcessInsights}}
@@ -523,8 +542,8 @@ func (s *Server) buildJobPage(r *http.Request, raw *store.Job) *jobPage {
 			data.ResultHTML = renderMarkdown(md)
 		}
 	}
-	if d, running, ok := runDuration(job, time.Now()); ok {
-		data.Took, data.Running = fmtDuration(d.Milliseconds()), running
+	if dur, running, ok := runDuration(job, time.Now()); ok {
+		data.Took, data.Running = fmtDuration(dur.Milliseconds()), running
 	}
 	switch job.Status {
 	case tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusRetrying:
@@ -536,23 +555,17 @@ func (s *Server) buildJobPage(r *http.Request, raw *store.Job) *jobPage {
 	for _, ev := range job.Progress {
 		data.Progress = append(data.Progress, progressRow{At: ev.Timestamp, Type: ev.Type, Text: stageOf(ev)})
 	}
-	if job.EventID != "" && s.cfg.Inspector != nil {
-		if st, err := s.ops.Status(r.Context(), job.EventID); err == nil {
-			data.Event = st
-			data.Event.Job = nil
-		} else {
-			data.EventError = err.Error()
-		}
+	data.Event, data.Chain = d.Event, d.FollowUp
+	if d.EventErr != nil && s.cfg.Inspector != nil {
+		data.EventError = d.EventErr.Error()
+	}
+	if d.FollowUpErr != nil {
+		data.ChainError = d.FollowUpErr.Error()
 	}
 	state := ""
 	if data.Event != nil && data.Event.State != nil {
 		state = *data.Event.State
 	}
-	chain, err := s.ops.FollowUp(r.Context(), raw)
-	if err != nil {
-		data.ChainError = err.Error()
-	}
-	data.Chain = chain
 	if data.Streams = streams(job); data.Streams {
 		data.LiveURL = "/jobs/" + url.PathEscape(job.ID) + "/live?since=" + strconv.Itoa(len(job.Progress))
 	}
@@ -571,7 +584,7 @@ func (s *Server) buildJobPage(r *http.Request, raw *store.Job) *jobPage {
 	}
 	data.StepNames = tasks.Steps
 	data.Runs = []runRow{currentRun(job)}
-	if prev, err := s.cfg.Store.PreviousRuns(r.Context(), raw, 10); err == nil {
+	if prev, err := s.cfg.Store.PreviousRuns(r.Context(), job, 10); err == nil {
 		for _, p := range prev {
 			data.Runs = append(data.Runs, endedRun(p))
 		}
@@ -753,7 +766,11 @@ func (s *Server) rerunPage(w http.ResponseWriter, r *http.Request) {
 		ModelOverride: r.PostFormValue("modelOverride")}
 	res, req, err := s.rerunFromForm(r, job, form)
 	if err != nil {
-		data := s.buildJobPage(r, job)
+		d, ok := s.pageJobDetail(w, r, id)
+		if !ok {
+			return
+		}
+		data := s.buildJobPage(r, d)
 		data.Rerun, data.RerunError = form, strings.TrimSpace(err.Error())
 		s.renderPage(w, r, http.StatusUnprocessableEntity, s.pages.job, data, data.Streams)
 		return
