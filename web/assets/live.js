@@ -121,7 +121,9 @@
     say('(connected)', 'open');
   });
   es.addEventListener('job', function (msg) {
-    if (apply(msg)) say('(updated ' + new Date().toLocaleTimeString() + ')');
+    // The pages' own time, relative and ticking (console.js), not the
+    // browser's locale format.
+    if (apply(msg) && note) note.replaceChildren('(updated ', timeEl(new Date().toISOString()), ')');
   });
   es.addEventListener('end', function (msg) {
     es.close();
