@@ -1,8 +1,10 @@
 package web
 
 import (
+	"html/template"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -91,21 +93,24 @@ func TestJobPageNoticesAreFixed(t *testing.T) {
 	}
 
 	// An action's own error comes back signed, and only then is shown;
-	// signed for another job or other credentials it is not.
-	token := csrfOf(t, page(""), "/jobs/"+jobID+"/rerun")
-	r := e.formPost("/jobs/"+jobID+"/rerun", url.Values{"csrf": {token}, "fromStep": {"store-results"}, "maxIterations": {"x"}})
+	// signed for another job or other credentials it is not. (Cancel of a
+	// completed job: 409; its token made as the page makes one.)
+	req := httptest.NewRequest("POST", "/", nil)
+	req.SetBasicAuth(AdminUser, testPassword)
+	r := e.formPost("/jobs/"+jobID+"/cancel", url.Values{"csrf": {e.server.csrfToken(req, "cancel:"+jobID)}})
 	e.expect(r, http.StatusSeeOther)
 	loc, err := url.Parse(r.header.Get("Location"))
 	if err != nil || loc.Query().Get("error") == "" || loc.Query().Get("sig") == "" {
-		t.Fatalf("a refused re-run redirects to %s, want ?error= with its signature", r.header.Get("Location"))
+		t.Fatalf("a refused cancel redirects to %s, want ?error= with its signature", r.header.Get("Location"))
 	}
 	msg := loc.Query().Get("error")
-	if body := page(loc.RawQuery); !strings.Contains(body, `id="action-error"`) || !strings.Contains(body, "maxIterations") {
+	if body := page(loc.RawQuery); !strings.Contains(body, `id="action-error"`) || !strings.Contains(body, template.HTMLEscapeString(msg)) {
 		t.Fatalf("the service's own error (%s) is not shown:\n%s", msg, body)
 	}
 	if r := e.do("GET", "/jobs/"+jobID+"?"+loc.RawQuery, nil, authBearer); strings.Contains(string(r.body), `id="action-error"`) {
 		t.Fatalf("an error signed for other credentials is shown")
 	}
+	token := csrfOf(t, page(""), "/jobs/"+jobID+"/rerun")
 	r = e.formPost("/jobs/"+jobID+"/rerun", url.Values{"csrf": {token}, "fromStep": {"store-results"}})
 	e.expect(r, http.StatusSeeOther)
 	if loc := r.header.Get("Location"); loc != "/jobs/"+jobID+"?notice="+noticeRerun {
