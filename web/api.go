@@ -190,19 +190,22 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 }
 
 // FailureGroup is the failed jobs with one failure kind, step and
-// message, counted over every failed job in MongoDB, with the newest few.
+// fingerprint (their messages alike but for ids, times and numbers),
+// counted over every failed job in MongoDB, with the newest few as they
+// failed.
 type FailureGroup struct {
 	store.FailureGroup
 	Examples []FailureExample `json:"examples"`
 }
 
-// FailureExample is one failed job of a group.
+// FailureExample is one failed job of a group, with its own message.
 type FailureExample struct {
 	JobID    string    `json:"jobId"`
 	EventID  string    `json:"eventId"`
 	SystemID string    `json:"systemId"`
 	Queue    string    `json:"queue"`
 	Step     string    `json:"step,omitempty"`
+	Message  string    `json:"message"`
 	FailedAt time.Time `json:"failedAt"`
 }
 
@@ -218,8 +221,8 @@ type Failures struct {
 const failureExamples = 5
 
 // failureGroups groups the failed jobs f selects by failure kind, step and
-// message, the largest groups first, each with examples among the newest
-// failed jobs.
+// fingerprint, the largest groups first, each with examples among the
+// newest failed jobs.
 func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failures, error) {
 	if s.cfg.Store == nil {
 		return nil, ops.ErrNoStore
@@ -229,50 +232,41 @@ func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failure
 		return nil, storeErr(err)
 	}
 	out := &Failures{Groups: make([]FailureGroup, 0, len(groups))}
-	type key struct{ kind, step, msg string }
+	type key struct{ kind, step, fp string }
 	idx := map[key]int{}
 	for i, g := range groups {
 		out.Groups = append(out.Groups, FailureGroup{FailureGroup: g, Examples: []FailureExample{}})
-		idx[key{g.Kind, g.Step, g.Message}] = i
+		idx[key{g.Kind, g.Step, g.Fingerprint}] = i
 		out.Total += g.Count
 	}
-	// Examples among the newest maxLimit failed jobs, read a page at a time
-	// until every group has its examples: on the embedded store each job
-	// read is decoded, so a few groups cost a page, not maxLimit jobs.
-	full := 0
-	for off := 0; off < maxLimit && full < len(out.Groups); off += examplePage {
-		f.Status, f.Limit, f.Offset = tasks.StatusFailed, examplePage, off
-		jobs, err := s.cfg.Store.ListJobs(ctx, f)
-		if err != nil {
-			return nil, storeErr(err)
+	f.Status, f.Limit, f.Offset = tasks.StatusFailed, maxLimit, 0
+	jobs, err := s.cfg.Store.ListJobs(ctx, f)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	sort.SliceStable(jobs, func(a, b int) bool { return failedAt(jobs[a]).After(failedAt(jobs[b])) })
+	for _, j := range jobs {
+		k, msg := key{kind: store.KindUnknown}, "(no error recorded)"
+		if fl := j.Failure; fl != nil {
+			k.kind, k.step, msg = fl.Kind, fl.Step, fl.Message
+		} else if j.Error != nil {
+			msg = *j.Error // failed by the app's own workload
 		}
-		for _, j := range jobs {
-			g := store.GroupOf(j.Failure, j.Error)
-			k := key{g.Kind, g.Step, g.Message}
-			i, ok := idx[k]
-			if !ok || len(out.Groups[i].Examples) == failureExamples {
-				continue
-			}
-			grp := &out.Groups[i]
-			grp.Examples = append(grp.Examples, FailureExample{JobID: j.ID, EventID: j.EventID,
-				SystemID: j.SystemID, Queue: j.Queue, Step: k.step, FailedAt: failedAt(j)})
-			if len(grp.Examples) == min(failureExamples, grp.Count) {
-				full++ // a group of 3 jobs is full with 3
-			}
+		_, k.fp = store.FailureGroupOf(j)
+		i, ok := idx[k]
+		if !ok || len(out.Groups[i].Examples) == failureExamples {
+			continue
 		}
-		if len(jobs) < examplePage {
-			break
-		}
+		out.Groups[i].Examples = append(out.Groups[i].Examples, FailureExample{JobID: j.ID, EventID: j.EventID,
+			SystemID: j.SystemID, Queue: j.Queue, Step: k.step, Message: msg, FailedAt: failedAt(j)})
 	}
 	for i := range out.Groups {
-		ex := out.Groups[i].Examples
-		sort.SliceStable(ex, func(a, b int) bool { return ex[a].FailedAt.After(ex[b].FailedAt) })
+		if ex := out.Groups[i].Examples; len(ex) > 0 {
+			out.Groups[i].Message = ex[0].Message // the newest failure's, as the examples order them
+		}
 	}
 	return out, nil
 }
-
-// examplePage is how many failed jobs failureGroups reads at once.
-const examplePage = 50
 
 func failedAt(j *store.Job) time.Time { return j.FailedAt() }
 

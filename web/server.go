@@ -86,9 +86,18 @@ type Config struct {
 	// Breaker is the model provider's circuit breaker (GET /api/breaker,
 	// POST /api/breaker/reset). Nil: those routes answer 503.
 	Breaker *flow.Breaker
+	// Provider is INSIGHTS_PROVIDER, for the job page's re-run form: it
+	// says whether an edited customPrompt is used. Empty: unknown.
+	Provider string
 	// Ready reports readiness for /readyz. Nil: MongoDB answers a ping
 	// (Store) and Redis answers (Inspector).
 	Ready func(ctx context.Context) error
+	// LiveStreamsPerUser and LiveStreamsMax cap the job pages' open live
+	// streams (GET /jobs/{jobId}/live) of one user (admin, viewer, the API
+	// token) and of the whole server; a stream beyond is answered 429.
+	// 0: DefaultLiveStreamsPerUser, DefaultLiveStreamsMax; < 0: no cap.
+	LiveStreamsPerUser int
+	LiveStreamsMax     int
 	// Logger. Nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -116,6 +125,9 @@ type Server struct {
 	// open ones.
 	live        liveTiming
 	liveStreams atomic.Int64
+	// liveHub shares one watcher per followed job among its streams and
+	// caps the open streams.
+	liveHub *liveHub
 	// streamsEnd is closed by EndStreams.
 	streamsEnd     chan struct{}
 	endStreamsOnce sync.Once
@@ -135,6 +147,7 @@ func New(cfg Config) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.liveHub = newLiveHub(s.log, cfg.LiveStreamsPerUser, cfg.LiveStreamsMax)
 	if s.ops = cfg.Operator; s.ops == nil {
 		s.ops = ops.New(ops.Config{Store: cfg.Store, Inspector: cfg.Inspector, Client: cfg.Client, Logger: s.log})
 		s.ownOps = true
@@ -292,13 +305,17 @@ func (s *Server) routes() {
 	mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{})))
 
 	// Dashboard.
-	mux.Handle(monitorRoot+"/", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.monitoring))))
+	mux.Handle(monitorRoot+"/", s.auth(s.sameOriginUnsafe(selfContainedMonitor(http.HandlerFunc(s.monitoring)))))
 	mux.Handle("GET "+monitorRoot, s.auth(http.RedirectHandler(monitorRoot+"/", http.StatusMovedPermanently)))
 
 	// Pages.
 	mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.indexPage)))
 	mux.Handle("GET /jobs/{jobId}", s.auth(http.HandlerFunc(s.jobPage)))
 	mux.Handle("GET /audit", s.auth(http.HandlerFunc(s.auditPage)))
+	mux.Handle("GET /events/{eventId}", s.auth(http.HandlerFunc(s.eventPage)))
+	mux.Handle("GET /favicon.ico", http.HandlerFunc(favicon))
+	mux.Handle("GET /signout", http.HandlerFunc(s.signOut))
+	mux.Handle("GET /signin", http.HandlerFunc(s.signIn))
 	mux.Handle("GET /jobs/{jobId}/live", s.auth(http.HandlerFunc(s.jobLive)))
 	mux.Handle("POST /jobs/{jobId}/retry", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.retryPage))))
 	mux.Handle("POST /jobs/{jobId}/cancel", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.cancelPage))))
@@ -310,7 +327,23 @@ func (s *Server) routes() {
 	mux.Handle("GET /assets/", s.auth(assetHandler()))
 	mux.Handle("/", s.auth(http.HandlerFunc(s.notFoundPage)))
 
-	s.handler = s.recoverer(s.count(s.corsMiddleware(mux)))
+	s.handler = securityHeaders(s.recoverer(s.count(s.corsMiddleware(mux))))
+}
+
+// securityHeaders sets, on every answer (asynqmon's, errors and 401s
+// included), the headers that keep another site from framing a page
+// (clickjacking asynqmon's Delete or Run-all buttons) and a browser from
+// sniffing a JSON or text answer into HTML. A handler may set a fuller
+// Content-Security-Policy of its own (the job pages do); each of theirs
+// keeps frame-ancestors 'none'.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", "frame-ancestors 'none'")
+		next.ServeHTTP(w, r)
+	})
 }
 
 const netlifyBase = "/.netlify/functions/async-workloads"
@@ -324,6 +357,10 @@ func (s *Server) monitoring(w http.ResponseWriter, r *http.Request) {
 		// The viewer (auth lets it send only GET and HEAD).
 		if s.monitorRO == nil {
 			writeError(w, http.StatusForbidden, "the read-only dashboard is not configured", "")
+			return
+		}
+		if r.URL.Path == redisInfoPath {
+			s.viewerRedisInfo(w, r)
 			return
 		}
 		s.monitorRO.ServeHTTP(w, r)

@@ -29,6 +29,10 @@ type JobFilter struct {
 	// Message is the last failure's message exactly (failure.message, or
 	// error for a job without a failure): one group of the failures.
 	Message string `json:"message,omitempty" bson:"message,omitempty"`
+	// Fingerprint is the last failure's fingerprint (fingerprint.go): one
+	// group of the failures, its ids and numbers aside. Matched in Go, on
+	// the failure fields alone.
+	Fingerprint string `json:"fingerprint,omitempty" bson:"fingerprint,omitempty"`
 	// From and To bound the job's last change (updatedAt; for a failed job,
 	// when it failed): From ≤ updatedAt < To.
 	From *time.Time `json:"from,omitempty" bson:"from,omitempty"`
@@ -39,9 +43,11 @@ type JobFilter struct {
 	Offset int `json:"-" bson:"-"`
 }
 
-// failure reports whether f names a failure (its kind, step or message):
-// such a filter selects failed jobs only.
-func (f JobFilter) failure() bool { return f.FailureKind != "" || f.Step != "" || f.Message != "" }
+// failure reports whether f names a failure (its kind, step, message or
+// fingerprint): such a filter selects failed jobs only.
+func (f JobFilter) failure() bool {
+	return f.FailureKind != "" || f.Step != "" || f.Message != "" || f.Fingerprint != ""
+}
 
 // Empty reports whether f selects every job (its Limit and Offset aside).
 func (f JobFilter) Empty() bool {
@@ -91,6 +97,11 @@ func (f JobFilter) Matches(j *Job) bool {
 			return false
 		}
 	}
+	if f.Fingerprint != "" {
+		if _, fp := FailureGroupOf(j); fp != f.Fingerprint {
+			return false
+		}
+	}
 	if f.From != nil && j.UpdatedAt.Before(*f.From) {
 		return false
 	}
@@ -99,6 +110,11 @@ func (f JobFilter) Matches(j *Job) bool {
 	}
 	return true
 }
+
+// fnError carries the error of a caller's function through a scan.
+type fnError struct{ err error }
+
+func (e fnError) Error() string { return e.err.Error() }
 
 // query is the MongoDB filter of f.
 func (f JobFilter) query() bson.D {
@@ -151,6 +167,9 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
 		f.Limit = 50
 	}
 	f.Limit = min(f.Limit, 500)
+	if f.Fingerprint != "" {
+		return s.listByFingerprint(ctx, f)
+	}
 	if s.idx != nil {
 		out, err := s.listJobsIndexed(ctx, f)
 		if err != nil {
@@ -177,6 +196,9 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
 func (s *Store) CountJobs(ctx context.Context, f JobFilter) (int64, error) {
 	ctx, cancel := s.scanCtx(ctx)
 	defer cancel()
+	if f.Fingerprint != "" {
+		return s.countByFingerprint(ctx, f)
+	}
 	if s.idx != nil {
 		n, err := s.countJobsIndexed(ctx, f)
 		if err != nil {
@@ -202,6 +224,9 @@ type JobRef struct {
 // streamed cursor that reads only the ids (its Limit and Offset aside). An
 // error of fn stops it and is returned.
 func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) error) error {
+	if f.Fingerprint != "" {
+		return s.eachRefByFingerprint(ctx, f, fn)
+	}
 	if s.idx != nil {
 		err := s.eachJobRefIndexed(ctx, f, fn)
 		var fnErr fnError
@@ -240,101 +265,61 @@ func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) err
 }
 
 // FailureGroup is the failed jobs that share a failure kind, step and
-// message.
+// fingerprint (FailurePattern): their messages differ only in ids, times
+// and numbers. Message is the newest job's, as it was written.
 type FailureGroup struct {
-	Kind     string    `json:"kind" bson:"kind"`
-	Step     string    `json:"step,omitempty" bson:"step"`
-	Message  string    `json:"message" bson:"message"`
-	Count    int       `json:"count" bson:"count"`
-	NewestAt time.Time `json:"newestAt" bson:"newestAt"`
-	OldestAt time.Time `json:"oldestAt" bson:"oldestAt"`
+	Kind        string    `json:"kind" bson:"kind"`
+	Step        string    `json:"step,omitempty" bson:"step"`
+	Message     string    `json:"message" bson:"message"`
+	Pattern     string    `json:"pattern" bson:"pattern"`
+	Fingerprint string    `json:"fingerprint" bson:"fingerprint"`
+	Count       int       `json:"count" bson:"count"`
+	NewestAt    time.Time `json:"newestAt" bson:"newestAt"`
+	OldestAt    time.Time `json:"oldestAt" bson:"oldestAt"`
 }
 
 // FailureGroups groups every failed job f selects (its Status is failed
-// whatever it says) by GroupOf: however many and however old, not the
-// newest page. Largest groups first. The jobs are streamed, their failure
-// fields alone, and grouped here: FerretDB v1's $group has no $max, $min,
-// $first or $ifNull. On the embedded store only the failed jobs' rows are
-// read (the status index).
+// whatever it says) by failure kind, step and fingerprint: however many
+// and however old, not the newest page. Largest groups first. The jobs are
+// streamed, their failure fields alone, and grouped here: FerretDB v1's
+// $group has no $max, $min, $first or $ifNull, and no fingerprint.
 func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup, error) {
 	if _, none := f.status(); none {
 		return []FailureGroup{}, nil
 	}
-	f.Status = tasks.StatusFailed
+	f.Status = "failed"
 	out := []FailureGroup{}
-	idx := map[FailureGroup]int{}
-	add := func(fl *Failure, errMsg *string, at time.Time) {
-		k := GroupOf(fl, errMsg)
+	type key struct{ kind, step, fp string }
+	idx := map[key]int{}
+	each := func(fn func(*failureFields, string) error) error {
+		return s.eachFailure(ctx, f.query(), f.Fingerprint, nil, fn)
+	}
+	if s.idx != nil {
+		// The failed jobs' rows alone (the embedded store's index).
+		each = func(fn func(*failureFields, string) error) error { return s.eachFailureIndexed(ctx, f, fn) }
+	}
+	err := each(func(j *failureFields, pattern string) error {
+		kind, step, msg, _ := j.group()
+		k := key{kind, step, Fingerprint(pattern)}
 		i, ok := idx[k]
 		if !ok {
 			i = len(out)
 			idx[k] = i
-			out = append(out, k)
+			out = append(out, FailureGroup{Kind: kind, Step: step, Message: msg, Pattern: pattern, Fingerprint: k.fp})
 		}
 		g := &out[i]
 		g.Count++
-		if at.After(g.NewestAt) {
-			g.NewestAt = at
+		if j.UpdatedAt.After(g.NewestAt) {
+			g.NewestAt, g.Message = j.UpdatedAt, msg
 		}
-		if g.OldestAt.IsZero() || at.Before(g.OldestAt) {
-			g.OldestAt = at
+		if g.OldestAt.IsZero() || j.UpdatedAt.Before(g.OldestAt) {
+			g.OldestAt = j.UpdatedAt
 		}
-	}
-	if s.idx != nil {
-		fctx, cancel := s.scanCtx(ctx)
-		defer cancel()
-		err := s.eachFailureIndexed(fctx, f, func(fl *Failure, errMsg *string, at time.Time) error {
-			add(fl, errMsg, at)
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
-		}
-		sortGroups(out)
-		return out, nil
-	}
-	fctx, cancel := s.scanCtx(ctx)
-	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
-		SetProjection(bson.D{{Key: "failure", Value: 1}, {Key: "error", Value: 1}, {Key: "updatedAt", Value: 1}}))
-	cancel()
+		return nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
-	}
-	defer cur.Close(context.WithoutCancel(ctx))
-	for s.next(ctx, cur) {
-		var j struct {
-			Failure   *Failure  `bson:"failure"`
-			Error     *string   `bson:"error"`
-			UpdatedAt time.Time `bson:"updatedAt"`
-		}
-		if err := cur.Decode(&j); err != nil {
-			return nil, fmt.Errorf("group failures: %w", err)
-		}
-		add(j.Failure, j.Error, j.UpdatedAt)
-	}
-	if err := cur.Err(); err != nil {
-		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
+		return nil, fmt.Errorf("group failures: %w", err)
 	}
 	sortGroups(out)
 	return out, nil
 }
-
-// GroupOf is the failure group of a failed job with failure fl and error
-// errMsg: its kind, step and message (KindUnknown and its error for a job
-// the BMS app's own workload failed). The one place the grouping key is
-// computed: the failures page and API group by it.
-func GroupOf(fl *Failure, errMsg *string) FailureGroup {
-	k := FailureGroup{Kind: KindUnknown, Message: "(no error recorded)"}
-	switch {
-	case fl != nil:
-		k.Kind, k.Step, k.Message = fl.Kind, fl.Step, fl.Message
-	case errMsg != nil:
-		k.Message = *errMsg
-	}
-	return k
-}
-
-// fnError carries the error of a caller's function through a scan.
-type fnError struct{ err error }
-
-func (e fnError) Error() string { return e.err.Error() }

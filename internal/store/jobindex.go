@@ -408,24 +408,24 @@ func (s *Store) eachJobRefIndexed(ctx context.Context, f JobFilter, fn func(JobR
 }
 
 // eachFailureIndexed streams the failure fields of every failed job f
-// selects, from the failed jobs' index alone: one read, one row in memory
-// at a time (fn only counts).
-func (s *Store) eachFailureIndexed(ctx context.Context, f JobFilter, fn func(fl *Failure, errMsg *string, at time.Time) error) error {
+// selects (its Fingerprint too) from the failed jobs' rows alone: one read,
+// one row in memory at a time (fn only counts).
+func (s *Store) eachFailureIndexed(ctx context.Context, f JobFilter, fn func(*failureFields, string) error) error {
 	cond, args, none := f.where()
 	if none {
 		return nil
 	}
 	db, t, err := s.idx.handle(ctx)
 	if err != nil {
-		return err
+		return unavailable(ctx, err)
 	}
-	rows, err := db.QueryContext(ctx, fmt.Sprintf(`SELECT %s, %s, %s, %s, %s, %s FROM %q WHERE %s`,
-		xKind, xStep, xMessage, xError, xUpdated, xFailAt, t, cond), args...)
+	rows, err := db.QueryContext(ctx, fmt.Sprintf(`SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s FROM %q WHERE %s`,
+		xKind, xStep, xMessage, xError, xUpdated, xFailAt, xRefID, xEvent, xSystem, t, cond), args...)
 	if err != nil {
-		return err
+		return unavailable(ctx, err)
 	}
 	defer rows.Close()
-	row := make([]any, 6)
+	row := make([]any, 9)
 	ptr := make([]any, len(row))
 	for i := range row {
 		ptr[i] = &row[i]
@@ -434,20 +434,23 @@ func (s *Store) eachFailureIndexed(ctx context.Context, f JobFilter, fn func(fl 
 		if err := rows.Scan(ptr...); err != nil {
 			return err
 		}
-		var fl *Failure
+		j := failureFields{ID: sqlString(row[6]), EventID: sqlString(row[7]), SystemID: sqlString(row[8]), UpdatedAt: millis(row[4])}
 		if row[0] != nil {
-			fl = &Failure{Kind: sqlString(row[0]), Step: sqlString(row[1]), Message: sqlString(row[2]), At: millis(row[5])}
+			j.Failure = &Failure{Kind: sqlString(row[0]), Step: sqlString(row[1]), Message: sqlString(row[2]), At: millis(row[5])}
 		}
-		var msg *string
 		if row[3] != nil {
 			m := sqlString(row[3])
-			msg = &m
+			j.Error = &m
 		}
-		if err := fn(fl, msg, millis(row[4])); err != nil {
+		_, _, _, pattern := j.group()
+		if f.Fingerprint != "" && Fingerprint(pattern) != f.Fingerprint {
+			continue
+		}
+		if err := fn(&j, pattern); err != nil {
 			return err
 		}
 	}
-	return rows.Err()
+	return unavailable(ctx, rows.Err())
 }
 
 // millis reads a date of FerretDB's JSON (Unix milliseconds); zero else.
