@@ -73,7 +73,8 @@ var jobIndexes = []struct{ name, cols string }{
 	// entry to maintain; their queries name the statuses literally, so
 	// that SQLite sees they imply the index's condition.
 	{"q_stale_p", xStatus + ", " + xFollowUp + ", " + xUpdated + ", " + xID + ", " + xIDType + ") WHERE (" + staleCond},
-	{"q_failed_p", xStatus + ", " + xKind + ", " + xStep + ", " + xMessage + ", " + xError + ", " + xUpdated + ", " + xFailAt + ", " + xSystem + ") WHERE (" + failedCond},
+	// The failure groups' fields, their fingerprint's ids included.
+	{"q_failed_p2", xStatus + ", " + xKind + ", " + xStep + ", " + xMessage + ", " + xError + ", " + xUpdated + ", " + xFailAt + ", " + xSystem + ", " + xRefID + ", " + xEvent + ") WHERE (" + failedCond},
 }
 
 // The conditions of the partial indexes, as the queries write them.
