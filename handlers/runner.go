@@ -209,6 +209,10 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 	case errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent):
 		log.Info("task revoked", "jobId", p.JobID, "reason", err)
 		return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
+	case errors.Is(err, tasks.ErrInvalidEvent):
+		// A request the store cannot hold (a producer without the store
+		// sent it): no retry can store it.
+		return rn.unreadable(ctx, log, taskID, err)
 	case err != nil:
 		// Nothing read, nothing to record on: MongoDB's outage, retried
 		// without budget for as long as it lasts.

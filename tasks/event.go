@@ -150,7 +150,7 @@ func (r *Request) check(prefix string) error {
 			return fieldErr(prefix+"analysisData.stateOfCharge", "must be 0–100 %%, got %g", *soc)
 		}
 	}
-	return nil
+	return CheckSnapshot(prefix+"analysisData", d.AnalysisData) // snapshot.go
 }
 
 func inRange(field string, v, lo, hi int) error {

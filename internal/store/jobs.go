@@ -303,6 +303,9 @@ func (s *Store) updateJob(ctx context.Context, docID any, update bson.D, cond ..
 // that died between the two writes is removed by the next send (claimExisting),
 // so a later send can always start the job.
 func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, error) {
+	if err := s.checkStorable(run); err != nil {
+		return nil, err
+	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	now := time.Now().UTC()
@@ -487,6 +490,9 @@ func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 // status. It returns ErrCancelled or ErrStaleEvent when this task must not
 // run. Previous is the status before this attempt.
 func (s *Store) StartAttempt(ctx context.Context, run tasks.Run) (job *Job, previous string, err error) {
+	if err := s.checkStorable(run); err != nil {
+		return nil, "", err
+	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	held, err := s.lockJob(ctx, run.JobID)

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/bmsview/insights/internal/store"
+	"github.com/bmsview/insights/internal/testenv"
+	"github.com/bmsview/insights/internal/testenv/fakegemini"
+	"github.com/bmsview/insights/tasks"
+)
+
+// The fault test of Redis crashes: split api and worker processes on a
+// Redis that logs every write (appendonly), the model behind the flow
+// control (each system's slot, the shared rate limit, the breaker), sends
+// from senders that retry until accepted, and Redis SIGKILLed while runs
+// are in their steps, down for a moment, then started again on its data.
+// Every job completes with failures 0 (no outage used a job's retry
+// budget) and its follow-up is delivered exactly once.
+//
+// SOAK_JOBS and SOAK_KILLS scale it (defaults 80 and 3).
+func TestRedisKilledDuringSteps(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fault test: about a minute")
+	}
+	n, kills := envInt("SOAK_JOBS", 80), envInt("SOAK_KILLS", 3)
+	red := testenv.StartKillableRedis(t)
+	e := newEnv(t)
+	e.vars["REDIS_URL"] = "redis://" + red.Addr + "/0"
+	apiAddr := testenv.FreeAddr(t)
+
+	// The follow-up's webhook counts deliveries per job.
+	var hookMu sync.Mutex
+	delivered := map[string]int{}
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var p tasks.CompletedPayload
+		_ = json.NewDecoder(r.Body).Decode(&p)
+		hookMu.Lock()
+		delivered[p.JobID]++
+		hookMu.Unlock()
+	}))
+	t.Cleanup(hook.Close)
+	// A model that takes a moment, so that kills land inside
+	// process-insights.
+	gem := fakegemini.Start(t, "test-key", func(_ fakegemini.Call, w http.ResponseWriter) {
+		time.Sleep(150 * time.Millisecond)
+		_, _ = io.WriteString(w, fakegemini.Text("## KEY FINDINGS\n- fine\n## TREND ANALYSIS\n- flat\n## RECOMMENDATIONS\n- 🟢 keep SOC 20–80 %"))
+	})
+	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL,
+		"GEMINI_RPM=100000", "SYSTEM_CONCURRENCY=1", "BREAKER_FAILURES=5", "MAX_RETRIES=3", "RETRY_TRANSIENT_DELAY=1s",
+		"WORKER_CONCURRENCY=6", "COMPLETION_WEBHOOK_URL=" + hook.URL, "WEBHOOK_SECRET=soak"}
+	e.start(t, "serve --role api", append(extra, "HTTP_ADDR="+apiAddr)...)
+	worker := e.start(t, "serve --role worker", extra...)
+	waitHTTP(t, "http://"+apiAddr+"/healthz")
+
+	// Senders: four of them, each retrying a refused or failed send (Redis
+	// down: 503; the API process's connection refused) until accepted.
+	snapshot := `{"stateOfCharge":76,"overallVoltage":52.8,"current":-8.5,"remainingCapacity":152,"fullCapacity":200,"cycleCount":310}`
+	var sendRetries atomic.Int64
+	var sent sync.WaitGroup
+	next := make(chan int)
+	for range 4 {
+		sent.Add(1)
+		go func() {
+			defer sent.Done()
+			for i := range next {
+				body := fmt.Sprintf(`{"eventName":"generate-insights","eventData":{"jobId":"soak-%d","systemId":"sys-%d","analysisData":%s}}`, i, i%12, snapshot)
+				for try := 0; ; try++ {
+					req, _ := http.NewRequest(http.MethodPost, "http://"+apiAddr+"/api/events", strings.NewReader(body))
+					req.Header.Set("Authorization", "Bearer test-token")
+					resp, err := http.DefaultClient.Do(req)
+					if err == nil {
+						resp.Body.Close()
+						if resp.StatusCode/100 == 2 {
+							break
+						}
+					}
+					if try == 300 {
+						t.Errorf("soak-%d never accepted: %v", i, err)
+						break
+					}
+					sendRetries.Add(1)
+					time.Sleep(100 * time.Millisecond) // the sender's own backoff
+				}
+			}
+		}()
+	}
+	go func() {
+		// Paced, so that sends meet the outages too.
+		for i := range n {
+			next <- i
+			time.Sleep(500 * time.Millisecond)
+		}
+		close(next)
+	}()
+
+	jobs := func() []*store.Job {
+		out := make([]*store.Job, 0, n)
+		for i := range n {
+			if j, err := e.store.GetJob(context.Background(), "soak-"+strconv.Itoa(i)); err == nil {
+				out = append(out, j)
+			}
+		}
+		return out
+	}
+	done := func(j *store.Job) bool {
+		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
+	}
+	// Each kill waits for a run inside process-insights (its model call under
+	// way: it holds its system's slot in Redis) and for the jobs to move on
+	// since the last restart.
+	killed := 0
+	for k := range kills {
+		testenv.WaitFor(t, 3*time.Minute, fmt.Sprintf("a run inside process-insights (kill %d)", k+1), func() (bool, error) {
+			for _, j := range jobs() {
+				if j.Status == tasks.StatusProcessing && j.Steps[tasks.StepValidate].Status == store.StepCompleted &&
+					j.Steps[tasks.StepProcessInsights].Status == "" && !done(j) {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		red.Kill(t)
+		killed++
+		time.Sleep(2 * time.Second) // the outage: Redis down for 2 s, then restarted on its data
+		red.Restart(t)
+		testenv.WaitFor(t, 3*time.Minute, "jobs completed after the restart", func() (bool, error) {
+			c := 0
+			for _, j := range jobs() {
+				if done(j) {
+					c++
+				}
+			}
+			return c >= (k+1)*n/(kills+1) || c == n, nil
+		})
+	}
+	sent.Wait()
+	testenv.WaitFor(t, 5*time.Minute, fmt.Sprintf("all %d jobs completed with their follow-ups delivered", n), func() (bool, error) {
+		all := jobs()
+		if len(all) < n {
+			return false, nil
+		}
+		for _, j := range all {
+			if !done(j) {
+				return false, nil
+			}
+		}
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		return len(delivered) == n, nil
+	})
+
+	failures, outages, jobsWithOutage := 0, 0, 0
+	for _, j := range jobs() {
+		failures += j.Failures
+		if j.Failures != 0 {
+			t.Errorf("%s: failures %d (%+v), want 0: an outage used its budget", j.ID, j.Failures, j.Failure)
+		}
+		seen := 0
+		for _, ev := range j.Progress {
+			if ev.Data["outage"] != nil {
+				seen++
+			}
+		}
+		outages += seen
+		if seen > 0 {
+			jobsWithOutage++
+		}
+	}
+	hookMu.Lock()
+	deliveries := 0
+	for id, c := range delivered {
+		deliveries += c
+		if c != 1 {
+			t.Errorf("%s: follow-up delivered %d times, want 1", id, c)
+		}
+	}
+	hookMu.Unlock()
+	// asynq holds one completed follow-up task per job.
+	insp := asynq.NewInspector(asynq.RedisClientOpt{Addr: red.Addr})
+	defer insp.Close()
+	followUps := map[string]int{}
+	for page := 1; ; page++ {
+		infos, err := insp.ListCompletedTasks(tasks.QueueLow, asynq.PageSize(500), asynq.Page(page))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, info := range infos {
+			if info.Type == tasks.EventInsightsCompleted {
+				var p tasks.CompletedPayload
+				_ = json.Unmarshal(info.Payload, &p)
+				followUps[p.JobID]++
+			}
+		}
+		if len(infos) < 500 {
+			break
+		}
+	}
+	for i := range n {
+		if c := followUps["soak-"+strconv.Itoa(i)]; c != 1 {
+			t.Errorf("soak-%d: %d completed insights-completed tasks in Redis, want 1", i, c)
+		}
+	}
+	outageLines := bytes.Count([]byte(worker.log()), []byte("unavailable: retry without budget"))
+	t.Logf("%d jobs, %d Redis SIGKILLs (2 s down each): %d completed, failures total %d; follow-ups delivered %d (%d jobs), completed follow-up tasks %d; "+
+		"outages recorded on jobs %d (on %d jobs), worker's outage retries logged %d; sends retried %d",
+		n, killed, len(jobs()), failures, deliveries, len(delivered), len(followUps), outages, jobsWithOutage, outageLines, sendRetries.Load())
+}
+
+// envInt reads a positive integer from the environment, else def.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
