@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bmsview/insights/internal/ops"
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -52,8 +53,7 @@ func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 			writeSendError(w, err)
 			return
 		}
-		s.log.Warn("send failed", "err", err)
-		writeError(w, http.StatusServiceUnavailable, "the event could not be recorded and was not accepted: "+err.Error(), "")
+		s.unavailable(w, r, "the event could not be recorded and was not accepted", err)
 		return
 	}
 	code := http.StatusAccepted
@@ -253,7 +253,7 @@ func (s *Server) breaker(w http.ResponseWriter, r *http.Request) {
 	}
 	st, err := s.cfg.Breaker.State(r.Context())
 	if err != nil {
-		s.writeErr(w, r, fmt.Errorf("Redis: %w", err))
+		s.writeErr(w, r, outage.Wrap(outage.Redis, err))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
@@ -272,7 +272,7 @@ func (s *Server) breakerReset(w http.ResponseWriter, r *http.Request) {
 		detail = fmt.Sprintf("was %s, %d failures", st.State, st.Failures)
 	}
 	if err := s.cfg.Breaker.Reset(r.Context()); err != nil {
-		s.writeErr(w, r, fmt.Errorf("Redis: %w", err))
+		s.writeErr(w, r, outage.Wrap(outage.Redis, err))
 		return
 	}
 	s.audit(r, store.AuditEntry{Action: "breaker-reset", Target: "breaker", Detail: detail})

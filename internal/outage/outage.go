@@ -22,7 +22,7 @@ type Error struct {
 	Err   error
 }
 
-func (e *Error) Error() string { return e.Store + " unavailable: " + e.Err.Error() }
+func (e *Error) Error() string { return e.Store + ": " + e.Err.Error() }
 func (e *Error) Unwrap() error { return e.Err }
 
 // Outage is what the runner reads of the error: the store that was down.
@@ -35,6 +35,16 @@ func Of(err error) (string, bool) {
 		return o.Outage(), true
 	}
 	return "", false
+}
+
+// Wrap marks err as store's outage (nil stays nil): for a caller that has
+// already told the store's outage from its other answers (not found, a
+// conflict).
+func Wrap(store string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &Error{Store: store, Err: err}
 }
 
 // Mark marks err, the failure of a call to store, as that store's outage,

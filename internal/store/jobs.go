@@ -12,6 +12,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/tasks"
 )
 
@@ -302,10 +303,11 @@ func (s *Store) updateJob(ctx context.Context, docID any, update bson.D, cond ..
 // whose job write fails is removed again, and one left behind by a process
 // that died between the two writes is removed by the next send (claimExisting),
 // so a later send can always start the job.
-func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, error) {
+func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (_ *tasks.Existing, err error) {
 	if err := s.checkStorable(run); err != nil {
 		return nil, err
 	}
+	defer func() { err = outage.Wrap(outage.MongoDB, err) }() // the sender's answer names the store
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	now := time.Now().UTC()
