@@ -111,6 +111,13 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("job view without its follow-up", "jobId", id, "err", err)
 		}
 	}
+	runs, err := s.cfg.Store.PreviousRuns(r.Context(), job, jobViewRuns)
+	if err != nil {
+		s.log.Warn("job view without its ended runs", "jobId", id, "err", err)
+	}
+	for _, run := range runs {
+		view.Runs = append(view.Runs, s.ops.RunView(run))
+	}
 	writeJSON(w, http.StatusOK, view)
 }
 
@@ -122,7 +129,15 @@ type JobView struct {
 	// knows it; left out for a job without a run, or when Redis is not
 	// configured or did not answer.
 	FollowUpTask *ops.FollowUpStatus `json:"followUpTask,omitempty"`
+	// Runs are the job's ended runs, newest first (at most jobViewRuns),
+	// each with its finalInsights (decrypted): a new send or a re-run of
+	// the job replaces the job's result, never loses it. Left out when
+	// there are none or MongoDB did not answer.
+	Runs []*store.RunRecord `json:"runs,omitempty"`
 }
+
+// jobViewRuns is how many ended runs the job view carries.
+const jobViewRuns = 20
 
 // JobList is the answer of GET /api/jobs.
 type JobList struct {

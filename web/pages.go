@@ -419,7 +419,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	data.Runs = []runRow{currentRun(job)}
 	if prev, err := s.cfg.Store.PreviousRuns(r.Context(), raw, 10); err == nil {
 		for _, p := range prev {
-			data.Runs = append(data.Runs, endedRun(p))
+			data.Runs = append(data.Runs, endedRun(s.ops.RunView(p)))
 		}
 	}
 	s.renderPage(w, r, http.StatusOK, s.pages.job, &data, data.Streams)
@@ -496,6 +496,10 @@ type runRow struct {
 	Error   string
 	EndedAt time.Time
 	Steps   []runStep
+	// Insights is an ended run's report and HealthScore its score, when
+	// the run had a result.
+	Insights    template.HTML
+	HealthScore *float64
 }
 
 // runStep is a step of a run: its checkpoint's status, or reused when the
@@ -531,6 +535,13 @@ func endedRun(p *store.RunRecord) runRow {
 	r := runRow{EventID: p.EventID, Status: p.Status, RerunOf: p.RerunOf, EndedAt: p.EndedAt, Steps: runSteps(p.Steps)}
 	if p.Error != nil && p.Status != tasks.StatusCompleted {
 		r.Error = *p.Error
+	}
+	if p.FinalInsights != nil {
+		f := finalOf(p.FinalInsights)
+		r.HealthScore = &f.HealthScore
+		if f.RawText != "" {
+			r.Insights = renderMarkdown(f.RawText)
+		}
 	}
 	return r
 }
