@@ -42,7 +42,7 @@ func TestRedisOutageUsesNoBudget(t *testing.T) {
 		j := testenv.WaitJob(t, b.store, "redis-down", 30*time.Second, "the outage at "+step+" recorded", func(j *store.Job) bool {
 			return j.Failure != nil && j.Failure.Step == step
 		})
-		if j.Failure.Kind != store.KindTransient || !strings.Contains(j.Failure.Message, "Redis outage") ||
+		if j.Failure.Kind != store.KindTransient || j.Failure.Outage != outage.Redis || !strings.Contains(j.Failure.Message, "Redis outage") ||
 			!strings.Contains(j.Failure.Message, "without using the retry budget") || j.Failures != 0 {
 			t.Errorf("at %s: failure %+v, failures %d; want kind transient saying it was a Redis outage, no budget used", step, j.Failure, j.Failures)
 		}

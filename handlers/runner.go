@@ -422,7 +422,7 @@ func (rn *Runner) outage(ctx context.Context, run *Attempt, storeName string, er
 	run.Report(insights.ProgressError, map[string]any{"message": msg, "error": err.Error(), "step": step,
 		"kind": store.KindTransient, "outage": storeName, "final": false})
 	set := bson.D{{Key: "error", Value: msg},
-		{Key: "failure", Value: store.Failure{Kind: store.KindTransient, Message: msg, Step: step, At: now}}}
+		{Key: "failure", Value: store.Failure{Kind: store.KindTransient, Message: msg, Step: step, At: now, Outage: storeName}}}
 	if run.Job.Status != tasks.StatusCompleted {
 		// Completed: only the follow-up is left, the status stays.
 		set = append(set, bson.E{Key: "status", Value: tasks.StatusRetrying})

@@ -176,7 +176,15 @@ type Failure struct {
 	Message string    `json:"message" bson:"message"`
 	Step    string    `json:"step,omitempty" bson:"step,omitempty"`
 	At      time.Time `json:"at" bson:"at"`
+	// Outage names the store ("Redis", "MongoDB") whose outage this was:
+	// the service's fault, retried without using the job's budget. "":
+	// the run's own failure.
+	Outage string `json:"outage,omitempty" bson:"outage,omitempty"`
 }
+
+// OwnFailure reports whether the job's last failure is its run's own, not
+// an outage of a store (which uses none of its budget).
+func (j *Job) OwnFailure() bool { return j.Failure != nil && j.Failure.Outage == "" }
 
 // Failure kinds (the job's failure.kind).
 const (
