@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -127,7 +128,7 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 	now := time.Now()
 	run := Run{
 		JobID:     jobID,
-		EventID:   uuid.NewString(),
+		EventID:   cmp.Or(s.EventID, uuid.NewString()),
 		SystemID:  s.Data.SystemID,
 		Priority:  s.Priority,
 		Queue:     QueueFor(s.Priority),
@@ -141,6 +142,12 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 	if s.At.After(now) {
 		run.ProcessAt = s.At
 	}
+	// The whole send is checked before anything is written: a task too
+	// large for the queue must not reset the job it names.
+	payload, err := encodeRun(run)
+	if err != nil {
+		return nil, err
+	}
 	if c.cfg.Jobs != nil {
 		existing, err := c.cfg.Jobs.ClaimRun(ctx, run)
 		if err != nil {
@@ -151,7 +158,7 @@ func (c *Client) Send(ctx context.Context, s *Send) (*SendResult, error) {
 				Queue: existing.Queue, State: c.state(existing.Queue, existing.EventID)}, nil
 		}
 	}
-	info, err := c.enqueue(ctx, run)
+	info, err := c.enqueuePayload(ctx, run, payload)
 	if err != nil {
 		if c.cfg.Jobs != nil {
 			// Undo the record: the caller is told the send failed, so the
@@ -195,8 +202,9 @@ func (c *Client) Restore(ctx context.Context, run Run) (*asynq.TaskInfo, error) 
 	return c.enqueue(ctx, run)
 }
 
-// enqueue puts run's task on its queue.
-func (c *Client) enqueue(ctx context.Context, run Run) (*asynq.TaskInfo, error) {
+// encodeRun is run's task payload, refused (naming the snapshot, which
+// makes up nearly all of it) over MaxPayloadBytes.
+func encodeRun(run Run) ([]byte, error) {
 	b, err := json.Marshal(run)
 	if err != nil {
 		return nil, fmt.Errorf("encode payload: %w", err)
@@ -204,6 +212,20 @@ func (c *Client) enqueue(ctx context.Context, run Run) (*asynq.TaskInfo, error) 
 	if len(b) > MaxPayloadBytes {
 		return nil, fieldErr("eventData.analysisData", "event is %d bytes, over the %d byte limit", len(b), MaxPayloadBytes)
 	}
+	return b, nil
+}
+
+// enqueue puts run's task on its queue.
+func (c *Client) enqueue(ctx context.Context, run Run) (*asynq.TaskInfo, error) {
+	b, err := encodeRun(run)
+	if err != nil {
+		return nil, err
+	}
+	return c.enqueuePayload(ctx, run, b)
+}
+
+// enqueuePayload puts run's task, encoded as b, on its queue.
+func (c *Client) enqueuePayload(ctx context.Context, run Run, b []byte) (*asynq.TaskInfo, error) {
 	opts := []asynq.Option{
 		asynq.Queue(run.Queue), asynq.TaskID(run.EventID), asynq.MaxRetry(AsynqMaxRetry),
 		asynq.Timeout(c.cfg.Timeout), asynq.Retention(c.cfg.Retention),

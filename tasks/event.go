@@ -2,15 +2,19 @@ package tasks
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/bmsview/insights/internal/bms"
 )
 
 // EventData is the `eventData` of a generate-insights event as producers
@@ -60,6 +64,28 @@ func ValidID(s string) bool { return idPattern.MatchString(s) }
 // Validate applies the event filter and every range check. It names the
 // field at fault with prefix (for example "eventData.").
 func (d *EventData) Validate(prefix string) error {
+	if err := d.Filter(prefix); err != nil {
+		return err
+	}
+	// A value sent is checked as sent: an explicit 0 is out of range, not
+	// "use the default" (which is what the request's 0 means).
+	if v := d.ContextWindowDays; v != nil {
+		if err := inRange(prefix+"contextWindowDays", *v, minContextWindow, maxContextWindow); err != nil {
+			return err
+		}
+	}
+	if v := d.MaxIterations; v != nil {
+		if err := inRange(prefix+"maxIterations", *v, minIterations, maxIterations); err != nil {
+			return err
+		}
+	}
+	return d.Request().check(prefix)
+}
+
+// Filter applies the event filter alone: a jobId, or both analysisData and
+// systemId, with valid ids. An event that passes it can be recorded as a
+// job, whose validate step then checks the ranges (the Netlify paths).
+func (d *EventData) Filter(prefix string) error {
 	if d.JobID == "" && (d.AnalysisData == nil || d.SystemID == "") {
 		switch {
 		case d.AnalysisData == nil && d.SystemID == "":
@@ -76,19 +102,7 @@ func (d *EventData) Validate(prefix string) error {
 	if d.SystemID != "" && !ValidID(d.SystemID) {
 		return fieldErr(prefix+"systemId", "must match [A-Za-z0-9._:-]{1,128}")
 	}
-	// A value sent is checked as sent: an explicit 0 is out of range, not
-	// "use the default" (which is what the request's 0 means).
-	if v := d.ContextWindowDays; v != nil {
-		if err := inRange(prefix+"contextWindowDays", *v, minContextWindow, maxContextWindow); err != nil {
-			return err
-		}
-	}
-	if v := d.MaxIterations; v != nil {
-		if err := inRange(prefix+"maxIterations", *v, minIterations, maxIterations); err != nil {
-			return err
-		}
-	}
-	return d.Request().check(prefix)
+	return nil
 }
 
 // HasRequest reports whether the event carries its own request (rather than
@@ -149,6 +163,10 @@ func (r *Request) check(prefix string) error {
 		if soc := d.AnalysisData.StateOfCharge; soc != nil && (*soc < 0 || *soc > 100) {
 			return fieldErr(prefix+"analysisData.stateOfCharge", "must be 0–100 %%, got %g", *soc)
 		}
+		if !d.AnalysisData.Measured() {
+			return fieldErr(prefix+"analysisData", "holds no measured value: every reading (%s) is absent or null, so there is nothing to analyse",
+				strings.Join(bms.MeasuredFields, ", "))
+		}
 	}
 	return CheckSnapshot(prefix+"analysisData", d.AnalysisData) // snapshot.go
 }
@@ -177,7 +195,11 @@ var (
 
 // Send is one event to send: Client.Send validates it.
 type Send struct {
-	Data     EventData
+	Data EventData
+	// EventID is the sender's own eventId (the Netlify client makes one):
+	// the run's eventId and asynq task id. "": Send makes a new UUID. An
+	// eventId the service has accepted before never starts a second run.
+	EventID  string
 	Priority int
 	// At is when the run is due; zero means now.
 	At time.Time
@@ -185,20 +207,36 @@ type Send struct {
 	// the steps before it that completed in its previous run are kept.
 	// "": a run of every step.
 	FromStep string
+	// CheckAtRun leaves the range checks to the run's validate step, which
+	// fails the job (no retry) with the reason: the Netlify paths, whose
+	// app has created its job and polls it, so a refusal at the door would
+	// leave that job queued for ever. The event filter still applies.
+	CheckAtRun bool
+	// Prefix is how the API body spells eventData's fields ("" for
+	// "eventData."; the router's "[0].data.").
+	Prefix string
 }
 
 // Validate applies the event filter and every range check (Client.Send
 // calls it); the error names the field as the API body spells it.
 func (s *Send) Validate() error {
-	if err := s.Data.Validate("eventData."); err != nil {
+	prefix := cmp.Or(s.Prefix, "eventData.")
+	check := s.Data.Validate
+	if s.CheckAtRun {
+		check = s.Data.Filter
+	}
+	if err := check(prefix); err != nil {
 		return err
+	}
+	if s.EventID != "" && !ValidID(s.EventID) {
+		return fieldErr(strings.TrimSuffix(prefix, "data.")+"eventId", "must match [A-Za-z0-9._:-]{1,128}")
 	}
 	if s.FromStep != "" {
 		if !slices.Contains(Steps, s.FromStep) {
 			return fieldErr("fromStep", "must be one of %s, got %q", strings.Join(Steps, ", "), s.FromStep)
 		}
 		if s.Data.JobID == "" {
-			return fieldErr("eventData.jobId", "is required to re-run a job from a step")
+			return fieldErr(prefix+"jobId", "is required to re-run a job from a step")
 		}
 	}
 	if s.Priority < MinPriority || s.Priority > MaxPriority {
@@ -218,7 +256,7 @@ func ParseEnvelope(body []byte) (*Send, error) {
 		return nil, err
 	}
 	if env.EventName == "" {
-		return nil, &malformed{field: "eventName", msg: "required"}
+		return nil, &malformed{field: "eventName", msg: "required", json: true}
 	}
 	if env.EventName != EventGenerateInsights {
 		return nil, fmt.Errorf("%w %q (this service accepts %q)", ErrUnknownEvent, env.EventName, EventGenerateInsights)
@@ -227,19 +265,8 @@ func ParseEnvelope(body []byte) (*Send, error) {
 		return nil, fieldErr("eventData", "required")
 	}
 	s := &Send{Priority: DefaultPriority}
-	if err := strictDecode(env.EventData, &s.Data, "eventData."); err != nil {
+	if err := parseEventData(env.EventData, &s.Data, "eventData."); err != nil {
 		return nil, err
-	}
-	// null is the same as absent (the BMS app sends nulls), but an empty
-	// id is a value, and refused.
-	var ids struct{ JobID, SystemID *string }
-	if err := json.Unmarshal(env.EventData, &ids); err == nil {
-		if ids.JobID != nil && *ids.JobID == "" {
-			return nil, fieldErr("eventData.jobId", "must not be empty")
-		}
-		if ids.SystemID != nil && *ids.SystemID == "" {
-			return nil, fieldErr("eventData.systemId", "must not be empty")
-		}
 	}
 	if env.Priority != nil {
 		s.Priority = *env.Priority
@@ -252,6 +279,26 @@ func ParseEnvelope(body []byte) (*Send, error) {
 		s.At = at
 	}
 	return s, nil
+}
+
+// parseEventData decodes an event's data as the API reads it: strict
+// types, nulls as absent, empty ids refused; fields named with prefix.
+func parseEventData(raw json.RawMessage, d *EventData, prefix string) error {
+	if err := strictDecode(raw, d, prefix); err != nil {
+		return err
+	}
+	// null is the same as absent (the BMS app sends nulls), but an empty
+	// id is a value, and refused.
+	var ids struct{ JobID, SystemID *string }
+	if err := json.Unmarshal(raw, &ids); err == nil {
+		if ids.JobID != nil && *ids.JobID == "" {
+			return fieldErr(prefix+"jobId", "must not be empty")
+		}
+		if ids.SystemID != nil && *ids.SystemID == "" {
+			return fieldErr(prefix+"systemId", "must not be empty")
+		}
+	}
+	return nil
 }
 
 // parseDelayUntil reads an RFC 3339 string, or Unix milliseconds as a JSON
@@ -286,9 +333,17 @@ func unixMillis(s string) (time.Time, error) {
 	return time.UnixMilli(ms), nil
 }
 
-type malformed struct{ field, msg string }
+// malformed is a body refused with 400: broken JSON, or (json) JSON of the
+// wrong shape, whose message must not call it broken.
+type malformed struct {
+	field, msg string
+	json       bool
+}
 
 func (m *malformed) Error() string {
+	if m.json {
+		return m.field + ": " + m.msg
+	}
 	if m.field == "" {
 		return ErrMalformed.Error() + ": " + m.msg
 	}
@@ -310,7 +365,7 @@ func strictDecode(b []byte, v any, prefix string) error {
 			if field == "" {
 				return &malformed{field: strings.TrimSuffix(prefix, "."), msg: "must be a JSON object"}
 			}
-			return fieldErr(prefix+field, "must be %s, got %s", te.Type.String(), te.Value)
+			return fieldErr(prefix+field, "must be %s, got %s", jsonKind(te.Type), te.Value)
 		}
 		return &malformed{msg: err.Error()}
 	}
@@ -331,4 +386,28 @@ func FieldOf(err error) string {
 		return m.field
 	}
 	return ""
+}
+
+// jsonKind names a Go type as the JSON value it decodes from, for messages
+// a sender reads ("a number", not "float64").
+func jsonKind(t reflect.Type) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return "a JSON value"
 }

@@ -16,28 +16,22 @@ import (
 	"github.com/bmsview/insights/tasks"
 )
 
-// postEvent is POST /api/events and POST …/async-workloads/send.
+// postEvent is POST /api/events: the event filter and every range check
+// at the door (422 naming the field).
 func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
-	if s.cfg.Client == nil {
-		s.writeErr(w, r, ops.ErrNoClient)
-		return
-	}
-	tooLarge := func() {
-		writeError(w, http.StatusRequestEntityTooLarge, "request body is over the limit of "+strconv.Itoa(maxBodyBytes)+" bytes (500 KB)", "")
-	}
-	if r.ContentLength > maxBodyBytes {
-		// Refused before a byte of the body is read.
-		tooLarge()
-		return
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			tooLarge()
-			return
-		}
-		writeError(w, http.StatusBadRequest, "read body: "+err.Error(), "")
+	s.postEnvelope(w, r, false)
+}
+
+// postNetlifySend is POST …/async-workloads/send, the BMS app's older
+// path: the same body and answer as /api/events, but a value out of range
+// fails the job in its validate step, where the app's poll reads it.
+func (s *Server) postNetlifySend(w http.ResponseWriter, r *http.Request) {
+	s.postEnvelope(w, r, true)
+}
+
+func (s *Server) postEnvelope(w http.ResponseWriter, r *http.Request, checkAtRun bool) {
+	body, ok := s.readSendBody(w, r)
+	if !ok {
 		return
 	}
 	send, err := tasks.ParseEnvelope(body)
@@ -45,15 +39,10 @@ func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 		writeSendError(w, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), sendTimeout)
-	defer cancel()
-	res, err := s.cfg.Client.Send(ctx, send)
+	send.CheckAtRun = checkAtRun
+	res, err := s.send(r, send)
 	if err != nil {
-		if errors.Is(err, tasks.ErrInvalidEvent) {
-			writeSendError(w, err)
-			return
-		}
-		s.unavailable(w, r, "the event could not be recorded and was not accepted", err)
+		s.writeSendFailure(w, r, err)
 		return
 	}
 	code := http.StatusAccepted
@@ -61,6 +50,51 @@ func (s *Server) postEvent(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusOK
 	}
 	writeJSON(w, code, res)
+}
+
+// readSendBody reads a send's body, at most maxBodyBytes, or answers the
+// error (false).
+func (s *Server) readSendBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if s.cfg.Client == nil {
+		s.writeErr(w, r, ops.ErrNoClient)
+		return nil, false
+	}
+	tooLarge := func() {
+		writeError(w, http.StatusRequestEntityTooLarge, "request body is over the limit of "+strconv.Itoa(maxBodyBytes)+" bytes (500 KB)", "")
+	}
+	if r.ContentLength > maxBodyBytes {
+		// Refused before a byte of the body is read.
+		tooLarge()
+		return nil, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			tooLarge()
+			return nil, false
+		}
+		writeError(w, http.StatusBadRequest, "read body: "+err.Error(), "")
+		return nil, false
+	}
+	return body, true
+}
+
+// send sends one event through the producer client, within sendTimeout.
+func (s *Server) send(r *http.Request, send *tasks.Send) (*tasks.SendResult, error) {
+	ctx, cancel := context.WithTimeout(r.Context(), sendTimeout)
+	defer cancel()
+	return s.cfg.Client.Send(ctx, send)
+}
+
+// writeSendFailure answers a send the client refused (422) or could not
+// record (503: nothing was accepted).
+func (s *Server) writeSendFailure(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, tasks.ErrInvalidEvent) {
+		writeSendError(w, err)
+		return
+	}
+	s.unavailable(w, r, "the event could not be recorded and was not accepted", err)
 }
 
 func writeSendError(w http.ResponseWriter, err error) {

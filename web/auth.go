@@ -63,7 +63,15 @@ func (s *Server) authenticate(r *http.Request) (credKind, string) {
 	value = strings.TrimSpace(value)
 	switch strings.ToLower(scheme) {
 	case "bearer":
-		if s.cfg.APIToken != "" && equal(value, s.cfg.APIToken) {
+		// API_TOKEN may hold several tokens (a key rotating, as the app's
+		// AWL_API_KEY_P0..Pn do): each is compared, none short-circuits.
+		ok := false
+		for _, t := range strings.Split(s.cfg.APIToken, ",") {
+			if t = strings.TrimSpace(t); t != "" && equal(value, t) {
+				ok = true
+			}
+		}
+		if ok {
 			return credBearer, TokenUser
 		}
 		return credBearer, ""

@@ -24,10 +24,14 @@ const StatusPathBMS = "/.netlify/functions/generate-insights-status"
 // bmsStatus is the answer of the status route. Fields are left out as the
 // app's function leaves them out for each status.
 type bmsStatus struct {
-	JobID     string    `json:"jobId"`
-	Status    string    `json:"status"`
-	CreatedAt time.Time `json:"createdAt"`
-	UpdatedAt time.Time `json:"updatedAt"`
+	JobID string `json:"jobId"`
+	// Status is one of the four the app's front end knows (queued,
+	// processing, completed, failed): any other would keep its poll going
+	// until it gives up. WorkloadStatus is this service's own.
+	Status         string    `json:"status"`
+	WorkloadStatus string    `json:"workloadStatus"`
+	CreatedAt      time.Time `json:"createdAt"`
+	UpdatedAt      time.Time `json:"updatedAt"`
 
 	// completed. The app's function answers `insights`; its front end
 	// waits for `finalInsights`: both are sent.
@@ -93,14 +97,44 @@ func (s *Server) bmsStatusRoute(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.bmsStatusOf(s.ops.View(raw)))
 }
 
+// AppStatus is a job status in the BMS app's four: scheduled is queued,
+// retrying is processing, cancelled is failed (with the reason).
+func AppStatus(status string) string {
+	switch status {
+	case tasks.StatusScheduled:
+		return tasks.StatusQueued
+	case tasks.StatusRetrying:
+		return tasks.StatusProcessing
+	case tasks.StatusCancelled:
+		return tasks.StatusFailed
+	}
+	return status
+}
+
+// cancelledReason is the error the app reads for a cancelled job.
+const cancelledReason = "The analysis was cancelled by an operator"
+
 func (s *Server) bmsStatusOf(job *store.Job) *bmsStatus {
-	st := &bmsStatus{JobID: job.ID, Status: job.Status, CreatedAt: job.CreatedAt, UpdatedAt: job.UpdatedAt}
+	st := &bmsStatus{JobID: job.ID, Status: AppStatus(job.Status), WorkloadStatus: job.Status, CreatedAt: job.CreatedAt, UpdatedAt: job.UpdatedAt}
 	n := len(job.Progress)
 	var last *store.ProgressEvent
 	if n > 0 {
 		last = &job.Progress[n-1]
 	}
 	switch job.Status {
+	case tasks.StatusCancelled:
+		msg := cancelledReason
+		if job.Error != nil && *job.Error != "" {
+			msg += ": " + *job.Error
+		}
+		st.Error = &msg
+		at := job.UpdatedAt
+		st.FailedAt = &at
+		st.FailureReason, st.FailureCategory = cancelledReason, "unknown"
+		st.Suggestions = []string{"Start the analysis again if it is still needed"}
+		if last != nil {
+			st.LastProgressEvent, st.ProgressCount = last, &n
+		}
 	case tasks.StatusCompleted:
 		st.Insights, st.FinalInsights = job.FinalInsights, job.FinalInsights
 		at := job.UpdatedAt
@@ -123,7 +157,7 @@ func (s *Server) bmsStatusOf(job *store.Job) *bmsStatus {
 		if last != nil {
 			st.LastProgressEvent, st.ProgressCount = last, &n
 		}
-	case tasks.StatusProcessing:
+	case tasks.StatusProcessing, tasks.StatusRetrying:
 		st.Progress = job.Progress
 		if st.Progress == nil {
 			st.Progress = []store.ProgressEvent{}
@@ -132,6 +166,9 @@ func (s *Server) bmsStatusOf(job *store.Job) *bmsStatus {
 		st.ProgressCount = &n
 		if last != nil {
 			st.CurrentStage = stageOf(*last)
+		}
+		if job.Status == tasks.StatusRetrying && job.Failure != nil {
+			st.CurrentStage = "🔁 Retrying after: " + job.Failure.Message
 		}
 	case tasks.StatusScheduled:
 		if job.Waiting != nil {

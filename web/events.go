@@ -107,6 +107,11 @@ func storeErr(err error) error { return outage.Wrap(outage.MongoDB, err) }
 // means for the caller (what) and the store that is down, never err's
 // text (addresses, driver and SQL messages), which goes to the log.
 func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, what string, err error) {
+	writeError(w, http.StatusServiceUnavailable, s.unavailableMsg(r, what, err), "")
+}
+
+// unavailableMsg is unavailable's message; it logs err.
+func (s *Server) unavailableMsg(r *http.Request, what string, err error) string {
 	s.log.Warn("request failed: store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 	down, ok := outage.Of(err)
 	if !ok {
@@ -116,7 +121,7 @@ func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, what string
 	if strings.Contains(down, " and ") {
 		verb = " are"
 	}
-	writeError(w, http.StatusServiceUnavailable, what+": "+down+verb+" unavailable; try again later", "")
+	return what + ": " + down + verb + " unavailable; try again later"
 }
 
 // downStores names the stores the readiness check finds down, for an

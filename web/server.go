@@ -54,8 +54,9 @@ type Config struct {
 	Inspector *asynq.Inspector
 	// RedisConnOpt is the Redis of asynqmon. Nil: /monitoring/ answers 503.
 	RedisConnOpt asynq.RedisConnOpt
-	// APIToken is accepted as "Authorization: Bearer <token>". Empty: no
-	// bearer token is accepted.
+	// APIToken is accepted as "Authorization: Bearer <token>": one token,
+	// or several separated by commas, each valid (a key rotating). Empty:
+	// no bearer token is accepted.
 	APIToken string
 	// AdminPassword is the HTTP Basic password of user "admin". Empty: no
 	// Basic credentials are accepted. With both credentials empty every
@@ -275,7 +276,8 @@ func (s *Server) routes() {
 	mux.Handle("/api/", s.auth(http.HandlerFunc(s.apiNotFound)))
 
 	// Netlify Async Workloads aliases.
-	mux.Handle("POST "+netlifyBase+"/send", s.auth(http.HandlerFunc(s.postEvent)))
+	mux.Handle("POST "+netlifyBase+"/send", s.auth(http.HandlerFunc(s.postNetlifySend)))
+	mux.Handle("POST "+RouterPath, s.auth(http.HandlerFunc(s.router)))
 	mux.Handle("GET "+netlifyBase+"/events/{eventId}", s.auth(eventRoute(s, s.ops.Status)))
 	mux.Handle(netlifyBase+"/", s.auth(http.HandlerFunc(s.apiNotFound)))
 	// The BMS app's own status poll, in its shape.

@@ -194,7 +194,9 @@ func callAPI(ctx context.Context, method, server, path string, body []byte, out 
 	req.Header.Set("Content-Type", "application/json")
 	switch {
 	case os.Getenv("API_TOKEN") != "":
-		req.Header.Set("Authorization", "Bearer "+os.Getenv("API_TOKEN"))
+		// API_TOKEN may list several tokens (a rotation): any one will do.
+		tok, _, _ := strings.Cut(os.Getenv("API_TOKEN"), ",")
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(tok))
 	case os.Getenv("ADMIN_PASSWORD") != "":
 		req.SetBasicAuth("admin", os.Getenv("ADMIN_PASSWORD"))
 	}

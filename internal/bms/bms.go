@@ -310,3 +310,23 @@ type System struct {
 	// LastInsights is set by the insights-completed follow-up.
 	LastInsights map[string]any `json:"lastInsights,omitempty" bson:"lastInsights,omitempty"`
 }
+
+// MeasuredFields names the readings a snapshot may carry: a snapshot with
+// none of them (an unreadable screenshot, a misspelled key) has nothing to
+// analyse.
+var MeasuredFields = []string{"stateOfCharge", "overallVoltage", "current", "power", "remainingCapacity",
+	"fullCapacity", "cycleCount", "highestCellVoltage", "lowestCellVoltage", "averageCellVoltage",
+	"cellVoltageDifference", "cellVoltages", "temperature", "temperatures", "mosTemperature"}
+
+// Measured reports whether s carries at least one reading of
+// MeasuredFields.
+func (s *Snapshot) Measured() bool {
+	for _, p := range []*float64{s.StateOfCharge, s.OverallVoltage, s.Current, s.Power, s.RemainingCapacity,
+		s.FullCapacity, s.CycleCount, s.HighestCellVoltage, s.LowestCellVoltage, s.AverageCellVoltage,
+		s.CellVoltageDifference, s.Temperature, s.MOSTemperature} {
+		if p != nil {
+			return true
+		}
+	}
+	return len(s.CellVoltages) > 0 || len(s.Temperatures) > 0
+}

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -160,7 +161,7 @@ func (c *Config) checkViewer() error {
 		return nil
 	case c.ViewerPassword == c.AdminPassword:
 		return errors.New("must differ from ADMIN_PASSWORD (the viewer is read-only; with the admin's password it could log in as admin)")
-	case c.ViewerPassword == c.APIToken:
+	case slices.ContainsFunc(strings.Split(c.APIToken, ","), func(t string) bool { return strings.TrimSpace(t) == c.ViewerPassword }):
 		return errors.New("must differ from API_TOKEN (the viewer is read-only; with the token it could act as Bearer)")
 	}
 	return nil

@@ -414,6 +414,7 @@ func EffectivePower(s bms.Snapshot) float64 {
 type Derived struct {
 	ChargeW     float64 `json:"chargeW" bson:"chargeW"`         // max(P, 0)
 	DischargeW  float64 `json:"dischargeW" bson:"dischargeW"`   // max(−P, 0)
+	HasPower    int     `json:"hasPower" bson:"hasPower"`       // 1 when the power was measured (MeasuredPower)
 	TempMax     float64 `json:"tempMax" bson:"tempMax"`         // hottest cell sensor, 0 when none
 	HasTemp     int     `json:"hasTemp" bson:"hasTemp"`         // 1 when temperatures were measured
 	ImbalanceMV float64 `json:"imbalanceMv" bson:"imbalanceMv"` // cell spread, mV
@@ -425,11 +426,13 @@ type Derived struct {
 // Derive computes the derived values of one sample.
 func Derive(s bms.Snapshot) Derived {
 	var d Derived
-	p := EffectivePower(s)
-	if p > 0 {
-		d.ChargeW = p
-	} else {
-		d.DischargeW = -p
+	if p, ok := MeasuredPower(s); ok {
+		d.HasPower = 1
+		if p > 0 {
+			d.ChargeW = p
+		} else {
+			d.DischargeW = -p
+		}
 	}
 	if temps := s.Temps(); len(temps) > 0 {
 		d.TempMax = slices.Max(temps)

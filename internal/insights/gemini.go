@@ -152,7 +152,10 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 			// Last allowed turn: ask for the answer, no more tool calls.
 			cfg.ToolConfig = &genai.ToolConfig{FunctionCallingConfig: &genai.FunctionCallingConfig{Mode: genai.FunctionCallingConfigModeNone}}
 		}
-		if err := req.report(ctx, ProgressIteration, map[string]any{"iteration": turns, "maxIterations": maxIter, "model": model}); err != nil {
+		// messageCount and promptLength are what the app's progress display
+		// reads of a turn.
+		if err := req.report(ctx, ProgressIteration, map[string]any{"iteration": turns, "maxIterations": maxIter, "model": model,
+			"messageCount": len(contents), "promptLength": promptLength(contents)}); err != nil {
 			return nil, err
 		}
 		if gate := g.cfg.Gate; gate != nil {
@@ -188,7 +191,8 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 		var parts []*genai.Part
 		for _, fc := range fcs {
 			calls++
-			if err := req.report(ctx, ProgressToolCall, map[string]any{"toolName": fc.Name, "parameters": fc.Args, "iteration": turns}); err != nil {
+			// tool and toolName: the app's two readers use one each.
+			if err := req.report(ctx, ProgressToolCall, map[string]any{"tool": fc.Name, "toolName": fc.Name, "parameters": fc.Args, "iteration": turns}); err != nil {
 				return nil, err
 			}
 			start := time.Now()
@@ -200,7 +204,8 @@ func (g *Gemini) Generate(ctx context.Context, req Request) (*Result, error) {
 				}
 				out = map[string]any{"error": err.Error()}
 			}
-			resp := map[string]any{"toolName": fc.Name, "success": err == nil, "durationMs": time.Since(start).Milliseconds(), "iteration": turns}
+			resp := map[string]any{"tool": fc.Name, "toolName": fc.Name, "success": err == nil, "dataSize": jsonSize(out),
+				"durationMs": time.Since(start).Milliseconds(), "iteration": turns}
 			if err != nil {
 				resp["error"] = err.Error()
 			}
@@ -313,15 +318,19 @@ func AnonymousProfile(sys *bms.System, systemID string) map[string]any {
 func (g *Gemini) prompt(a *Analysis, req Request) (string, error) {
 	snap := req.Snapshot
 	snap.HardwareSystemID = "" // identifying
+	rba := map[string]any{
+		"healthScore": a.HealthScore, "status": a.Status, "findings": a.Findings, "deductions": a.Deductions,
+		"snapshot": a.Snapshot, "trends": a.History.Trends,
+		"anomalyCount": a.History.AnomalyCount, "socJumpCount": a.History.SOCJumpCount,
+	}
+	if a.History.Energy.CoveredDays > 0 { // no power in the window: no energy, rather than 0 kWh
+		rba["energy"] = a.History.Energy.summary()
+	}
 	ctxJSON, err := json.Marshal(map[string]any{
-		"system":         AnonymousProfile(a.System, req.SystemID),
-		"snapshot":       snap,
-		"contextSummary": a.Context,
-		"ruleBasedAnalysis": map[string]any{
-			"healthScore": a.HealthScore, "status": a.Status, "findings": a.Findings, "deductions": a.Deductions,
-			"snapshot": a.Snapshot, "energy": a.History.Energy.summary(), "trends": a.History.Trends,
-			"anomalyCount": a.History.AnomalyCount, "socJumpCount": a.History.SOCJumpCount,
-		},
+		"system":            AnonymousProfile(a.System, req.SystemID),
+		"snapshot":          snap,
+		"contextSummary":    a.Context,
+		"ruleBasedAnalysis": rba,
 	})
 	if err != nil {
 		return "", fmt.Errorf("gemini: encode context: %w", err)
@@ -339,4 +348,28 @@ func (g *Gemini) prompt(a *Analysis, req Request) (string, error) {
 func (e EnergyBalance) summary() EnergyBalance {
 	e.PerDay = nil
 	return e
+}
+
+// promptLength is the characters of text the model is sent in a turn:
+// every text part, and the JSON of every tool answer.
+func promptLength(contents []*genai.Content) int {
+	n := 0
+	for _, c := range contents {
+		for _, p := range c.Parts {
+			n += len(p.Text)
+			if p.FunctionResponse != nil {
+				n += jsonSize(p.FunctionResponse.Response)
+			}
+		}
+	}
+	return n
+}
+
+// jsonSize is the bytes of v's JSON: a tool answer's dataSize.
+func jsonSize(v any) int {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0
+	}
+	return len(b)
 }

@@ -218,6 +218,20 @@ func TestGeminiModelOverrideAndProgress(t *testing.T) {
 	if events[1].Data["toolName"] != ToolRequestBMSData || events[0].Data["maxIterations"] != 5 {
 		t.Fatalf("progress data %v / %v", events[1].Data, events[0].Data)
 	}
+	// The field names both of the BMS app's readers use: its progress
+	// display reads tool, dataSize, messageCount, promptLength; its status
+	// function toolName, iteration, maxIterations.
+	call, answer, turn2 := events[1].Data, events[2].Data, events[3].Data
+	if call["tool"] != ToolRequestBMSData || call["iteration"] != 1 || call["parameters"] == nil {
+		t.Fatalf("tool call %v, want {tool, toolName, parameters, iteration}", call)
+	}
+	if answer["tool"] != ToolRequestBMSData || answer["success"] != true || answer["dataSize"].(int) <= 2 || answer["durationMs"] == nil {
+		t.Fatalf("tool answer %v, want {tool, toolName, success, dataSize, durationMs}", answer)
+	}
+	if events[0].Data["messageCount"] != 1 || events[0].Data["promptLength"].(int) <= 0 ||
+		turn2["messageCount"].(int) <= 1 || turn2["promptLength"].(int) <= events[0].Data["promptLength"].(int) {
+		t.Fatalf("turns %v / %v, want messageCount and a growing promptLength", events[0].Data, turn2)
+	}
 	// A progress error (the store failed) stops the run.
 	stop := errors.New("store down")
 	req.Progress = func(context.Context, Progress) error { return stop }

@@ -21,18 +21,29 @@ type HistorySource interface {
 // Rollup is the aggregate of one hour of a system's history: counts and
 // sums only (FerretDB v1's $group has $sum and $count), so every mean is
 // Sum/Count. The per-sample terms of the conditional sums come from Derive.
+// Each sum has the count of the samples that measured it: an unmeasured
+// reading adds 0 to the sum and nothing to its count, so it is never
+// averaged in as 0. Count is every sample.
 type Rollup struct {
 	Hour  time.Time `json:"hour"` // start of the hour, UTC
 	Count int       `json:"count"`
 
 	SumSOC         float64 `json:"sumSoc"`
+	SOCCount       int     `json:"socCount"`
 	SumVoltage     float64 `json:"sumVoltage"`
+	VoltageCount   int     `json:"voltageCount"`
 	SumCurrent     float64 `json:"sumCurrent"`
+	CurrentCount   int     `json:"currentCount"`
 	SumPower       float64 `json:"sumPower"` // raw reported power
+	PowerCount     int     `json:"powerCount"`
 	SumRemainingAh float64 `json:"sumRemainingAh"`
+	RemainingCount int     `json:"remainingCount"`
 	SumCycleCount  float64 `json:"sumCycleCount"`
+	CyclesCount    int     `json:"cyclesCount"` // samples with a cycle count
 	SumMOSTemp     float64 `json:"sumMosTemp"`
+	MOSTempCount   int     `json:"mosTempCount"`
 
+	EnergyCount   int     `json:"energyCount"`   // samples with a power (MeasuredPower)
 	SumChargeW    float64 `json:"sumChargeW"`    // Σ max(P,0), P = EffectivePower
 	SumDischargeW float64 `json:"sumDischargeW"` // Σ max(−P,0)
 
@@ -52,12 +63,20 @@ func (r *Rollup) Add(s bms.Snapshot) {
 	d := Derive(s)
 	r.Count++
 	r.SumSOC += bms.V(s.StateOfCharge)
+	r.SOCCount += one(s.StateOfCharge)
 	r.SumVoltage += bms.V(s.OverallVoltage)
+	r.VoltageCount += one(s.OverallVoltage)
 	r.SumCurrent += bms.V(s.Current)
+	r.CurrentCount += one(s.Current)
 	r.SumPower += bms.V(s.Power)
+	r.PowerCount += one(s.Power)
 	r.SumRemainingAh += bms.V(s.RemainingCapacity)
+	r.RemainingCount += one(s.RemainingCapacity)
 	r.SumCycleCount += bms.V(s.CycleCount)
+	r.CyclesCount += one(s.CycleCount)
 	r.SumMOSTemp += bms.V(s.MOSTemperature)
+	r.MOSTempCount += one(s.MOSTemperature)
+	r.EnergyCount += d.HasPower
 	r.SumChargeW += d.ChargeW
 	r.SumDischargeW += d.DischargeW
 	r.TempCount += d.HasTemp
@@ -75,12 +94,13 @@ func div(sum float64, n int) float64 {
 	return sum / float64(n)
 }
 
-// Mean values of the hour.
-func (r Rollup) MeanSOC() float64        { return div(r.SumSOC, r.Count) }
-func (r Rollup) MeanVoltage() float64    { return div(r.SumVoltage, r.Count) }
-func (r Rollup) MeanCurrent() float64    { return div(r.SumCurrent, r.Count) }
-func (r Rollup) MeanChargeW() float64    { return div(r.SumChargeW, r.Count) }
-func (r Rollup) MeanDischargeW() float64 { return div(r.SumDischargeW, r.Count) }
+// Mean values of the hour over the samples that measured them (0 when
+// none did: check the count first).
+func (r Rollup) MeanSOC() float64        { return div(r.SumSOC, r.SOCCount) }
+func (r Rollup) MeanVoltage() float64    { return div(r.SumVoltage, r.VoltageCount) }
+func (r Rollup) MeanCurrent() float64    { return div(r.SumCurrent, r.CurrentCount) }
+func (r Rollup) MeanChargeW() float64    { return div(r.SumChargeW, r.EnergyCount) }
+func (r Rollup) MeanDischargeW() float64 { return div(r.SumDischargeW, r.EnergyCount) }
 func (r Rollup) MeanTempMax() float64    { return div(r.SumTempMax, r.TempCount) }
 func (r Rollup) MeanImbalanceMV() float64 {
 	return div(r.SumImbalanceMV, r.CellCount)

@@ -25,8 +25,8 @@ type EnergyBalance struct {
 	DailyDischargeKWh   float64     `json:"dailyDischargeKWh" bson:"dailyDischargeKWh"`
 	NetDailyKWh         float64     `json:"netDailyKWh" bson:"netDailyKWh"`
 	SolarSufficiencyPct float64     `json:"solarSufficiencyPct" bson:"solarSufficiencyPct"`
-	SolarClass          string      `json:"solarClass,omitempty" bson:"solarClass,omitempty"` // surplus|adequate|deficit
-	AutonomyDays        float64     `json:"autonomyDays" bson:"autonomyDays"`
+	SolarClass          string      `json:"solarClass,omitempty" bson:"solarClass,omitempty"`     // surplus|adequate|deficit
+	AutonomyDays        float64     `json:"autonomyDays,omitempty" bson:"autonomyDays,omitempty"` // 0: unknown (no capacity kWh or no consumption)
 	PerDay              []DayEnergy `json:"perDay,omitempty" bson:"perDay,omitempty"`
 }
 
@@ -66,7 +66,9 @@ type DayStats struct {
 	X           float64 `json:"x" bson:"x"` // days since the first day
 	Samples     int     `json:"samples" bson:"samples"`
 	SOC         float64 `json:"soc" bson:"soc"`
+	HasSOC      bool    `json:"-" bson:"-"`
 	Voltage     float64 `json:"voltage" bson:"voltage"`
+	HasVoltage  bool    `json:"-" bson:"-"`
 	Temperature float64 `json:"temperature" bson:"temperature"`
 	HasTemp     bool    `json:"-" bson:"-"`
 	ImbalanceMV float64 `json:"imbalanceMv" bson:"imbalanceMv"`
@@ -84,6 +86,9 @@ type HistoryAnalysis struct {
 	First           time.Time        `json:"first" bson:"first"`
 	Last            time.Time        `json:"last" bson:"last"`
 	AvgSOC          float64          `json:"avgSoc" bson:"avgSoc"`
+	SOCSamples      int              `json:"socSamples" bson:"socSamples"` // records that measured SOC (AvgSOC is over them)
+	TempSamples     int              `json:"temperatureSamples" bson:"temperatureSamples"`
+	CellSamples     int              `json:"cellSamples" bson:"cellSamples"`
 	AvgTempMax      float64          `json:"avgTemperature" bson:"avgTemperature"`
 	MaxHourlyTemp   float64          `json:"maxHourlyTemperature" bson:"maxHourlyTemperature"`
 	AvgImbalance    float64          `json:"avgImbalanceMv" bson:"avgImbalanceMv"`
@@ -124,12 +129,15 @@ type HistoryBuilder struct {
 	nightWh      float64
 	hodWh        [24]float64
 
+	// hasPrev: prevT and prevP are the last record that measured power
+	// (a record without power is no sample of it).
 	hasPrev bool
 	prevT   time.Time
 	prevP   float64
 	prevSOC float64
-	// hasPrevSOC: prevSOC was measured (a null SOC is no jump).
+	// hasPrevSOC: prevSOC was measured at prevSOCT (a null SOC is no jump).
 	hasPrevSOC bool
+	prevSOCT   time.Time
 
 	jumps     []SOCJump
 	jumpCount int
@@ -197,8 +205,8 @@ func (b *HistoryBuilder) AddRecord(rec bms.Record) {
 		b.hours = append(b.hours, Rollup{Hour: h})
 	}
 	b.hours[len(b.hours)-1].Add(s)
-	p := EffectivePower(s)
-	if b.hasPrev {
+	p, hasP := MeasuredPower(s)
+	if b.hasPrev && hasP {
 		dt := t.Sub(b.prevT)
 		if dt > 0 && dt < EnergyGap {
 			wh := math.Abs(b.prevP) * dt.Hours()
@@ -208,13 +216,17 @@ func (b *HistoryBuilder) AddRecord(rec bms.Record) {
 				b.addEnergy(b.prevT, 0, wh, dt.Hours())
 			}
 		}
-		if s.StateOfCharge != nil && b.hasPrevSOC && dt >= 0 && dt < SOCJumpWithin && math.Abs(*s.StateOfCharge-b.prevSOC) > SOCJumpPct {
+	}
+	if s.StateOfCharge != nil && b.hasPrevSOC {
+		if dt := t.Sub(b.prevSOCT); dt >= 0 && dt < SOCJumpWithin && math.Abs(*s.StateOfCharge-b.prevSOC) > SOCJumpPct {
 			b.jump(t, b.prevSOC, *s.StateOfCharge)
 		}
 	}
-	b.hasPrev, b.prevT, b.prevP = true, t, p
+	if hasP {
+		b.hasPrev, b.prevT, b.prevP = true, t, p
+	}
 	if s.StateOfCharge != nil {
-		b.hasPrevSOC, b.prevSOC = true, *s.StateOfCharge
+		b.hasPrevSOC, b.prevSOC, b.prevSOCT = true, *s.StateOfCharge, t
 	}
 }
 
@@ -233,12 +245,14 @@ func (b *HistoryBuilder) AddRollup(r Rollup) {
 	b.last = r.Hour.Add(time.Hour - time.Nanosecond)
 	if n := len(b.hours); n > 0 {
 		prev := b.hours[n-1]
-		if r.Hour.Sub(prev.Hour) == time.Hour && math.Abs(r.MeanSOC()-prev.MeanSOC()) > SOCJumpPct {
+		if r.Hour.Sub(prev.Hour) == time.Hour && r.SOCCount > 0 && prev.SOCCount > 0 && math.Abs(r.MeanSOC()-prev.MeanSOC()) > SOCJumpPct {
 			b.jump(r.Hour, prev.MeanSOC(), r.MeanSOC())
 		}
 	}
 	b.hours = append(b.hours, r)
-	b.addEnergy(r.Hour, r.MeanChargeW(), r.MeanDischargeW(), 1)
+	if r.EnergyCount > 0 { // an hour without power is a gap, not 0 W
+		b.addEnergy(r.Hour, r.MeanChargeW(), r.MeanDischargeW(), 1)
+	}
 }
 
 // Finish computes the analysis. capacityKWh is the rated energy for the
@@ -281,6 +295,9 @@ func (b *HistoryBuilder) Finish(capacityKWh float64) HistoryAnalysis {
 	var hodHours [24]int
 	var dayHours, nightHours int
 	for _, r := range b.hours {
+		if r.EnergyCount == 0 {
+			continue // no power measured: not an hour of the load profile
+		}
 		hr := r.Hour.In(b.zone).Hour()
 		hodHours[hr]++
 		if IsNight(hr) {
@@ -314,6 +331,7 @@ func (b *HistoryBuilder) Finish(capacityKWh float64) HistoryAnalysis {
 	for _, r := range b.hours {
 		tot.Count += r.Count
 		tot.SumSOC += r.SumSOC
+		tot.SOCCount += r.SOCCount
 		tot.TempCount += r.TempCount
 		tot.SumTempMax += r.SumTempMax
 		tot.CellCount += r.CellCount
@@ -330,7 +348,9 @@ func (b *HistoryBuilder) Finish(capacityKWh float64) HistoryAnalysis {
 		d := &days[len(days)-1].r
 		d.Count += r.Count
 		d.SumSOC += r.SumSOC
+		d.SOCCount += r.SOCCount
 		d.SumVoltage += r.SumVoltage
+		d.VoltageCount += r.VoltageCount
 		d.TempCount += r.TempCount
 		d.SumTempMax += r.SumTempMax
 		d.CellCount += r.CellCount
@@ -339,6 +359,7 @@ func (b *HistoryBuilder) Finish(capacityKWh float64) HistoryAnalysis {
 		d.SumEstCapAh += r.SumEstCapAh
 	}
 	h.AvgSOC = tot.MeanSOC()
+	h.SOCSamples, h.TempSamples, h.CellSamples = tot.SOCCount, tot.TempCount, tot.CellCount
 	h.AvgTempMax = tot.MeanTempMax()
 	h.AvgImbalance = tot.MeanImbalanceMV()
 	h.HighSOCCount = tot.HighSOCCount
@@ -351,7 +372,7 @@ func (b *HistoryBuilder) Finish(capacityKWh float64) HistoryAnalysis {
 		t, _ := time.ParseInLocation(time.DateOnly, d.date, b.zone)
 		h.Daily[i] = DayStats{
 			Date: d.date, X: math.Round(t.Sub(day0).Hours()) / 24, Samples: d.r.Count,
-			SOC: d.r.MeanSOC(), Voltage: d.r.MeanVoltage(),
+			SOC: d.r.MeanSOC(), HasSOC: d.r.SOCCount > 0, Voltage: d.r.MeanVoltage(), HasVoltage: d.r.VoltageCount > 0,
 			Temperature: d.r.MeanTempMax(), HasTemp: d.r.TempCount > 0,
 			ImbalanceMV: d.r.MeanImbalanceMV(), HasCells: d.r.CellCount > 0,
 			CapacityAh: div(d.r.SumEstCapAh, d.r.HighSOCCount), HasCapacity: d.r.HighSOCCount > 0,
@@ -370,8 +391,8 @@ func (b *HistoryBuilder) Finish(capacityKWh float64) HistoryAnalysis {
 			h.Trends[name] = t
 		}
 	}
-	fit("soc", func(d DayStats) (float64, bool) { return d.SOC, true })
-	fit("voltage", func(d DayStats) (float64, bool) { return d.Voltage, d.Voltage != 0 })
+	fit("soc", func(d DayStats) (float64, bool) { return d.SOC, d.HasSOC })
+	fit("voltage", func(d DayStats) (float64, bool) { return d.Voltage, d.HasVoltage })
 	fit("temperature", func(d DayStats) (float64, bool) { return d.Temperature, d.HasTemp })
 	fit("imbalanceMv", func(d DayStats) (float64, bool) { return d.ImbalanceMV, d.HasCells })
 	fit("capacityAh", func(d DayStats) (float64, bool) { return d.CapacityAh, d.HasCapacity })
@@ -400,8 +421,8 @@ func (b *HistoryBuilder) anomalies(h *HistoryAnalysis) {
 		name string
 		val  func(Rollup) (float64, bool)
 	}{
-		{"voltage", func(r Rollup) (float64, bool) { return r.MeanVoltage(), true }},
-		{"current", func(r Rollup) (float64, bool) { return r.MeanCurrent(), true }},
+		{"voltage", func(r Rollup) (float64, bool) { return r.MeanVoltage(), r.VoltageCount > 0 }},
+		{"current", func(r Rollup) (float64, bool) { return r.MeanCurrent(), r.CurrentCount > 0 }},
 		{"temperature", func(r Rollup) (float64, bool) { return r.MeanTempMax(), r.TempCount > 0 }},
 		{"imbalanceMv", func(r Rollup) (float64, bool) { return r.MeanImbalanceMV(), r.CellCount > 0 }},
 	}

@@ -37,14 +37,12 @@ func (a *Analysis) Markdown() string {
 
 	b.WriteString("## KEY FINDINGS\n\n")
 	sn := a.Snapshot
-	fmt.Fprintf(&b, "- State of charge %.0f %%, %.2f kWh remaining of %.2f kWh rated", sn.SOC, sn.RemainingKWh, sn.CapacityKWh)
-	switch {
-	case sn.Discharging && sn.RuntimeHours > 0:
-		fmt.Fprintf(&b, "; %.1f h runtime at the present %.0f W load", sn.RuntimeHours, math.Abs(sn.PowerW))
-	case sn.HoursToFull > 0:
-		fmt.Fprintf(&b, "; charging at %.0f W, full in %.1f h", sn.PowerW, sn.HoursToFull)
+	if line := sn.stateLine(); line != "" {
+		b.WriteString("- " + line + ".\n")
 	}
-	b.WriteString(".\n")
+	if len(sn.Unmeasured) > 0 {
+		fmt.Fprintf(&b, "- Not measured in this snapshot: %s. Nothing is concluded from them, and the health score counts only what was measured.\n", unmeasuredLabels(sn.Unmeasured))
+	}
 	for _, f := range a.Findings {
 		if f.Code == "RUNTIME" {
 			continue
@@ -60,47 +58,7 @@ func (a *Analysis) Markdown() string {
 	if h.Records == 0 {
 		b.WriteString("- No history to fit trends to; store snapshots regularly (at least hourly) to enable trend analysis.\n")
 	} else {
-		labels := []struct{ key, label, unit string }{
-			{"soc", "Average SOC", "%"},
-			{"voltage", "Average voltage", "V"},
-			{"temperature", "Temperature", "°C"},
-			{"imbalanceMv", "Cell imbalance", "mV"},
-			{"capacityAh", "Estimated capacity", "Ah"},
-			{"chargeKWh", "Daily charge energy", "kWh"},
-			{"dischargeKWh", "Daily consumption", "kWh"},
-		}
-		for _, l := range labels {
-			t, ok := h.Trends[l.key]
-			if !ok {
-				continue
-			}
-			fmt.Fprintf(&b, "- %s: %+.3f %s/day (R² %.2f, %s confidence, %d days), now %.2f %s.\n", l.label, t.Slope, l.unit, t.R2, t.Confidence, t.N, t.Last, l.unit)
-		}
-		e := h.Energy
-		fmt.Fprintf(&b, "- Energy: %.2f kWh/day charged, %.2f kWh/day consumed (net %+.2f kWh/day) over %.1f days of data", e.DailyChargeKWh, e.DailyDischargeKWh, e.NetDailyKWh, e.CoveredDays)
-		if e.SolarClass != "" {
-			fmt.Fprintf(&b, "; solar sufficiency %.0f %% (%s)", e.SolarSufficiencyPct, e.SolarClass)
-		}
-		if e.AutonomyDays > 0 {
-			fmt.Fprintf(&b, "; autonomy %.1f days", e.AutonomyDays)
-		}
-		b.WriteString(".\n")
-		l := h.Load
-		fmt.Fprintf(&b, "- Load: %.0f %% of consumption at night (18:00–06:00), %.0f W average at night vs %.0f W by day; peak hour %02d:00.\n", l.NightSharePct, l.NightAvgW, l.DayAvgW, l.PeakHour)
-		if h.AnomalyCount > 0 {
-			fmt.Fprintf(&b, "- %d anomalies beyond 3σ", h.AnomalyCount)
-			for i, an := range h.Anomalies {
-				if i == 3 {
-					b.WriteString(", …")
-					break
-				}
-				fmt.Fprintf(&b, "%s %s %.1f vs %.1f expected at %s", map[bool]string{true: ":", false: ";"}[i == 0], an.Metric, an.Value, an.Expected, an.Time.Format("2006-01-02 15:04"))
-			}
-			b.WriteString(".\n")
-		}
-		if h.SOCJumpCount > 0 {
-			fmt.Fprintf(&b, "- %d SOC jumps > 20 points within an hour.\n", h.SOCJumpCount)
-		}
+		a.historyLines(&b)
 	}
 
 	b.WriteString("\n## RECOMMENDATIONS\n\n")
@@ -109,6 +67,127 @@ func (a *Analysis) Markdown() string {
 		b.WriteString("- " + r + "\n")
 	}
 	return b.String()
+}
+
+// stateLine is the snapshot's state of charge, energy and flow, from what
+// it measured only ("" when it measured none of them).
+func (sn SnapshotAnalysis) stateLine() string {
+	var parts []string
+	if sn.SOC != nil {
+		parts = append(parts, fmt.Sprintf("state of charge %.0f %%", *sn.SOC))
+	}
+	switch {
+	case sn.RemainingKWh != nil && sn.CapacityKWh > 0:
+		parts = append(parts, fmt.Sprintf("%.2f kWh remaining of %.2f kWh rated", *sn.RemainingKWh, sn.CapacityKWh))
+	case sn.RemainingKWh != nil:
+		parts = append(parts, fmt.Sprintf("%.2f kWh remaining", *sn.RemainingKWh))
+	case sn.RemainingAh != nil: // no voltage to give it in kWh
+		parts = append(parts, fmt.Sprintf("%.1f Ah remaining", *sn.RemainingAh))
+	case sn.CapacityKWh > 0:
+		parts = append(parts, fmt.Sprintf("rated capacity %.2f kWh", sn.CapacityKWh))
+	}
+	if len(parts) == 0 && sn.VoltageV != nil { // the voltage is the only sign of charge left
+		parts = append(parts, fmt.Sprintf("pack voltage %.2f V", *sn.VoltageV))
+	}
+	// rate is the present flow: in W when the power is known, else in A.
+	rate := func() string {
+		if sn.PowerW != nil {
+			return fmt.Sprintf("%.0f W", math.Abs(*sn.PowerW))
+		}
+		return fmt.Sprintf("%.1f A", math.Abs(*sn.CurrentA))
+	}
+	var flow string
+	switch {
+	case sn.isDischarging() && sn.RuntimeHours > 0:
+		if sn.PowerW != nil {
+			flow = fmt.Sprintf("%.1f h runtime at the present %.0f W load", sn.RuntimeHours, math.Abs(*sn.PowerW))
+		} else {
+			flow = fmt.Sprintf("%.1f h runtime at the present %.1f A discharge", sn.RuntimeHours, math.Abs(*sn.CurrentA))
+		}
+	case sn.HoursToFull > 0:
+		if sn.PowerW != nil {
+			flow = fmt.Sprintf("charging at %.0f W, full in %.1f h", *sn.PowerW, sn.HoursToFull)
+		} else {
+			flow = fmt.Sprintf("charging at %.1f A, full in %.1f h", *sn.CurrentA, sn.HoursToFull)
+		}
+	case sn.CurrentA != nil || sn.PowerW != nil:
+		// The sign of the current decides (EffectivePower follows it).
+		var v float64
+		if sn.PowerW != nil {
+			v = *sn.PowerW
+		} else {
+			v = *sn.CurrentA
+		}
+		switch {
+		case v < 0:
+			flow = "discharging at " + rate()
+		case v > 0:
+			flow = "charging at " + rate()
+		default:
+			flow = "idle, no current flowing"
+		}
+	}
+	line := strings.Join(parts, ", ")
+	switch {
+	case flow == "":
+	case line == "":
+		line = flow
+	default:
+		line += "; " + flow
+	}
+	if line == "" {
+		return ""
+	}
+	return strings.ToUpper(line[:1]) + line[1:]
+}
+
+// historyLines are the TREND ANALYSIS lines of a window with records.
+func (a *Analysis) historyLines(b *strings.Builder) {
+	h := a.History
+	labels := []struct{ key, label, unit string }{
+		{"soc", "Average SOC", "%"},
+		{"voltage", "Average voltage", "V"},
+		{"temperature", "Temperature", "°C"},
+		{"imbalanceMv", "Cell imbalance", "mV"},
+		{"capacityAh", "Estimated capacity", "Ah"},
+		{"chargeKWh", "Daily charge energy", "kWh"},
+		{"dischargeKWh", "Daily consumption", "kWh"},
+	}
+	for _, l := range labels {
+		t, ok := h.Trends[l.key]
+		if !ok {
+			continue
+		}
+		fmt.Fprintf(b, "- %s: %+.3f %s/day (R² %.2f, %s confidence, %d days), now %.2f %s.\n", l.label, t.Slope, l.unit, t.R2, t.Confidence, t.N, t.Last, l.unit)
+	}
+	if e := h.Energy; e.CoveredDays > 0 {
+		fmt.Fprintf(b, "- Energy: %.2f kWh/day charged, %.2f kWh/day consumed (net %+.2f kWh/day) over %.1f days of data", e.DailyChargeKWh, e.DailyDischargeKWh, e.NetDailyKWh, e.CoveredDays)
+		if e.SolarClass != "" {
+			fmt.Fprintf(b, "; solar sufficiency %.0f %% (%s)", e.SolarSufficiencyPct, e.SolarClass)
+		}
+		if e.AutonomyDays > 0 {
+			fmt.Fprintf(b, "; autonomy %.1f days", e.AutonomyDays)
+		}
+		b.WriteString(".\n")
+		l := h.Load
+		fmt.Fprintf(b, "- Load: %.0f %% of consumption at night (18:00–06:00), %.0f W average at night vs %.0f W by day; peak hour %02d:00.\n", l.NightSharePct, l.NightAvgW, l.DayAvgW, l.PeakHour)
+	} else {
+		b.WriteString("- Energy and load: not measured (no power, nor voltage and current, in the history).\n")
+	}
+	if h.AnomalyCount > 0 {
+		fmt.Fprintf(b, "- %d anomalies beyond 3σ", h.AnomalyCount)
+		for i, an := range h.Anomalies {
+			if i == 3 {
+				b.WriteString(", …")
+				break
+			}
+			fmt.Fprintf(b, "%s %s %.1f vs %.1f expected at %s", map[bool]string{true: ":", false: ";"}[i == 0], an.Metric, an.Value, an.Expected, an.Time.Format("2006-01-02 15:04"))
+		}
+		b.WriteString(".\n")
+	}
+	if h.SOCJumpCount > 0 {
+		fmt.Fprintf(b, "- %d SOC jumps > 20 points within an hour.\n", h.SOCJumpCount)
+	}
 }
 
 func (a *Analysis) recommendations() []string {
@@ -139,8 +218,11 @@ func (a *Analysis) recommendations() []string {
 		case "MOS_TEMPERATURE":
 			red = append(red, fmt.Sprintf("🔴 Reduce load or charge current: MOSFETs at %.1f °C, keep them below %.0f °C.", f.Value, MOSCriticalC))
 		case "SOC_LOW":
-			need := KWh(sn.RatedCapacityAh*(50-sn.SOC)/100, sn.NominalVoltage)
-			msg := fmt.Sprintf("Recharge to at least 50 %% SOC (about %.2f kWh more) and keep it above %.0f %%.", max(need, 0), SOCWarningPct)
+			msg := fmt.Sprintf("Recharge to at least 50 %% SOC and keep it above %.0f %%.", SOCWarningPct)
+			if sn.CapacityKWh > 0 && sn.SOC != nil { // the energy needs a known capacity
+				need := KWh(sn.RatedCapacityAh*(50-*sn.SOC)/100, sn.NominalVoltage)
+				msg = fmt.Sprintf("Recharge to at least 50 %% SOC (about %.2f kWh more) and keep it above %.0f %%.", max(need, 0), SOCWarningPct)
+			}
 			if f.Severity == SeverityCritical {
 				red = append(red, "🔴 "+msg)
 			} else {
@@ -149,13 +231,17 @@ func (a *Analysis) recommendations() []string {
 		case "CAPACITY_RETENTION":
 			switch f.Severity {
 			case SeverityCritical:
-				red = append(red, fmt.Sprintf("🔴 Plan a replacement: capacity is %.0f %% of rated (%.2f kWh usable of %.2f kWh), below the 80 %% end-of-life mark.", f.Value, sn.CapacityKWh*f.Value/100, sn.CapacityKWh))
+				usable := ""
+				if sn.CapacityKWh > 0 {
+					usable = fmt.Sprintf(" (%.2f kWh usable of %.2f kWh)", sn.CapacityKWh*f.Value/100, sn.CapacityKWh)
+				}
+				red = append(red, fmt.Sprintf("🔴 Plan a replacement: capacity is %.0f %% of rated%s, below the 80 %% end-of-life mark.", f.Value, usable))
 			case SeverityWarning:
 				yellow = append(yellow, fmt.Sprintf("🟡 Capacity at %.0f %% of rated: do a full capacity test and avoid depth of discharge beyond 80 %% to stay above 80 %%.", f.Value))
 			}
 		case "CYCLE_LIFE":
-			if f.Severity == SeverityWarning {
-				yellow = append(yellow, fmt.Sprintf("🟡 %.0f %% of the rated cycle life used: budget a replacement within the next %.0f cycles.", f.Value, max(sn.RatedCycles-sn.CycleCount, 0)))
+			if f.Severity == SeverityWarning && sn.CycleCount != nil {
+				yellow = append(yellow, fmt.Sprintf("🟡 %.0f %% of the rated cycle life used: budget a replacement within the next %.0f cycles.", f.Value, max(sn.RatedCycles-*sn.CycleCount, 0)))
 			}
 		case "SOLAR_SUFFICIENCY":
 			if f.Severity == SeverityWarning {
@@ -188,7 +274,19 @@ func (a *Analysis) recommendations() []string {
 		green = append(green, fmt.Sprintf("🟢 Usable energy at 80 %% depth of discharge: %.2f kWh; size nightly loads below it.", sn.CapacityKWh*AutonomyUsableFraction))
 	}
 	if len(red)+len(yellow) == 0 {
-		green = append(green, fmt.Sprintf("🟢 No action needed: keep cell spread < %.0f mV and temperature between %.0f °C and %.0f °C.", ImbalanceGoodMV, TempWarningLowC, TempWarningHighC))
+		// Only targets for what was measured.
+		var keep []string
+		if sn.HasCells {
+			keep = append(keep, fmt.Sprintf("cell spread < %.0f mV", ImbalanceGoodMV))
+		}
+		if sn.MaxTemperature != nil {
+			keep = append(keep, fmt.Sprintf("temperature between %.0f °C and %.0f °C", TempWarningLowC, TempWarningHighC))
+		}
+		if len(keep) > 0 {
+			green = append(green, "🟢 No action needed: keep "+strings.Join(keep, " and ")+".")
+		} else {
+			green = append(green, "🟢 Nothing measured calls for action.")
+		}
 	}
 	if a.History.Records == 0 {
 		green = append(green, "🟢 Record snapshots at least hourly so energy balance and trends (kWh/day) can be computed.")

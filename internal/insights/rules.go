@@ -11,57 +11,77 @@ import (
 	"github.com/bmsview/insights/tasks"
 )
 
-// SnapshotAnalysis is what the current reading alone shows.
+// SnapshotAnalysis is what the current reading alone shows. A value that
+// rests on a reading the snapshot did not measure is nil, absent from the
+// metrics: never 0 (docs/DESIGN.md section 9). CapacityKWh,
+// RatedCapacityAh, NominalVoltage and RatedCycles are 0 (absent) when
+// unknown: none of them is ever 0 when known.
 type SnapshotAnalysis struct {
-	ImbalanceMV       float64 `json:"imbalanceMv" bson:"imbalanceMv"`
-	HasCells          bool    `json:"hasCells" bson:"hasCells"`
-	ImbalanceClass    string  `json:"imbalanceClass,omitempty" bson:"imbalanceClass,omitempty"`
-	ImbalanceLevel    string  `json:"imbalanceLevel,omitempty" bson:"imbalanceLevel,omitempty"`
-	MaxTemperature    float64 `json:"maxTemperature" bson:"maxTemperature"`
-	MinTemperature    float64 `json:"minTemperature" bson:"minTemperature"`
-	MOSTemperature    float64 `json:"mosTemperature" bson:"mosTemperature"`
-	TemperatureLevel  string  `json:"temperatureLevel" bson:"temperatureLevel"`
-	SOC               float64 `json:"soc" bson:"soc"`
-	SOCLevel          string  `json:"socLevel" bson:"socLevel"`
-	PowerW            float64 `json:"powerW" bson:"powerW"`
-	CurrentA          float64 `json:"currentA" bson:"currentA"`
-	Discharging       bool    `json:"discharging" bson:"discharging"`
-	RuntimeHours      float64 `json:"runtimeHours,omitempty" bson:"runtimeHours,omitempty"`
-	HoursToFull       float64 `json:"hoursToFull,omitempty" bson:"hoursToFull,omitempty"`
-	RemainingKWh      float64 `json:"remainingKWh" bson:"remainingKWh"`
-	CapacityKWh       float64 `json:"capacityKWh" bson:"capacityKWh"`
-	RatedCapacityAh   float64 `json:"ratedCapacityAh" bson:"ratedCapacityAh"`
-	NominalVoltage    float64 `json:"nominalVoltage" bson:"nominalVoltage"`
-	CycleCount        float64 `json:"cycleCount" bson:"cycleCount"`
-	CycleLifeUsedPct  float64 `json:"cycleLifeUsedPct" bson:"cycleLifeUsedPct"`
-	CycleLifeClass    string  `json:"cycleLifeClass" bson:"cycleLifeClass"`
-	Chemistry         string  `json:"chemistry,omitempty" bson:"chemistry,omitempty"`
-	RatedCycles       float64 `json:"ratedCycles" bson:"ratedCycles"`
-	CapacityRetention float64 `json:"capacityRetentionPct,omitempty" bson:"capacityRetentionPct,omitempty"`
-	CapacityClass     string  `json:"capacityClass,omitempty" bson:"capacityClass,omitempty"`
-	CapacitySource    string  `json:"capacitySource,omitempty" bson:"capacitySource,omitempty"` // history|snapshot
+	ImbalanceMV       *float64 `json:"imbalanceMv,omitempty" bson:"imbalanceMv,omitempty"`
+	HasCells          bool     `json:"hasCells" bson:"hasCells"`
+	ImbalanceClass    string   `json:"imbalanceClass,omitempty" bson:"imbalanceClass,omitempty"`
+	ImbalanceLevel    string   `json:"imbalanceLevel,omitempty" bson:"imbalanceLevel,omitempty"`
+	MaxTemperature    *float64 `json:"maxTemperature,omitempty" bson:"maxTemperature,omitempty"`
+	MinTemperature    *float64 `json:"minTemperature,omitempty" bson:"minTemperature,omitempty"`
+	MOSTemperature    *float64 `json:"mosTemperature,omitempty" bson:"mosTemperature,omitempty"`
+	TemperatureLevel  string   `json:"temperatureLevel" bson:"temperatureLevel"`
+	SOC               *float64 `json:"soc,omitempty" bson:"soc,omitempty"`
+	SOCLevel          string   `json:"socLevel" bson:"socLevel"`
+	VoltageV          *float64 `json:"voltageV,omitempty" bson:"voltageV,omitempty"`
+	PowerW            *float64 `json:"powerW,omitempty" bson:"powerW,omitempty"`
+	CurrentA          *float64 `json:"currentA,omitempty" bson:"currentA,omitempty"`
+	Discharging       *bool    `json:"discharging,omitempty" bson:"discharging,omitempty"`
+	RuntimeHours      float64  `json:"runtimeHours,omitempty" bson:"runtimeHours,omitempty"`
+	HoursToFull       float64  `json:"hoursToFull,omitempty" bson:"hoursToFull,omitempty"`
+	RemainingAh       *float64 `json:"remainingAh,omitempty" bson:"remainingAh,omitempty"`
+	RemainingKWh      *float64 `json:"remainingKWh,omitempty" bson:"remainingKWh,omitempty"`
+	CapacityKWh       float64  `json:"capacityKWh,omitempty" bson:"capacityKWh,omitempty"`
+	RatedCapacityAh   float64  `json:"ratedCapacityAh,omitempty" bson:"ratedCapacityAh,omitempty"`
+	NominalVoltage    float64  `json:"nominalVoltage,omitempty" bson:"nominalVoltage,omitempty"`
+	CycleCount        *float64 `json:"cycleCount,omitempty" bson:"cycleCount,omitempty"`
+	CycleLifeUsedPct  *float64 `json:"cycleLifeUsedPct,omitempty" bson:"cycleLifeUsedPct,omitempty"`
+	CycleLifeClass    string   `json:"cycleLifeClass,omitempty" bson:"cycleLifeClass,omitempty"`
+	Chemistry         string   `json:"chemistry,omitempty" bson:"chemistry,omitempty"`
+	RatedCycles       float64  `json:"ratedCycles,omitempty" bson:"ratedCycles,omitempty"`
+	CapacityRetention float64  `json:"capacityRetentionPct,omitempty" bson:"capacityRetentionPct,omitempty"`
+	CapacityClass     string   `json:"capacityClass,omitempty" bson:"capacityClass,omitempty"`
+	CapacitySource    string   `json:"capacitySource,omitempty" bson:"capacitySource,omitempty"` // history|snapshot
+	// Unmeasured are the readings the snapshot did not measure (see
+	// Unmeasured); empty when it measured them all.
+	Unmeasured []string `json:"unmeasured,omitempty" bson:"unmeasured,omitempty"`
 }
+
+// isDischarging: the current was measured and is negative.
+func (a SnapshotAnalysis) isDischarging() bool { return a.Discharging != nil && *a.Discharging }
 
 // AnalyzeSnapshot analyses the current reading with the system's nominal
 // data (sys may be nil).
 func AnalyzeSnapshot(s bms.Snapshot, sys *bms.System) SnapshotAnalysis {
-	a := SnapshotAnalysis{SOC: bms.V(s.StateOfCharge), MOSTemperature: bms.V(s.MOSTemperature), CurrentA: bms.V(s.Current), CycleCount: bms.V(s.CycleCount)}
+	a := SnapshotAnalysis{SOC: clone(s.StateOfCharge), MOSTemperature: clone(s.MOSTemperature), CurrentA: clone(s.Current),
+		VoltageV: clone(s.OverallVoltage), RemainingAh: clone(s.RemainingCapacity), CycleCount: clone(s.CycleCount), Unmeasured: Unmeasured(s)}
 	if mv, ok := ImbalanceMV(s); ok {
-		a.ImbalanceMV, a.HasCells = mv, true
+		a.ImbalanceMV, a.HasCells = &mv, true
 		a.ImbalanceClass, a.ImbalanceLevel = ClassifyImbalance(mv), ImbalanceLevel(mv)
 	}
 	if temps := s.Temps(); len(temps) > 0 {
-		a.MaxTemperature, a.MinTemperature = slices.Max(temps), slices.Min(temps)
+		a.MaxTemperature, a.MinTemperature = bms.F(slices.Max(temps)), bms.F(slices.Min(temps))
 	}
 	a.TemperatureLevel = TemperatureLevel(s.Temps(), s.MOSTemperature)
 	a.SOCLevel = LevelUnknown
 	if s.StateOfCharge != nil {
 		a.SOCLevel = SOCLevel(*s.StateOfCharge)
 	}
-	a.PowerW = EffectivePower(s)
-	a.Discharging = bms.V(s.Current) < 0
-	if h, ok := RuntimeHours(bms.V(s.RemainingCapacity), bms.V(s.Current)); ok {
-		a.RuntimeHours = h
+	if p, ok := MeasuredPower(s); ok {
+		a.PowerW = &p
+	}
+	if s.Current != nil {
+		d := *s.Current < 0
+		a.Discharging = &d
+		if s.RemainingCapacity != nil {
+			if h, ok := RuntimeHours(*s.RemainingCapacity, *s.Current); ok {
+				a.RuntimeHours = h
+			}
+		}
 	}
 	a.RatedCapacityAh, a.NominalVoltage = bms.V(s.FullCapacity), bms.V(s.OverallVoltage)
 	if sys != nil {
@@ -77,19 +97,26 @@ func AnalyzeSnapshot(s bms.Snapshot, sys *bms.System) SnapshotAnalysis {
 	if full == 0 {
 		full = a.RatedCapacityAh
 	}
-	if h, ok := HoursToFull(bms.V(s.RemainingCapacity), full, bms.V(s.Current)); ok {
-		a.HoursToFull = h
+	if s.RemainingCapacity != nil && s.Current != nil {
+		if h, ok := HoursToFull(*s.RemainingCapacity, full, *s.Current); ok {
+			a.HoursToFull = h
+		}
 	}
 	v := bms.V(s.OverallVoltage)
 	if v == 0 {
 		v = a.NominalVoltage
 	}
-	a.RemainingKWh = KWh(bms.V(s.RemainingCapacity), v)
+	if s.RemainingCapacity != nil && v > 0 {
+		a.RemainingKWh = bms.F(KWh(*s.RemainingCapacity, v))
+	}
 	a.CapacityKWh = KWh(a.RatedCapacityAh, a.NominalVoltage)
-	a.RatedCycles = RatedCycles(a.Chemistry)
-	a.CycleLifeUsedPct, a.CycleLifeClass = CycleLifeUse(a.Chemistry, bms.V(s.CycleCount))
-	if a.RatedCapacityAh > 0 {
-		if est, ok := EstimatedCapacityAh(bms.V(s.StateOfCharge), bms.V(s.RemainingCapacity)); ok {
+	if s.CycleCount != nil {
+		a.RatedCycles = RatedCycles(a.Chemistry)
+		pct, class := CycleLifeUse(a.Chemistry, *s.CycleCount)
+		a.CycleLifeUsedPct, a.CycleLifeClass = &pct, class
+	}
+	if a.RatedCapacityAh > 0 && s.StateOfCharge != nil && s.RemainingCapacity != nil {
+		if est, ok := EstimatedCapacityAh(*s.StateOfCharge, *s.RemainingCapacity); ok {
 			a.CapacityRetention = est / a.RatedCapacityAh * 100
 			a.CapacityClass = ClassifyRetention(a.CapacityRetention)
 			a.CapacitySource = "snapshot"
@@ -222,22 +249,23 @@ func findings(a *Analysis, s bms.Snapshot) []Finding {
 		fs = append(fs, Finding{Severity: sev, Code: code, Message: fmt.Sprintf(format, args...), Value: round(value, 2), Threshold: threshold})
 	}
 	sn := a.Snapshot
-	if sn.HasCells {
+	if sn.ImbalanceMV != nil {
+		mv := *sn.ImbalanceMV
 		switch sn.ImbalanceLevel {
 		case LevelCritical:
-			add(SeverityCritical, "CELL_IMBALANCE", sn.ImbalanceMV, ImbalanceFairMV, "Cell imbalance %.0f mV is above %.0f mV (%s)", sn.ImbalanceMV, ImbalanceFairMV, sn.ImbalanceClass)
+			add(SeverityCritical, "CELL_IMBALANCE", mv, ImbalanceFairMV, "Cell imbalance %.0f mV is above %.0f mV (%s)", mv, ImbalanceFairMV, sn.ImbalanceClass)
 		case LevelWarning:
-			add(SeverityWarning, "CELL_IMBALANCE", sn.ImbalanceMV, ImbalanceGoodMV, "Cell imbalance %.0f mV is above %.0f mV (%s)", sn.ImbalanceMV, ImbalanceGoodMV, sn.ImbalanceClass)
+			add(SeverityWarning, "CELL_IMBALANCE", mv, ImbalanceGoodMV, "Cell imbalance %.0f mV is above %.0f mV (%s)", mv, ImbalanceGoodMV, sn.ImbalanceClass)
 		default:
 			th := ImbalanceExcellentMV
 			if sn.ImbalanceClass != "excellent" {
 				th = ImbalanceGoodMV
 			}
-			add(SeverityInfo, "CELL_IMBALANCE", sn.ImbalanceMV, th, "Cell balance %s: %.0f mV spread", sn.ImbalanceClass, sn.ImbalanceMV)
+			add(SeverityInfo, "CELL_IMBALANCE", mv, th, "Cell balance %s: %.0f mV spread", sn.ImbalanceClass, mv)
 		}
 	}
-	if len(s.Temps()) > 0 {
-		hi, lo := sn.MaxTemperature, sn.MinTemperature
+	if sn.MaxTemperature != nil && sn.MinTemperature != nil {
+		hi, lo := *sn.MaxTemperature, *sn.MinTemperature
 		switch {
 		case hi > TempCriticalHighC:
 			add(SeverityCritical, "TEMPERATURE_HIGH", hi, TempCriticalHighC, "Battery temperature %.1f °C is above %.0f °C", hi, TempCriticalHighC)
@@ -251,17 +279,24 @@ func findings(a *Analysis, s bms.Snapshot) []Finding {
 			add(SeverityWarning, "TEMPERATURE_LOW", lo, TempWarningLowC, "Battery temperature %.1f °C is below %.0f °C", lo, TempWarningLowC)
 		}
 	}
-	if mos := bms.V(s.MOSTemperature); mos > MOSCriticalC {
+	if mos := s.MOSTemperature; mos != nil && *mos > MOSCriticalC {
+		mos := *mos
 		add(SeverityCritical, "MOS_TEMPERATURE", mos, MOSCriticalC, "MOSFET temperature %.1f °C is above %.0f °C", mos, MOSCriticalC)
 	}
-	switch sn.SOCLevel {
-	case LevelCritical:
-		add(SeverityCritical, "SOC_LOW", sn.SOC, SOCCriticalPct, "State of charge %.0f %% is below %.0f %%", sn.SOC, SOCCriticalPct)
-	case LevelWarning:
-		add(SeverityWarning, "SOC_LOW", sn.SOC, SOCWarningPct, "State of charge %.0f %% is below %.0f %%", sn.SOC, SOCWarningPct)
+	if sn.SOC != nil {
+		switch soc := *sn.SOC; sn.SOCLevel {
+		case LevelCritical:
+			add(SeverityCritical, "SOC_LOW", soc, SOCCriticalPct, "State of charge %.0f %% is below %.0f %%", soc, SOCCriticalPct)
+		case LevelWarning:
+			add(SeverityWarning, "SOC_LOW", soc, SOCWarningPct, "State of charge %.0f %% is below %.0f %%", soc, SOCWarningPct)
+		}
 	}
-	if sn.Discharging && sn.RuntimeHours > 0 {
-		add(SeverityInfo, "RUNTIME", sn.RuntimeHours, 0, "%.1f h of runtime left at the present %.1f A discharge (%.2f kWh remaining)", sn.RuntimeHours, math.Abs(sn.CurrentA), sn.RemainingKWh)
+	if sn.isDischarging() && sn.RuntimeHours > 0 && sn.CurrentA != nil {
+		if sn.RemainingKWh != nil {
+			add(SeverityInfo, "RUNTIME", sn.RuntimeHours, 0, "%.1f h of runtime left at the present %.1f A discharge (%.2f kWh remaining)", sn.RuntimeHours, math.Abs(*sn.CurrentA), *sn.RemainingKWh)
+		} else { // no voltage to give the charge in kWh
+			add(SeverityInfo, "RUNTIME", sn.RuntimeHours, 0, "%.1f h of runtime left at the present %.1f A discharge", sn.RuntimeHours, math.Abs(*sn.CurrentA))
+		}
 	}
 	if sn.CapacityClass != "" {
 		sev := SeverityInfo
@@ -273,12 +308,12 @@ func findings(a *Analysis, s bms.Snapshot) []Finding {
 		}
 		add(sev, "CAPACITY_RETENTION", sn.CapacityRetention, 80, "Capacity retention %.1f %% of the rated %.0f Ah (%s, from %s)", sn.CapacityRetention, sn.RatedCapacityAh, sn.CapacityClass, sn.CapacitySource)
 	}
-	if bms.V(s.CycleCount) > 0 {
+	if sn.CycleCount != nil && *sn.CycleCount > 0 && sn.CycleLifeUsedPct != nil {
 		sev := SeverityInfo
 		if sn.CycleLifeClass == "end-of-life" {
 			sev = SeverityWarning
 		}
-		add(sev, "CYCLE_LIFE", sn.CycleLifeUsedPct, 90, "%.0f cycles: %.0f %% of the %.0f-cycle life (%s)", bms.V(s.CycleCount), sn.CycleLifeUsedPct, sn.RatedCycles, sn.CycleLifeClass)
+		add(sev, "CYCLE_LIFE", *sn.CycleLifeUsedPct, 90, "%.0f cycles: %.0f %% of the %.0f-cycle life (%s)", *sn.CycleCount, *sn.CycleLifeUsedPct, sn.RatedCycles, sn.CycleLifeClass)
 	}
 	for _, al := range s.Alerts {
 		add(SeverityWarning, "BMS_ALERT", 0, 0, "BMS alert: %s", al)
@@ -376,19 +411,33 @@ func (a *Analysis) Metrics() map[string]any {
 		"historyMode": h.Mode,
 	}
 	if h.Records > 0 {
-		m["energy"] = h.Energy
-		m["load"] = h.Load
+		// A mean over no measured sample is absent, not 0.
+		if h.Energy.CoveredDays > 0 {
+			m["energy"] = h.Energy
+			m["load"] = h.Load
+		}
 		m["trends"] = h.Trends
 		m["anomalyCount"] = h.AnomalyCount
 		m["anomalies"] = h.Anomalies
 		m["socJumpCount"] = h.SOCJumpCount
 		m["socJumps"] = h.SOCJumps
-		m["history"] = map[string]any{
+		hist := map[string]any{
 			"hours": h.Hours, "days": h.Days, "first": h.First, "last": h.Last,
-			"avgSoc": round(h.AvgSOC, 2), "avgTemperature": round(h.AvgTempMax, 2),
-			"maxHourlyTemperature": round(h.MaxHourlyTemp, 2), "avgImbalanceMv": round(h.AvgImbalance, 2),
-			"estimatedCapacityAh": round(h.CapacityAh, 2), "highSocSamples": h.HighSOCCount,
+			"highSocSamples": h.HighSOCCount, "socSamples": h.SOCSamples, "temperatureSamples": h.TempSamples, "cellSamples": h.CellSamples,
 		}
+		if h.SOCSamples > 0 {
+			hist["avgSoc"] = round(h.AvgSOC, 2)
+		}
+		if h.TempSamples > 0 {
+			hist["avgTemperature"], hist["maxHourlyTemperature"] = round(h.AvgTempMax, 2), round(h.MaxHourlyTemp, 2)
+		}
+		if h.CellSamples > 0 {
+			hist["avgImbalanceMv"] = round(h.AvgImbalance, 2)
+		}
+		if h.HighSOCCount > 0 {
+			hist["estimatedCapacityAh"] = round(h.CapacityAh, 2)
+		}
+		m["history"] = hist
 	}
 	return m
 }

@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"google.golang.org/genai"
+
+	"github.com/bmsview/insights/internal/bms"
 )
 
 // Tool names (the BMS app's).
@@ -131,16 +134,17 @@ func maxTime(a, b time.Time) time.Time {
 // SeriesMetrics are the metrics Series knows.
 var SeriesMetrics = []string{"soc", "voltage", "current", "chargeW", "dischargeW", "temperature", "imbalanceMv", "remainingAh"}
 
-// seriesValue reads a metric's sum and sample count from an hourly rollup.
+// seriesValue reads a metric's sum and the count of samples that measured
+// it from an hourly rollup (a period where none did has no point).
 var seriesValue = map[string]func(Rollup) (float64, int){
-	"soc":         func(x Rollup) (float64, int) { return x.SumSOC, x.Count },
-	"voltage":     func(x Rollup) (float64, int) { return x.SumVoltage, x.Count },
-	"current":     func(x Rollup) (float64, int) { return x.SumCurrent, x.Count },
-	"chargeW":     func(x Rollup) (float64, int) { return x.SumChargeW, x.Count },
-	"dischargeW":  func(x Rollup) (float64, int) { return x.SumDischargeW, x.Count },
+	"soc":         func(x Rollup) (float64, int) { return x.SumSOC, x.SOCCount },
+	"voltage":     func(x Rollup) (float64, int) { return x.SumVoltage, x.VoltageCount },
+	"current":     func(x Rollup) (float64, int) { return x.SumCurrent, x.CurrentCount },
+	"chargeW":     func(x Rollup) (float64, int) { return x.SumChargeW, x.EnergyCount },
+	"dischargeW":  func(x Rollup) (float64, int) { return x.SumDischargeW, x.EnergyCount },
 	"temperature": func(x Rollup) (float64, int) { return x.SumTempMax, x.TempCount },
 	"imbalanceMv": func(x Rollup) (float64, int) { return x.SumImbalanceMV, x.CellCount },
-	"remainingAh": func(x Rollup) (float64, int) { return x.SumRemainingAh, x.Count },
+	"remainingAh": func(x Rollup) (float64, int) { return x.SumRemainingAh, x.RemainingCount },
 }
 
 // Point is one value of a series.
@@ -236,35 +240,52 @@ func PredictTrend(a *Analysis, metric string, daysAhead float64) (Prediction, er
 	return p, nil
 }
 
-// Usage is the answer of analyze_usage_patterns.
+// Usage is the answer of analyze_usage_patterns. Without power in the
+// history there is no load profile: only Note says so.
 type Usage struct {
-	Load      LoadProfile `json:"load"`
-	LastDays  []DayEnergy `json:"lastDays"`
-	AvgDaily  float64     `json:"avgDailyConsumptionKWh"`
-	PeakHourW float64     `json:"peakHourAvgW"`
+	Load      *LoadProfile `json:"load,omitempty"`
+	LastDays  []DayEnergy  `json:"lastDays,omitempty"`
+	AvgDaily  *float64     `json:"avgDailyConsumptionKWh,omitempty"`
+	PeakHourW *float64     `json:"peakHourAvgW,omitempty"`
+	Note      string       `json:"note,omitempty"`
+}
+
+// noEnergyNote says why the window has no energy figures.
+func noEnergyNote(h HistoryAnalysis) string {
+	if h.Records == 0 {
+		return "no history in the context window: no energy figures"
+	}
+	return "no power (nor voltage and current) measured in the window: no energy figures"
 }
 
 // UsagePatterns is the load profile and the last 14 days of energy.
 func UsagePatterns(a *Analysis) Usage {
 	h := a.History
+	if h.Energy.CoveredDays == 0 {
+		return Usage{Note: noEnergyNote(h)}
+	}
 	days := h.Energy.PerDay
 	if len(days) > 14 {
 		days = days[len(days)-14:]
 	}
-	return Usage{Load: h.Load, LastDays: days, AvgDaily: h.Energy.DailyDischargeKWh, PeakHourW: h.Load.HourlyAvgW[h.Load.PeakHour]}
+	load := h.Load
+	return Usage{Load: &load, LastDays: days, AvgDaily: bms.F(h.Energy.DailyDischargeKWh), PeakHourW: bms.F(h.Load.HourlyAvgW[h.Load.PeakHour])}
 }
 
-// EnergyBudget is the answer of calculate_energy_budget.
+// EnergyBudget is the answer of calculate_energy_budget. What rests on an
+// unknown capacity, or on a window without power, is absent (Note says
+// which), never 0.
 type EnergyBudget struct {
-	CapacityKWh         float64 `json:"capacityKWh"`
-	UsableKWh           float64 `json:"usableKWh"`
-	DailyGenerationKWh  float64 `json:"dailyGenerationKWh"`
-	DailyConsumptionKWh float64 `json:"dailyConsumptionKWh"`
-	AddedLoadKWh        float64 `json:"addedLoadKWhPerDay"`
-	SolarSufficiencyPct float64 `json:"solarSufficiencyPct"`
-	SolarClass          string  `json:"solarClass"`
-	AutonomyDays        float64 `json:"autonomyDays"`
-	DailyBalanceKWh     float64 `json:"dailyBalanceKWh"`
+	CapacityKWh         float64  `json:"capacityKWh,omitempty"`
+	UsableKWh           float64  `json:"usableKWh,omitempty"`
+	DailyGenerationKWh  *float64 `json:"dailyGenerationKWh,omitempty"`
+	DailyConsumptionKWh *float64 `json:"dailyConsumptionKWh,omitempty"`
+	AddedLoadKWh        float64  `json:"addedLoadKWhPerDay"`
+	SolarSufficiencyPct *float64 `json:"solarSufficiencyPct,omitempty"`
+	SolarClass          string   `json:"solarClass,omitempty"`
+	AutonomyDays        float64  `json:"autonomyDays,omitempty"`
+	DailyBalanceKWh     *float64 `json:"dailyBalanceKWh,omitempty"`
+	Note                string   `json:"note,omitempty"`
 }
 
 // EnergyBudgetFor computes the budget with an extra load of addW for
@@ -272,13 +293,23 @@ type EnergyBudget struct {
 func EnergyBudgetFor(a *Analysis, addW, hoursPerDay float64) EnergyBudget {
 	e := a.History.Energy
 	b := EnergyBudget{CapacityKWh: a.Snapshot.CapacityKWh, UsableKWh: a.Snapshot.CapacityKWh * AutonomyUsableFraction,
-		DailyGenerationKWh: e.DailyChargeKWh, AddedLoadKWh: addW * hoursPerDay / 1000}
-	b.DailyConsumptionKWh = e.DailyDischargeKWh + b.AddedLoadKWh
-	b.DailyBalanceKWh = b.DailyGenerationKWh - b.DailyConsumptionKWh
-	if pct, class, ok := SolarSufficiency(b.DailyGenerationKWh, b.DailyConsumptionKWh); ok {
-		b.SolarSufficiencyPct, b.SolarClass = round(pct, 1), class
+		AddedLoadKWh: addW * hoursPerDay / 1000}
+	var notes []string
+	if b.CapacityKWh == 0 {
+		notes = append(notes, "capacity unknown (no rated capacity and voltage): no autonomy")
 	}
-	if d, ok := AutonomyDays(b.CapacityKWh, b.DailyConsumptionKWh); ok {
+	if e.CoveredDays == 0 {
+		notes = append(notes, noEnergyNote(a.History))
+		b.Note = strings.Join(notes, "; ")
+		return b
+	}
+	b.Note = strings.Join(notes, "; ")
+	gen, cons := e.DailyChargeKWh, e.DailyDischargeKWh+b.AddedLoadKWh
+	b.DailyGenerationKWh, b.DailyConsumptionKWh, b.DailyBalanceKWh = &gen, &cons, bms.F(gen-cons)
+	if pct, class, ok := SolarSufficiency(gen, cons); ok {
+		b.SolarSufficiencyPct, b.SolarClass = bms.F(round(pct, 1)), class
+	}
+	if d, ok := AutonomyDays(b.CapacityKWh, cons); ok {
 		b.AutonomyDays = round(d, 2)
 	}
 	return b

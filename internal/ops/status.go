@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -28,6 +30,10 @@ type EventStatus struct {
 	LastError     *string    `json:"lastError"`
 	LastFailedAt  *time.Time `json:"lastFailedAt,omitempty"`
 	CompletedAt   *time.Time `json:"completedAt,omitempty"`
+	// NetlifyState is the event's state in Netlify's words (pending,
+	// delayed, processing, hibernating, dead-lettered, done), for the BMS
+	// app's Netlify client and its operators.
+	NetlifyState string `json:"netlifyState"`
 	// Job is the job whose current run this event is, with its steps, as
 	// View shows it.
 	Job *store.Job `json:"job"`
@@ -64,7 +70,12 @@ func (o *Operator) Status(ctx context.Context, id string) (*EventStatus, error) 
 		st.State = &state
 		st.EventName = t.Type
 		st.Queue = t.Queue
-		st.NextProcessAt = timePtr(t.NextProcessAt)
+		// asynq reports a pending task's next process time as "now", a
+		// value that changes with each read: a pending task is due, since
+		// its job's due time where it has one, else null.
+		if t.State != asynq.TaskStatePending {
+			st.NextProcessAt = timePtr(t.NextProcessAt)
+		}
 		if t.LastErr != "" {
 			msg := t.LastErr
 			st.LastError = &msg
@@ -82,7 +93,40 @@ func (o *Operator) Status(ctx context.Context, id string) (*EventStatus, error) 
 			st.Retried, st.MaxRetry = t.Retried, t.MaxRetry // a task of nobody's
 		}
 	}
+	st.NetlifyState = netlifyState(ev, time.Now())
 	return st, nil
+}
+
+// netlifyState is ev's state in Netlify's words: its job's where it has
+// one (the job knows a run waiting for flow control, and an outage of
+// Redis), else its task's.
+func netlifyState(ev *event, now time.Time) string {
+	if j := ev.Job; j != nil {
+		at := now
+		if j.ProcessAt != nil {
+			at = *j.ProcessAt
+		}
+		if ev.Task != nil && !ev.Task.NextProcessAt.IsZero() {
+			at = ev.Task.NextProcessAt
+		}
+		return tasks.NetlifyState(j.Status, at, now)
+	}
+	if t := ev.Task; t != nil {
+		switch t.State {
+		case asynq.TaskStatePending, asynq.TaskStateAggregating:
+			return tasks.NetlifyPending
+		case asynq.TaskStateActive:
+			return tasks.NetlifyProcessing
+		case asynq.TaskStateScheduled, asynq.TaskStateRetry:
+			if t.NextProcessAt.Sub(now) >= tasks.HibernateAfter {
+				return tasks.NetlifyHibernating
+			}
+			return tasks.NetlifyDelayed
+		case asynq.TaskStateArchived:
+			return tasks.NetlifyDeadLettered
+		}
+	}
+	return tasks.NetlifyDone
 }
 
 // retriesOf is the number of retries a job's current run has had

@@ -311,6 +311,9 @@ func (s *Store) updateJob(ctx context.Context, docID any, update bson.D, cond ..
 // whose job write fails is removed again, and one left behind by a process
 // that died between the two writes is removed by the next send (claimExisting),
 // so a later send can always start the job.
+//
+// The run's eventId is recorded first (events.go): an eventId sent before
+// is a duplicate of the run it started, whatever its job did since.
 func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (_ *tasks.Existing, err error) {
 	if err := s.checkStorable(run); err != nil {
 		return nil, err
@@ -318,6 +321,21 @@ func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (_ *tasks.Existing,
 	defer func() { err = outage.Wrap(outage.MongoDB, err) }() // the sender's answer names the store
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if existing, err := s.recordEvent(ctx, run); existing != nil || err != nil {
+		return existing, err
+	}
+	existing, err := s.claimRun(ctx, run)
+	if err != nil {
+		err = errors.Join(err, s.forgetEvent(context.WithoutCancel(ctx), run.EventID))
+	}
+	// A run refused as a duplicate of the job's live run keeps its record:
+	// its eventId was answered, and a resend of it must not start a run
+	// once that live run has ended.
+	return existing, err
+}
+
+// claimRun is ClaimRun once the eventId is recorded.
+func (s *Store) claimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, error) {
 	now := time.Now().UTC()
 	status := tasks.StatusQueued
 	if run.Scheduled(now) {
@@ -468,6 +486,9 @@ func RequestFields(r tasks.Request) bson.D {
 func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if err := s.forgetEvent(ctx, eventID); err != nil {
+		return fmt.Errorf("abandon run: %w", err)
+	}
 	held, job, err := s.lockedRun(ctx, jobID, eventID)
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -709,10 +730,25 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (*Job, error) {
 	return s.findJob(ctx, jobID)
 }
 
-// GetJobByEvent returns the job whose current run is eventID.
+// GetJobByEvent returns the job whose current run is eventID: found
+// through the event's record by `_id`, or, for an event sent before
+// events were recorded, by a find on eventId.
 func (s *Store) GetJobByEvent(ctx context.Context, eventID string) (*Job, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	switch jobID, err := s.eventJobID(ctx, eventID); {
+	case err == nil:
+		j, err := s.findJob(ctx, jobID)
+		if err != nil {
+			return nil, err
+		}
+		if j.EventID != eventID {
+			return nil, ErrNotFound // the job has moved on to another run
+		}
+		return j, nil
+	case !errors.Is(err, ErrNotFound):
+		return nil, err
+	}
 	var j Job
 	if err := s.jobs.FindOne(ctx, bson.D{{Key: "eventId", Value: eventID}}).Decode(&j); err != nil {
 		if errors.Is(err, mongo.ErrNoDocuments) {

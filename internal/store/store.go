@@ -47,7 +47,9 @@ type Store struct {
 	bulkOps    *mongo.Collection
 	bulkChunks *mongo.Collection
 	runs       *mongo.Collection
-	opTimeout  time.Duration
+	// events records every eventId accepted (events.go).
+	events    *mongo.Collection
+	opTimeout time.Duration
 	// group is the committer every write goes through on the embedded
 	// store; nil elsewhere.
 	group *committer
@@ -135,6 +137,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		bulkOps:       db.Collection(bulkOpsCollection),
 		bulkChunks:    db.Collection(bulkChunksCollection),
 		runs:          db.Collection(RunsCollection),
+		events:        db.Collection(EventsCollection),
 		audit:         db.Collection(AuditCollection),
 		opTimeout:     cfg.OpTimeout,
 		historyWindow: cfg.HistoryWindow,
@@ -259,7 +262,7 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		// serves (PostgreSQL: `_jsonb->$1 @> $2`): secondary indexes
 		// would only slow every write. The collections are created here
 		// so that prepare sees them all.
-		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims, s.audit, s.bulkOps, s.bulkChunks, s.runs} {
+		for _, c := range []*mongo.Collection{s.jobs, s.systems, s.history, s.claims, s.audit, s.bulkOps, s.bulkChunks, s.runs, s.events} {
 			err := s.db.CreateCollection(ctx, c.Name())
 			var ce mongo.CommandError
 			if err != nil && !(errors.As(err, &ce) && ce.Name == "NamespaceExists") {
