@@ -102,7 +102,7 @@ func (d *EventData) Filter(prefix string) error {
 	if d.SystemID != "" && !ValidID(d.SystemID) {
 		return fieldErr(prefix+"systemId", "must match [A-Za-z0-9._:-]{1,128}")
 	}
-	return nil
+	return CheckSnapshot(prefix+"analysisData", d.AnalysisData) // what a store can hold: snapshot.go
 }
 
 // HasRequest reports whether the event carries its own request (rather than
@@ -168,7 +168,7 @@ func (r *Request) check(prefix string) error {
 				strings.Join(bms.MeasuredFields, ", "))
 		}
 	}
-	return CheckSnapshot(prefix+"analysisData", d.AnalysisData) // snapshot.go
+	return nil
 }
 
 func inRange(field string, v, lo, hi int) error {

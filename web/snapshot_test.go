@@ -19,26 +19,29 @@ import (
 // retried it for ever (issue 22, item 6).
 func TestSnapshotContentRefusedAtTheDoor(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	deep := strings.Repeat(`{"x":`, 3000) + "1" + strings.Repeat("}", 3000)
+	parent := t
+	deep := `{"stateOfCharge":50,"x":` + strings.Repeat(`{"x":`, 2999) + "1" + strings.Repeat("}", 3000)
 	deepField := "eventData.analysisData" + strings.Repeat(".x", tasks.MaxSnapshotDepth)
 	cases := []struct {
 		name, snapshot, field, says string
 	}{
 		{"dollar key", `{"stateOfCharge":50,"$where":"1"}`, `eventData.analysisData."$where"`, "must not contain `$` or `.`"},
-		{"dotted key", `{"cell.1":3.3}`, `eventData.analysisData."cell.1"`, "must not contain `$` or `.`"},
-		{"dotted key inside", `{"pack":{"ok":1,"a.b":2}}`, `eventData.analysisData.pack."a.b"`, "must not contain"},
-		{"NUL in a key", `{"a\u0000b":1}`, `eventData.analysisData."a\x00b"`, "NUL"},
+		{"dotted key", `{"stateOfCharge":50,"cell.1":3.3}`, `eventData.analysisData."cell.1"`, "must not contain `$` or `.`"},
+		{"dotted key inside", `{"stateOfCharge":50,"pack":{"ok":1,"a.b":2}}`, `eventData.analysisData.pack."a.b"`, "must not contain"},
+		{"NUL in a key", `{"stateOfCharge":50,"a\u0000b":1}`, `eventData.analysisData."a\x00b"`, "NUL"},
 		{"3000 levels deep", deep, deepField, "over the limit of " + strconv.Itoa(tasks.MaxSnapshotDepth)},
 		{"infinite number", `{"stateOfCharge":50,"power2":1e400}`, "eventData.analysisData.power2", "finite number"},
-		{"infinite number in a list", `{"readings":[1,-1e400]}`, "eventData.analysisData.readings.1", "finite number"},
+		{"infinite number in a list", `{"stateOfCharge":50,"readings":[1,-1e400]}`, "eventData.analysisData.readings.1", "finite number"},
 	}
 	if os.Getenv("MONGODB_URI") == "" {
 		// The embedded FerretDB v1 cannot store an array inside an array.
 		cases = append(cases, struct{ name, snapshot, field, says string }{
-			"nested arrays on FerretDB", `{"cellGroups":[[3.31,3.32],[3.33,3.34]]}`, "eventData.analysisData.cellGroups.0", "FerretDB"})
+			"nested arrays on FerretDB", `{"stateOfCharge":50,"cellGroups":[[3.31,3.32],[3.33,3.34]]}`, "eventData.analysisData.cellGroups.0", "FerretDB"})
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			e.t = t
+			defer func() { e.t = parent }()
 			jobID := "bad-snapshot-" + strconv.Itoa(i)
 			body := `{"eventName":"generate-insights","eventData":{"jobId":"` + jobID + `","systemId":"sys-1","analysisData":` + c.snapshot + `}}`
 			r := e.do("POST", "/api/events", body, authBearer)
@@ -50,6 +53,15 @@ func TestSnapshotContentRefusedAtTheDoor(t *testing.T) {
 				t.Errorf("the refused send wrote its job (err %v)", err)
 			}
 		})
+	}
+	// The Netlify router's events too: what no store can hold is refused
+	// at the door, never recorded as a job its validate step would fail.
+	data := snapshotData("bad-router")
+	data["analysisData"] = map[string]any{"stateOfCharge": 50, "$where": "1"}
+	e.expectError(e.do("POST", RouterPath, []any{routerEvent("ev-bad-snapshot", data)}, authBearer),
+		http.StatusUnprocessableEntity, `[0].data.analysisData."$where"`)
+	if _, err := e.store.GetJob(context.Background(), "bad-router"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the refused router event wrote its job (err %v)", err)
 	}
 	// Within the limit, and arrays of objects, are taken and stored.
 	ok := strings.Repeat(`{"x":`, tasks.MaxSnapshotDepth-1) + "1" + strings.Repeat("}", tasks.MaxSnapshotDepth-1)
