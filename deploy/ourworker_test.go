@@ -100,8 +100,10 @@ func startOurService(t *testing.T, vars map[string]string) *ourService {
 	}
 	t.Cleanup(w.Shutdown)
 
+	operator := a.NewOperator(log)
+	t.Cleanup(operator.Close)
 	ws := web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
-		APIToken: cfg.APIToken, MaxRetries: cfg.MaxRetries, Logger: log})
+		APIToken: cfg.APIToken, Operator: operator, Logger: log})
 	t.Cleanup(func() { _ = ws.Close() })
 	api := httptest.NewServer(ws.Handler())
 	t.Cleanup(api.Close)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/flow"
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -135,10 +136,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 	if o.viewer {
 		viewerPassword = testViewerPassword
 	}
+	operator := ops.New(ops.Config{Store: e.store, Inspector: e.inspector, Client: e.client, MaxRetries: e.maxRetries,
+		Decrypt: o.decrypt, Logger: testenv.Logger()})
 	e.server = New(Config{Store: e.store, Client: e.client, Inspector: e.inspector, RedisConnOpt: e.redis, Breaker: e.breaker,
-		APIToken: testToken, AdminPassword: testPassword, ViewerPassword: viewerPassword, CORSOrigins: o.cors, MaxRetries: e.maxRetries,
-		Decrypt: o.decrypt, Metrics: e.registry, Ready: o.ready, Logger: testenv.Logger()})
-	t.Cleanup(func() { e.server.Close() })
+		APIToken: testToken, AdminPassword: testPassword, ViewerPassword: viewerPassword, CORSOrigins: o.cors,
+		Operator: operator, Metrics: e.registry, Ready: o.ready, Logger: testenv.Logger()})
+	t.Cleanup(func() { e.server.Close(); operator.Close() })
 	h := e.server.Handler()
 	e.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cr := &countingReader{r: r.Body}

@@ -359,13 +359,22 @@ func (s *Server) pageJob(w http.ResponseWriter, r *http.Request, id string) (*st
 }
 
 // jobPage is GET /jobs/{jobId}: the steps as a timeline, the result and the
-// event's asynq state.
+// event's asynq state, from one read of the job (ops.Job).
 func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
-	raw, ok := s.pageJob(w, r, r.PathValue("jobId"))
-	if !ok {
+	id := r.PathValue("jobId")
+	d, err := s.ops.Job(r.Context(), id)
+	switch {
+	case errors.Is(err, ops.ErrNoStore):
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
+		return
+	case errors.Is(err, ops.ErrNotFound):
+		s.pageError(w, r, http.StatusNotFound, "Job not found", "There is no job "+id+".")
+		return
+	case err != nil:
+		s.pageError(w, r, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
 		return
 	}
-	job := s.ops.View(raw)
+	job := d.Job
 	data := jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status), Breaker: s.openBreaker(r.Context()),
 		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error")}
 	for _, name := range tasks.Steps {
@@ -382,23 +391,17 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	for _, ev := range job.Progress {
 		data.Progress = append(data.Progress, progressRow{At: ev.Timestamp, Type: ev.Type, Text: stageOf(ev)})
 	}
-	if job.EventID != "" && s.cfg.Inspector != nil {
-		if st, err := s.ops.Status(r.Context(), job.EventID); err == nil {
-			data.Event = st
-			data.Event.Job = nil
-		} else {
-			data.EventError = err.Error()
-		}
+	data.Event, data.Chain = d.Event, d.FollowUp
+	if d.EventErr != nil && s.cfg.Inspector != nil {
+		data.EventError = d.EventErr.Error()
+	}
+	if d.FollowUpErr != nil {
+		data.ChainError = d.FollowUpErr.Error()
 	}
 	state := ""
 	if data.Event != nil && data.Event.State != nil {
 		state = *data.Event.State
 	}
-	chain, err := s.ops.FollowUp(r.Context(), raw)
-	if err != nil {
-		data.ChainError = err.Error()
-	}
-	data.Chain = chain
 	if data.Streams = streams(job); data.Streams {
 		data.LiveURL = "/jobs/" + url.PathEscape(job.ID) + "/live?since=" + strconv.Itoa(len(job.Progress))
 	}
@@ -417,7 +420,7 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 	}
 	data.StepNames = tasks.Steps
 	data.Runs = []runRow{currentRun(job)}
-	if prev, err := s.cfg.Store.PreviousRuns(r.Context(), raw, 10); err == nil {
+	if prev, err := s.cfg.Store.PreviousRuns(r.Context(), job, 10); err == nil {
 		for _, p := range prev {
 			data.Runs = append(data.Runs, endedRun(s.ops.RunView(p)))
 		}

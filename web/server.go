@@ -70,14 +70,13 @@ type Config struct {
 	// CORSOrigins are the browser origins allowed to call /api/ and the
 	// Netlify aliases ("*" allows any). Empty: no CORS headers at all.
 	CORSOrigins []string
-	// MaxRetries is MAX_RETRIES, the job's retry budget, reported as an
-	// event's maxRetry (asynq's own MaxRetry is only a backstop). 0: none,
-	// as everywhere a retry budget is set.
-	MaxRetries int
-	// Decrypt opens a stored encrypted value ({encrypted: true, ...}) of a
-	// result or step output for the API and the pages. Nil: values are
-	// returned as stored.
-	Decrypt func(stored any) (any, error)
+	// Operator runs the event operations (status, retry, cancel, re-runs,
+	// bulk actions) and builds the job as the API and the pages show it
+	// (its MaxRetries is the maxRetry reported, its Decrypt opens stored
+	// encrypted values). Build it on Store, Inspector and Client; it stays
+	// the caller's to close. Nil: one on Store, Inspector and Client alone
+	// (a retry budget of 0, values shown as stored), closed by Close.
+	Operator *ops.Operator
 	// Metrics is the registry /metrics serves; the queue collector (tasks
 	// per queue and state, dead-lettered tasks) and the HTTP request
 	// counter are registered on it. Pass the registry given to NewMetrics
@@ -108,8 +107,9 @@ type Server struct {
 	requests  *prometheus.CounterVec
 	pages     *pageTemplates
 	// ops runs the event operations and builds the job view; web only
-	// maps them to routes.
+	// maps them to routes. ownOps: New built it, Close closes it.
 	ops     *ops.Operator
+	ownOps  bool
 	cors    map[string]bool
 	corsAny bool
 	// live paces the job pages' live streams; liveStreams counts the
@@ -135,8 +135,10 @@ func New(cfg Config) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.ops = ops.New(ops.Config{Store: cfg.Store, Inspector: cfg.Inspector, Client: cfg.Client,
-		MaxRetries: cfg.MaxRetries, Decrypt: cfg.Decrypt, Logger: s.log})
+	if s.ops = cfg.Operator; s.ops == nil {
+		s.ops = ops.New(ops.Config{Store: cfg.Store, Inspector: cfg.Inspector, Client: cfg.Client, Logger: s.log})
+		s.ownOps = true
+	}
 	for _, o := range cfg.CORSOrigins {
 		o = strings.TrimRight(strings.TrimSpace(o), "/")
 		switch o {
@@ -234,11 +236,13 @@ func newMonitor(redis asynq.RedisConnOpt, readOnly bool) *asynqmon.HTTPHandler {
 	})
 }
 
-// Close stops the bulk actions under way (they resume later) and releases
-// asynqmon's Redis connections. The dependencies in Config are the
-// caller's to close.
+// Close releases asynqmon's Redis connections, and stops the bulk actions
+// under way (they resume later) of the operator New built. The
+// dependencies in Config, Operator among them, are the caller's to close.
 func (s *Server) Close() error {
-	s.ops.Close()
+	if s.ownOps {
+		s.ops.Close()
+	}
 	var errs []error
 	for _, m := range []*asynqmon.HTTPHandler{s.monitor, s.monitorRO} {
 		if m != nil {

@@ -1,5 +1,6 @@
 // Command insights is the BMS insights workloads service: serve (API,
-// dashboard and worker), trigger, status, demo, healthcheck and bench.
+// dashboard and worker), trigger, status, demo and healthcheck. The
+// benchmark is a command of its own, cmd/insights-bench.
 package main
 
 import (
@@ -29,7 +30,6 @@ commands:
   status EVENT_ID [--server URL]           show an event's state and its job
   demo [--server URL]                      seed demo systems and send demo events
   healthcheck [--path /readyz]             GET /healthz of the local server (container HEALTHCHECK)
-  bench [-n 2000] [-c 20] [-peers DIR]     measure our workflow beside River, BullMQ and asynq
 
 Run "insights <command> -h" for the flags of a command.
 `
@@ -56,9 +56,6 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		err = demo(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
 		err = healthcheck(ctx, args[1:], stderr)
-	case "bench":
-		tuneGC()
-		err = bench(ctx, args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -83,11 +80,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 
 var errHelp = errors.New("help")
 
-// defaultGOGC is the garbage collector's target for serve and bench when
-// GOGC is not set. Each workflow decodes and encodes its job document several
-// times (FerretDB runs in-process when embedded), so the collector ran often
-// on a small live heap: measured on 2 cores, 400 gave about 20 % more
-// workflows/s than Go's 100, for a heap up to 5× the live one.
+// defaultGOGC is the garbage collector's target for serve (and
+// cmd/insights-bench) when GOGC is not set. Each workflow decodes and
+// encodes its job document several times (FerretDB runs in-process when
+// embedded), so the collector ran often on a small live heap: measured on 2
+// cores, 400 gave about 20 % more workflows/s than Go's 100, for a heap up
+// to 5× the live one.
 const defaultGOGC = 400
 
 func tuneGC() {

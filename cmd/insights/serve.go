@@ -85,10 +85,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("HTTP_ADDR: %w", err)
 	}
 	if runAPI {
+		operator := a.NewOperator(log)
+		// After the server: Close stops its bulk actions, which resume later.
+		defer operator.Close()
 		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
 			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, ViewerPassword: cfg.ViewerPassword,
-			CORSOrigins: cfg.CORSOrigins, MaxRetries: cfg.MaxRetries,
-			Decrypt: a.Decrypt, Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
+			CORSOrigins: cfg.CORSOrigins, Operator: operator,
+			Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 		go ws.ResumeBulk(ctx, time.Minute)
 		// Shutdown waits for open connections: the job pages' live

@@ -10,7 +10,6 @@ import (
 
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/config"
-	"github.com/bmsview/insights/internal/ops"
 )
 
 func status(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -51,8 +50,8 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		defer a.Close()
 		// The answer of GET /api/events/{eventId}: the API builds it with
 		// the same operation.
-		o := ops.New(ops.Config{Store: a.Store, Inspector: a.Inspector,
-			MaxRetries: cfg.MaxRetries, Decrypt: a.Decrypt, Logger: quiet})
+		o := a.NewOperator(quiet)
+		defer o.Close()
 		st, err := o.Status(ctx, eventID)
 		if err != nil {
 			return err

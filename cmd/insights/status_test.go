@@ -9,6 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/bmsview/insights/internal/config"
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
 	"github.com/bmsview/insights/web"
@@ -27,10 +28,11 @@ func TestStatusDirectEqualsAPI(t *testing.T) {
 	}
 	client := tasks.NewClient(e.redis, tasks.ClientConfig{Jobs: e.store})
 	insp := asynq.NewInspector(e.redis)
+	operator := ops.New(ops.Config{Store: e.store, Inspector: insp, Client: client, MaxRetries: cfg.MaxRetries, Logger: testenv.Logger()})
 	ws := web.New(web.Config{Store: e.store, Client: client, Inspector: insp, APIToken: cfg.APIToken,
-		MaxRetries: cfg.MaxRetries, Logger: testenv.Logger()})
+		Operator: operator, Logger: testenv.Logger()})
 	ts := httptest.NewServer(ws.Handler())
-	t.Cleanup(func() { ts.Close(); ws.Close(); client.Close(); insp.Close() })
+	t.Cleanup(func() { ts.Close(); ws.Close(); operator.Close(); client.Close(); insp.Close() })
 
 	res, err := client.TriggerInsights(context.Background(), tasks.EventData{JobID: "st-1", SystemID: "sys-1", AnalysisData: testenv.Snapshot()})
 	if err != nil {

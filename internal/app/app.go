@@ -19,6 +19,7 @@ import (
 	"github.com/bmsview/insights/internal/crypt"
 	"github.com/bmsview/insights/internal/devstack"
 	"github.com/bmsview/insights/internal/flow"
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -135,6 +136,15 @@ func (a *App) Ready(ctx context.Context) error {
 		return fmt.Errorf("mongodb: %w", err)
 	}
 	return nil
+}
+
+// NewOperator is the operator of the event operations on the app's stores:
+// MAX_RETRIES is the budget it reports and Decrypt opens stored values. The
+// API (web.Config.Operator) and `insights status` use it; the caller closes
+// it.
+func (a *App) NewOperator(log *slog.Logger) *ops.Operator {
+	return ops.New(ops.Config{Store: a.Store, Inspector: a.Inspector, Client: a.Client,
+		MaxRetries: a.Cfg.MaxRetries, Decrypt: a.Decrypt, Logger: log})
 }
 
 // HandlerSealer adapts the Sealer for the step runner (nil when off).

@@ -158,8 +158,10 @@ func bmsDo(t *testing.T, req *http.Request) (int, map[string]any) {
 
 func TestBMSAppDropIn(t *testing.T) {
 	a := e2eOpen(t, map[string]string{"DATA_ENCRYPTION_KEY": e2eKey}, app.WorkerOptions{}, nil)
+	operator := a.NewOperator(testenv.Logger())
+	t.Cleanup(operator.Close)
 	ws := web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
-		APIToken: bmsToken, AdminPassword: "pw", Decrypt: a.Decrypt, Logger: testenv.Logger()})
+		APIToken: bmsToken, AdminPassword: "pw", Operator: operator, Logger: testenv.Logger()})
 	srv := httptest.NewServer(ws.Handler())
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { _ = ws.Close() })

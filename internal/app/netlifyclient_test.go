@@ -168,8 +168,10 @@ func TestNetlifyClientDropIn(t *testing.T) {
 	a := e2eOpen(t, nil, app.WorkerOptions{}, nil)
 	// Two keys, as while the app's AWL_API_KEY rotates: the client sends
 	// the second.
+	operator := a.NewOperator(testenv.Logger())
+	t.Cleanup(operator.Close)
 	ws := web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
-		APIToken: "old-key-0123456789, " + bmsToken, AdminPassword: "pw", Decrypt: a.Decrypt, Logger: testenv.Logger()})
+		APIToken: "old-key-0123456789, " + bmsToken, AdminPassword: "pw", Operator: operator, Logger: testenv.Logger()})
 	log := &routerLog{next: ws.Handler()}
 	srv := httptest.NewServer(log)
 	t.Cleanup(srv.Close)

@@ -18,17 +18,20 @@ import (
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 	"github.com/alicebob/miniredis/v2"
-	"github.com/jackc/pgx/v5"
 	_ "modernc.org/sqlite" // the driver FerretDB's SQLite backend uses
 )
 
-// Mongo is an embedded FerretDB.
-type Mongo struct {
+// FerretDB is a FerretDB running in this process.
+type FerretDB struct {
 	URI    string
-	dir    string // SQLite files; empty over PostgreSQL
-	pgURL  string // over PostgreSQL
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+// Mongo is an embedded FerretDB on SQLite.
+type Mongo struct {
+	*FerretDB
+	dir string // SQLite files
 
 	walLimit int64
 
@@ -51,26 +54,23 @@ func StartMongo(ctx context.Context, dir string, logger *slog.Logger) (*Mongo, e
 	if err != nil {
 		return nil, err
 	}
-	return startMongo(ctx, &ferretdb.Config{
+	f, err := StartFerretDB(ctx, ferretdb.Config{
 		Handler:   "sqlite",
 		SQLiteURL: "file:" + abs + "/?_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)",
 		Logger:    logger,
-	}, abs)
-}
-
-// StartMongoPostgres starts FerretDB storing its data in the PostgreSQL
-// database at pgURL (one schema per MongoDB database). Every commit is
-// PostgreSQL's own, durable when acknowledged.
-func StartMongoPostgres(ctx context.Context, pgURL string, logger *slog.Logger) (*Mongo, error) {
-	m, err := startMongo(ctx, &ferretdb.Config{Handler: "postgresql", PostgreSQLURL: pgURL, Logger: logger}, "")
+	})
 	if err != nil {
 		return nil, err
 	}
-	m.pgURL = pgURL
-	return m, nil
+	return &Mongo{FerretDB: f, dir: abs, walLimit: walLimit}, nil
 }
 
-func startMongo(ctx context.Context, cfg *ferretdb.Config, dir string) (*Mongo, error) {
+// StartFerretDB runs FerretDB in this process on a free loopback port with
+// cfg's backend (Handler and its URL; Listener is set here) and waits until
+// it accepts connections. cfg.Logger may be nil (FerretDB's own logs are
+// then dropped below warnings). StartMongo is the service's use; the
+// benchmark runs other backends through it.
+func StartFerretDB(ctx context.Context, cfg ferretdb.Config) (*FerretDB, error) {
 	logger := cfg.Logger
 	// Pick a free port first: FerretDB reports its address only after Run.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -84,30 +84,35 @@ func startMongo(ctx context.Context, cfg *ferretdb.Config, dir string) (*Mongo, 
 	}
 	cfg.Listener = ferretdb.ListenerConfig{TCP: addr}
 	cfg.Logger = slog.New(lazyAttrs{h: logger.Handler()})
-	f, err := ferretdb.New(cfg)
+	fdb, err := ferretdb.New(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("devstack: ferretdb: %w", err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	m := &Mongo{URI: "mongodb://" + addr + "/", dir: dir, cancel: cancel, done: make(chan struct{}),
-		walLimit: walLimit}
+	f := &FerretDB{URI: "mongodb://" + addr + "/", cancel: cancel, done: make(chan struct{})}
 	go func() {
-		defer close(m.done)
-		_ = f.Run(rctx)
+		defer close(f.done)
+		_ = fdb.Run(rctx)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return m, nil
+			return f, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			m.Close()
+			f.Close()
 			return nil, errors.Join(errors.New("devstack: ferretdb did not start"), err, ctx.Err())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Close stops FerretDB and waits for it to end.
+func (f *FerretDB) Close() {
+	f.cancel()
+	<-f.done
 }
 
 // Close stops FerretDB and waits for its files to be closed.
@@ -118,8 +123,7 @@ func (m *Mongo) Close() {
 	}
 	m.readers = nil
 	m.mu.Unlock()
-	m.cancel()
-	<-m.done
+	m.FerretDB.Close()
 }
 
 // Prepare adds to every collection table of database an index that serves
@@ -130,13 +134,7 @@ func (m *Mongo) Close() {
 // SQLite: FerretDB indexes _id as `_ferretdb_sjson->"_id"` but filters by
 // `_ferretdb_sjson->'$._id'`, an expression SQLite does not match to that
 // index (measured: 10 ms per update at 2000 jobs, 0.2 ms with this index).
-// PostgreSQL: FerretDB filters by `_jsonb->$1 @> $2`, which a B-tree index
-// cannot serve; a GIN index on `_jsonb->'_id'` serves the plans PostgreSQL
-// makes with the key filled in.
 func (m *Mongo) Prepare(ctx context.Context, database string) error {
-	if m.pgURL != "" {
-		return m.preparePostgres(ctx, database)
-	}
 	db, err := m.sqlite(database, 10*time.Second)
 	if err != nil {
 		return err
@@ -198,12 +196,8 @@ func historyTable(ctx context.Context, db *sql.DB) (string, error) {
 // v1 itself pushes no filter but an _id equality down to SQLite: the same
 // find decodes the whole collection in Go, so its cost grows with every
 // system's history, this one's with the window. Readers see every commit
-// FerretDB made, as SQLite's WAL readers do. Over PostgreSQL it returns
-// ErrNoWindow.
+// FerretDB made, as SQLite's WAL readers do.
 func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, from, to any, fn func(doc []byte) error) error {
-	if m.dir == "" {
-		return ErrNoWindow
-	}
 	db, table, err := m.reader(ctx, database)
 	if err != nil {
 		return err
@@ -229,9 +223,6 @@ func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, fr
 	}
 	return rows.Err()
 }
-
-// ErrNoWindow: HistoryWindow serves the SQLite store only.
-var ErrNoWindow = errors.New("devstack: history windows are read from SQLite only")
 
 // reader is the read handle of database's file and its history table,
 // opened once: reads run beside FerretDB's own handles.
@@ -271,12 +262,8 @@ type readerDB struct {
 // process or thread committed it: one fdatasync of its SQLite write-ahead
 // log. (With synchronous=NORMAL, a WAL checkpoint syncs the log before
 // copying it into the database file and syncs that file after, so frames
-// already moved out of the log are durable too.) Over PostgreSQL it does
-// nothing: every commit there is durable when acknowledged.
+// already moved out of the log are durable too.)
 func (m *Mongo) Sync(_ context.Context, database string) error {
-	if m.dir == "" {
-		return nil
-	}
 	// Opened each time: SQLite may delete and recreate the log file.
 	f, err := os.Open(filepath.Join(m.dir, database+".sqlite-wal"))
 	if errors.Is(err, os.ErrNotExist) {
@@ -304,12 +291,8 @@ const walLimit = 64 << 20
 // snapshots (ErrCheckpointBusy when they outlast that), and holds new
 // writers meanwhile, so the store calls it while none of its own
 // writes is in flight (a bulk update holds its reads open until its last
-// statement, and would wait on the checkpoint it blocks). Over PostgreSQL
-// it does nothing.
+// statement, and would wait on the checkpoint it blocks).
 func (m *Mongo) Checkpoint(ctx context.Context, database string) error {
-	if m.dir == "" {
-		return nil
-	}
 	st, err := os.Stat(filepath.Join(m.dir, database+".sqlite-wal"))
 	if err != nil || st.Size() <= m.walLimit {
 		return nil
@@ -338,30 +321,6 @@ const checkpointWait = 250 * time.Millisecond
 // ErrCheckpointBusy: a reader or writer outlasted Checkpoint's wait; the
 // log was not truncated.
 var ErrCheckpointBusy = errors.New("write-ahead log in use, not truncated")
-
-func (m *Mongo) preparePostgres(ctx context.Context, database string) error {
-	conn, err := pgx.Connect(ctx, m.pgURL)
-	if err != nil {
-		return fmt.Errorf("devstack: connect to PostgreSQL: %w", err)
-	}
-	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT _jsonb->>'table' FROM %s`, pgx.Identifier{database, "_ferretdb_database_metadata"}.Sanitize()))
-	if err != nil {
-		return fmt.Errorf("devstack: list tables of %s: %w", database, err)
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("devstack: list tables of %s: %w", database, err)
-	}
-	for _, t := range tables {
-		q := fmt.Sprintf(`CREATE INDEX IF NOT EXISTS %s ON %s USING gin ((_jsonb->'_id'))`,
-			pgx.Identifier{t + "_id_lookup"}.Sanitize(), pgx.Identifier{database, t}.Sanitize())
-		if _, err := conn.Exec(ctx, q); err != nil {
-			return fmt.Errorf("devstack: index %s.%s: %w", database, t, err)
-		}
-	}
-	return nil
-}
 
 // sqlite opens database's file beside FerretDB's own handles; busy is how
 // long a statement waits for a lock. The caller closes it.

@@ -1,8 +1,9 @@
 // Package ops holds what an operator does to an event and what the service
 // reports of one: find it across queues, run it again, cancel it, its
 // status with its job, the follow-up its run chained, and the job as shown
-// (decrypted). The API, the job
-// pages, the dashboard's Run and `insights status` all call it. Like asynq's
+// (decrypted; Job gives the job page all of it from one read of the job).
+// The API, the job pages, the dashboard's Run and `insights status` all
+// call it. Like asynq's
 // Inspector it knows nothing of HTTP: web maps its errors to status codes.
 package ops
 

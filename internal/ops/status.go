@@ -47,9 +47,15 @@ func (o *Operator) Status(ctx context.Context, id string) (*EventStatus, error) 
 	if err != nil {
 		return nil, err
 	}
+	st := o.statusOf(ev)
+	st.Job = o.View(ev.Job)
+	return st, nil
+}
+
+// statusOf is ev's status without its Job.
+func (o *Operator) statusOf(ev *event) *EventStatus {
 	st := &EventStatus{EventID: ev.ID, JobID: ev.JobID, MaxRetry: o.cfg.MaxRetries}
 	if ev.Job != nil {
-		st.Job = o.View(ev.Job)
 		st.EventName = ev.Job.EventName
 		st.Queue = ev.Job.Queue
 		st.Retried = retriesOf(ev.Job)
@@ -94,7 +100,7 @@ func (o *Operator) Status(ctx context.Context, id string) (*EventStatus, error) 
 		}
 	}
 	st.NetlifyState = netlifyState(ev, time.Now())
-	return st, nil
+	return st
 }
 
 // netlifyState is ev's state in Netlify's words: its job's where it has

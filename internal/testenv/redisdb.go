@@ -36,15 +36,15 @@ var redisDBs = []redisDB{
 	{pkg: "internal/flow", db: 2},
 	{pkg: "handlers", use: "bench-workflow", db: 9}, // BenchmarkWorkflow
 	{pkg: "handlers", use: "bench-noop", db: 10},    // its raw asynq beside it
-	{pkg: "cmd/insights", use: "bench", db: 13},     // `insights bench`'s default, which it flushes
-	{pkg: "internal/loadtest", db: 14},
+	{pkg: "cmd/insights-bench", db: 13},             // the command's default, which it flushes
+	{pkg: "cmd/insights-bench/internal/loadtest", db: 14},
 }
 
 // reservedRedisDBs are databases on the same server that no test may take.
 var reservedRedisDBs = map[int]string{
 	0:  "a service a developer runs on the same server (CI's REDIS_URL names it)",
-	11: "`insights bench`'s peers (BullMQ, asynq; internal/peers), which flush it",
-	12: "`insights bench`'s peers (BullMQ, asynq; internal/peers), which flush it",
+	11: "insights-bench's peers (BullMQ, asynq; cmd/insights-bench/internal/peers), which flush it",
+	12: "insights-bench's peers (BullMQ, asynq; cmd/insights-bench/internal/peers), which flush it",
 }
 
 // redisDB is one row of redisDBs: the database db of test package pkg (its
@@ -144,7 +144,7 @@ func redisAt(t testing.TB, db int) asynq.RedisClientOpt {
 
 // RealRedisURL is the redis:// URL of the package's database for use ("":
 // its own) on REDIS_URL's server, for code that takes a URL and flushes the
-// database itself (loadtest.Run, `insights bench`). Without REDIS_URL the
+// database itself (loadtest.Run, insights-bench). Without REDIS_URL the
 // test is skipped: that code needs a real server.
 func RealRedisURL(t testing.TB, use string) string {
 	t.Helper()

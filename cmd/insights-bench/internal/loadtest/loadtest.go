@@ -1,5 +1,6 @@
 // Package loadtest measures our durable six-step workflow the way
-// ../shared/peers measures River, BullMQ and asynq: N generate-insights
+// ../shared/peers measures River, BullMQ and asynq (insights-bench's row
+// "ours"): N generate-insights
 // events are sent first (timed apart), then the worker is started and timed
 // until the last run's insights-completed follow-up has stored its
 // lastInsights. Every step's checkpoint is durable before the next step
@@ -58,8 +59,7 @@ type Options struct {
 	RedisURL string
 	// Store: StoreEmbedded (default) or StorePostgres.
 	Store string
-	// PostgresURL for StorePostgres. Empty:
-	// postgres://postgres:pg@127.0.0.1:5432/postgres.
+	// PostgresURL for StorePostgres. Empty: DefaultPostgresURL.
 	PostgresURL string
 	// Latency events sent, paced, after the throughput phase. 0: N/5 (at
 	// least 100); -1: none.
@@ -100,7 +100,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		o.Store = StoreEmbedded
 	}
 	if o.PostgresURL == "" {
-		o.PostgresURL = "postgres://postgres:pg@127.0.0.1:5432/postgres"
+		o.PostgresURL = DefaultPostgresURL
 	}
 	if o.Latency == 0 {
 		o.Latency = max(o.N/5, 100)
@@ -108,39 +108,40 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res := Result{Name: Name(o.Store), N: o.N}
 	quiet := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
-	var m *devstack.Mongo
-	var err error
+	var scfg store.Config
 	switch o.Store {
 	case StoreEmbedded:
-		dir, derr := os.MkdirTemp("", "insights-bench-")
-		if derr != nil {
-			return res, derr
+		dir, err := os.MkdirTemp("", "insights-bench-")
+		if err != nil {
+			return res, err
 		}
 		defer os.RemoveAll(dir)
-		m, err = devstack.StartMongo(ctx, dir, quiet)
+		m, err := devstack.StartMongo(ctx, dir, quiet)
+		if err != nil {
+			return res, err
+		}
+		defer m.Close()
+		scfg = store.Config{URI: m.URI, Prepare: m.Prepare, Sync: m.Sync, Checkpoint: m.Checkpoint, HistoryWindow: m.HistoryWindow}
 	case StorePostgres:
-		m, err = devstack.StartMongoPostgres(ctx, o.PostgresURL, quiet)
+		f, prepare, err := startPostgres(ctx, o.PostgresURL, quiet)
+		if err != nil {
+			return res, err
+		}
+		defer f.Close()
+		scfg = store.Config{URI: f.URI, Prepare: prepare}
 	default:
 		return res, fmt.Errorf("loadtest: store %q: want %s or %s", o.Store, StoreEmbedded, StorePostgres)
 	}
-	if err != nil {
-		return res, err
-	}
-	defer m.Close()
 
 	var writes, trips atomic.Int64
 	counting := atomic.Bool{}
-	scfg := store.Config{URI: m.URI, Database: fmt.Sprintf("bench_%d", time.Now().UnixNano()%1e9),
-		Monitor: &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
-			if counting.Load() {
-				trips.Add(1)
-				writes.Add(statements(e))
-			}
-		}}}
-	scfg.Prepare = m.Prepare
-	if o.Store == StoreEmbedded {
-		scfg.Sync, scfg.Checkpoint, scfg.HistoryWindow = m.Sync, m.Checkpoint, m.HistoryWindow
-	}
+	scfg.Database = fmt.Sprintf("bench_%d", time.Now().UnixNano()%1e9)
+	scfg.Monitor = &event.CommandMonitor{Started: func(_ context.Context, e *event.CommandStartedEvent) {
+		if counting.Load() {
+			trips.Add(1)
+			writes.Add(statements(e))
+		}
+	}}
 	st, err := store.Open(ctx, scfg)
 	if err != nil {
 		return res, err

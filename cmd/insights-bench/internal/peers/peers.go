@@ -1,6 +1,6 @@
 // Package peers builds and runs the peer benchmarks of ../shared/peers
 // (River, BullMQ, raw asynq) the way their run.sh does, reads the one result
-// line each prints, and writes the comparison table of `insights bench`.
+// line each prints, and writes the comparison table of insights-bench.
 //
 // The peers' code stays in their directory: Go peers are built there into a
 // temporary directory, BullMQ runs there with node.

@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/bmsview/insights/internal/loadtest"
+	"github.com/bmsview/insights/cmd/insights-bench/internal/loadtest"
 	"github.com/bmsview/insights/internal/testenv"
 )
 

@@ -1,40 +1,93 @@
+// Command insights-bench measures the insights service's durable workflow
+// beside the peers of ../shared/peers (raw asynq, BullMQ, River) and prints
+// one markdown table. It is a developer's tool, kept out of the product
+// binary (cmd/insights), which links none of its packages.
+//
+//	go run ./cmd/insights-bench -n 2000 -c 20 -rounds 3   # from the repository root
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
 
-	"github.com/bmsview/insights/internal/loadtest"
-	"github.com/bmsview/insights/internal/peers"
+	"github.com/bmsview/insights/cmd/insights-bench/internal/loadtest"
+	"github.com/bmsview/insights/cmd/insights-bench/internal/peers"
 )
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is the command: exit 0, 1 when a measurement of ours failed, 2 on bad
+// flags (with a message naming the flag).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	tuneGC()
+	err := bench(ctx, args, stdout, stderr)
+	var ue *usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, "insights-bench:", err)
+		return 2
+	}
+	fmt.Fprintln(stderr, "insights-bench:", err)
+	return 1
+}
+
+// usageError is bad input.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// defaultGOGC is serve's (cmd/insights) when GOGC is not set, so the worker
+// is measured as it runs in the service.
+const defaultGOGC = 400
+
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
+}
 
 // bench measures our durable workflow and the peers of ../shared/peers in
 // one run and prints one markdown table. Each round runs ours (each store
 // kind), then asynq, BullMQ and River tuned; each row shows its median round.
 func bench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("bench", stderr)
+	fs := flag.NewFlagSet("insights-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	n := fs.Int("n", 2000, "workflows (peers: jobs) per measurement")
 	c := fs.Int("c", 20, "worker concurrency (each peer queue gets the same)")
 	peersDir := fs.String("peers", "../shared/peers", "directory of the peer benchmarks (river/, bullmq/, asynqnoop/)")
 	storeKind := fs.String("store", "both", "our store: embedded, postgres or both")
-	pgURL := fs.String("postgres", "postgres://postgres:pg@127.0.0.1:5432/postgres", "PostgreSQL for FerretDB over PostgreSQL")
+	pgURL := fs.String("postgres", loadtest.DefaultPostgresURL, "PostgreSQL for FerretDB over PostgreSQL")
 	riverDSN := fs.String("river-dsn", "postgres://postgres:pg@127.0.0.1:5432/riverbench", "River's PostgreSQL database")
 	redisURL := fs.String("redis", "redis://127.0.0.1:6379/13", "Redis for our workflow; this database is FLUSHED (the peers use this server's databases 11 and 12)")
 	rounds := fs.Int("rounds", 1, "rounds; each row shows its median")
 	skipPeers := fs.Bool("skip-peers", false, "measure ours only")
 	verbose := fs.Bool("v", false, "show the peers' build and run output")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of our measurements (not the peers') to this file")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q (the command takes flags only; -h lists them)", fs.Arg(0))
 	}
 	var kinds []string
 	switch *storeKind {
