@@ -54,10 +54,11 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 		hookMu.Unlock()
 	}))
 	t.Cleanup(hook.Close)
-	// A model that takes a moment, so that kills land inside
-	// process-insights.
+	// A model that takes a second, so that a kill lands inside
+	// process-insights and the run meets the outage in its next Redis call
+	// (the slot's release and renewal, the follow-up's enqueue).
 	gem := fakegemini.Start(t, "test-key", func(_ fakegemini.Call, w http.ResponseWriter) {
-		time.Sleep(150 * time.Millisecond)
+		time.Sleep(time.Second)
 		_, _ = io.WriteString(w, fakegemini.Text("## KEY FINDINGS\n- fine\n## TREND ANALYSIS\n- flat\n## RECOMMENDATIONS\n- 🟢 keep SOC 20–80 %"))
 	})
 	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL,
@@ -103,7 +104,7 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 		// Paced, so that sends meet the outages too.
 		for i := range n {
 			next <- i
-			time.Sleep(500 * time.Millisecond)
+			time.Sleep(300 * time.Millisecond)
 		}
 		close(next)
 	}()
