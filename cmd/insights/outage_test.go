@@ -100,14 +100,20 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 			}
 		}()
 	}
-	go func() {
-		// Paced, so that sends meet the outages too.
-		for i := range n {
-			next <- i
-			time.Sleep(300 * time.Millisecond)
-		}
-		close(next)
-	}()
+	// The jobs go out in a batch per kill and one after, paced, so that each
+	// kill finds runs in their steps and sends meet the outages too.
+	feed := func(from, to int) <-chan struct{} {
+		fed := make(chan struct{})
+		go func() {
+			defer close(fed)
+			for i := from; i < to; i++ {
+				next <- i
+				time.Sleep(300 * time.Millisecond)
+			}
+		}()
+		return fed
+	}
+	batch := n / (kills + 1)
 
 	jobs := func() []*store.Job {
 		out := make([]*store.Job, 0, n)
@@ -121,15 +127,15 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 	done := func(j *store.Job) bool {
 		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
 	}
-	// Each kill waits for a run inside process-insights (its model call under
-	// way: it holds its system's slot in Redis) and for the jobs to move on
-	// since the last restart.
+	// Each kill waits for a run of its batch inside process-insights (its
+	// model call under way: it holds its system's slot in Redis).
 	killed := 0
 	for k := range kills {
+		fed := feed(k*batch, (k+1)*batch)
 		testenv.WaitFor(t, 3*time.Minute, fmt.Sprintf("a run inside process-insights (kill %d)", k+1), func() (bool, error) {
 			for _, j := range jobs() {
 				if j.Status == tasks.StatusProcessing && j.Steps[tasks.StepValidate].Status == store.StepCompleted &&
-					j.Steps[tasks.StepProcessInsights].Status == "" && !done(j) {
+					j.Steps[tasks.StepProcessInsights].Status == "" {
 					return true, nil
 				}
 			}
@@ -139,16 +145,10 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 		killed++
 		time.Sleep(2 * time.Second) // the outage: Redis down for 2 s, then restarted on its data
 		red.Restart(t)
-		testenv.WaitFor(t, 3*time.Minute, "jobs completed after the restart", func() (bool, error) {
-			c := 0
-			for _, j := range jobs() {
-				if done(j) {
-					c++
-				}
-			}
-			return c >= (k+1)*n/(kills+1) || c == n, nil
-		})
+		<-fed
 	}
+	<-feed(kills*batch, n)
+	close(next)
 	sent.Wait()
 	testenv.WaitFor(t, 5*time.Minute, fmt.Sprintf("all %d jobs completed with their follow-ups delivered", n), func() (bool, error) {
 		all := jobs()
