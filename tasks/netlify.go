@@ -72,16 +72,17 @@ func NetlifyState(status string, processAt, now time.Time) string {
 }
 
 // NetlifyPriority maps a Netlify priority (-50..50, higher first, default
-// 0) onto this service's 0..10 and so onto the weighted queues: 9 and above
-// critical (the app's urgent 10), 7–8 high, 0–6 default (the app's 5, and
-// Netlify's default 0, are normal work), below 0 low.
+// 0) onto this service's 0..10 and so onto the weighted queues
+// (docs/DESIGN.md section 5): 9 and above critical (the app's urgent 10),
+// 7–8 high, -9..6 default (the app's 5, and Netlify's default 0, are
+// normal work), -10 and below low.
 func NetlifyPriority(p int) int {
 	switch {
 	case p >= UrgentPriority:
 		return UrgentPriority
 	case p >= 7:
 		return p
-	case p >= 0:
+	case p >= -9:
 		return DefaultPriority
 	}
 	return 1

@@ -9,14 +9,14 @@ import (
 
 func TestNetlifyPriority(t *testing.T) {
 	for _, c := range []struct{ in, want int }{
-		{-50, 1}, {-1, 1}, {0, DefaultPriority}, {5, DefaultPriority}, {6, DefaultPriority}, {7, 7}, {8, 8}, {9, 9}, {10, 10}, {50, 10},
+		{-50, 1}, {-10, 1}, {-9, DefaultPriority}, {-1, DefaultPriority}, {0, DefaultPriority}, {5, DefaultPriority}, {6, DefaultPriority}, {7, 7}, {8, 8}, {9, 9}, {10, 10}, {50, 10},
 	} {
 		got := NetlifyPriority(c.in)
 		if got != c.want {
 			t.Errorf("NetlifyPriority(%d) = %d, want %d", c.in, got, c.want)
 		}
 	}
-	for p, q := range map[int]string{-5: QueueLow, 0: QueueDefault, 5: QueueDefault, 7: QueueHigh, 10: QueueCritical} {
+	for p, q := range map[int]string{-10: QueueLow, -5: QueueDefault, 0: QueueDefault, 5: QueueDefault, 7: QueueHigh, 10: QueueCritical} {
 		if got := QueueFor(NetlifyPriority(p)); got != q {
 			t.Errorf("Netlify priority %d in %s, want %s", p, got, q)
 		}

@@ -205,19 +205,22 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 }
 
 // FailureGroup is the failed jobs with one failure kind, step and
-// message, counted over every failed job in MongoDB, with the newest few.
+// fingerprint (their messages alike but for ids, times and numbers),
+// counted over every failed job in MongoDB, with the newest few as they
+// failed.
 type FailureGroup struct {
 	store.FailureGroup
 	Examples []FailureExample `json:"examples"`
 }
 
-// FailureExample is one failed job of a group.
+// FailureExample is one failed job of a group, with its own message.
 type FailureExample struct {
 	JobID    string    `json:"jobId"`
 	EventID  string    `json:"eventId"`
 	SystemID string    `json:"systemId"`
 	Queue    string    `json:"queue"`
 	Step     string    `json:"step,omitempty"`
+	Message  string    `json:"message"`
 	FailedAt time.Time `json:"failedAt"`
 }
 
@@ -233,8 +236,8 @@ type Failures struct {
 const failureExamples = 5
 
 // failureGroups groups the failed jobs f selects by failure kind, step and
-// message, the largest groups first, each with examples among the newest
-// failed jobs.
+// fingerprint, the largest groups first, each with examples among the
+// newest failed jobs.
 func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failures, error) {
 	if s.cfg.Store == nil {
 		return nil, ops.ErrNoStore
@@ -244,11 +247,11 @@ func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failure
 		return nil, storeErr(err)
 	}
 	out := &Failures{Groups: make([]FailureGroup, 0, len(groups))}
-	type key struct{ kind, step, msg string }
+	type key struct{ kind, step, fp string }
 	idx := map[key]int{}
 	for i, g := range groups {
 		out.Groups = append(out.Groups, FailureGroup{FailureGroup: g, Examples: []FailureExample{}})
-		idx[key{g.Kind, g.Step, g.Message}] = i
+		idx[key{g.Kind, g.Step, g.Fingerprint}] = i
 		out.Total += g.Count
 	}
 	f.Status, f.Limit, f.Offset = tasks.StatusFailed, maxLimit, 0
@@ -258,18 +261,24 @@ func (s *Server) failureGroups(ctx context.Context, f store.JobFilter) (*Failure
 	}
 	sort.SliceStable(jobs, func(a, b int) bool { return failedAt(jobs[a]).After(failedAt(jobs[b])) })
 	for _, j := range jobs {
-		k := key{kind: store.KindUnknown, msg: "(no error recorded)"}
+		k, msg := key{kind: store.KindUnknown}, "(no error recorded)"
 		if fl := j.Failure; fl != nil {
-			k = key{fl.Kind, fl.Step, fl.Message}
+			k.kind, k.step, msg = fl.Kind, fl.Step, fl.Message
 		} else if j.Error != nil {
-			k.msg = *j.Error // failed by the app's own workload
+			msg = *j.Error // failed by the app's own workload
 		}
+		_, k.fp = store.FailureGroupOf(j)
 		i, ok := idx[k]
 		if !ok || len(out.Groups[i].Examples) == failureExamples {
 			continue
 		}
 		out.Groups[i].Examples = append(out.Groups[i].Examples, FailureExample{JobID: j.ID, EventID: j.EventID,
-			SystemID: j.SystemID, Queue: j.Queue, Step: k.step, FailedAt: failedAt(j)})
+			SystemID: j.SystemID, Queue: j.Queue, Step: k.step, Message: msg, FailedAt: failedAt(j)})
+	}
+	for i := range out.Groups {
+		if ex := out.Groups[i].Examples; len(ex) > 0 {
+			out.Groups[i].Message = ex[0].Message // the newest failure's, as the examples order them
+		}
 	}
 	return out, nil
 }

@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -96,6 +99,46 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) {
 type auditRow struct {
 	store.AuditEntry
 	FilterJSON string
+	// Links are the entry's targets as pages: the job, the bulk action,
+	// the task in asynqmon (built here from escaped parts).
+	Links []auditLink
+	// Result is a bulk action's progress or outcome, read now.
+	Result string
+}
+
+// auditLink is one link of an audit entry.
+type auditLink struct {
+	Text string
+	URL  string
+}
+
+// auditLinks are the pages of what an entry acted on: a retry or cancel
+// names an event (its job through /events/), a re-run a job, a bulk
+// action its own page, an asynqmon action a queue or queue/task.
+func auditLinks(e store.AuditEntry) []auditLink {
+	t := e.Target
+	switch {
+	case t == "" || t == "breaker":
+		return nil
+	case e.Action == "retry" || e.Action == "cancel":
+		return []auditLink{{"job", "/events/" + url.PathEscape(t)}}
+	case e.Action == "rerun":
+		return []auditLink{{"job", "/jobs/" + url.PathEscape(t)}}
+	case strings.HasPrefix(e.Action, "bulk-"):
+		return []auditLink{{"bulk action", "/bulk/" + url.PathEscape(t)}}
+	case strings.HasPrefix(e.Action, "asynqmon:"):
+		queue, rest, _ := strings.Cut(t, "/")
+		if !strings.HasSuffix(e.Action, "-task") {
+			return []auditLink{{"queue", monitorRoot + "/queues/" + url.PathEscape(queue)}}
+		}
+		id := rest
+		if i := strings.LastIndex(rest, "/"); i >= 0 {
+			id = rest[i+1:] // queue/group/id
+		}
+		return []auditLink{{"job", "/events/" + url.PathEscape(id)},
+			{"task", monitorRoot + "/queues/" + url.PathEscape(queue) + "/tasks/" + url.PathEscape(id)}}
+	}
+	return nil
 }
 
 type auditPage struct {
@@ -120,8 +163,23 @@ func (s *Server) auditPage(w http.ResponseWriter, r *http.Request) {
 		}
 		data.Error, code = he.msg, he.code
 	}
+	bulks := map[string]*store.BulkOp{}
+	if s.cfg.Store != nil && slices.ContainsFunc(list, func(e store.AuditEntry) bool { return strings.HasPrefix(e.Action, "bulk-") }) {
+		if recent, err := s.cfg.Store.ListBulkOps(r.Context(), false, 200); err == nil {
+			for _, op := range recent {
+				bulks[op.ID] = op
+			}
+		}
+	}
 	for _, e := range list {
-		row := auditRow{AuditEntry: e}
+		row := auditRow{AuditEntry: e, Links: auditLinks(e)}
+		if op := bulks[e.Target]; op != nil && strings.HasPrefix(e.Action, "bulk-") {
+			state := op.Status
+			if state == store.BulkDone {
+				state = "finished"
+			}
+			row.Result = fmt.Sprintf("%s: %d done · %d failed · %d skipped of %d", state, op.Done, op.Failed, op.Skipped, op.Matched)
+		}
 		if e.Filter != nil {
 			if b, err := json.Marshal(e.Filter); err == nil {
 				row.FilterJSON = string(b)
@@ -248,4 +306,33 @@ func monitorOutcome(body []byte) (count *int, filter any, detail string) {
 		detail = "not done: " + strings.Join(failed, ", ")
 	}
 	return &n, map[string]any{"taskIds": append([]string{}, done...)}, detail
+}
+
+// eventPage is GET /events/{eventId}: the page of the event's job (the
+// audit trail's links name events), else the task in asynqmon.
+func (s *Server) eventPage(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("eventId")
+	st, err := s.ops.Status(r.Context(), id)
+	switch {
+	case errors.Is(err, ops.ErrNotFound):
+		s.pageError(w, r, http.StatusNotFound, "Event not found",
+			"Neither MongoDB nor Redis knows event "+id+" any more (a later run of its job replaced it, or it was deleted).")
+	case err != nil:
+		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
+	case st.JobID != "":
+		http.Redirect(w, r, "/jobs/"+url.PathEscape(st.JobID), http.StatusSeeOther)
+	case st.State != nil:
+		http.Redirect(w, r, monitorRoot+"/queues/"+url.PathEscape(st.Queue)+"/tasks/"+url.PathEscape(id), http.StatusSeeOther)
+	default:
+		s.pageError(w, r, http.StatusNotFound, "Event not found", "Event "+id+" has no job and no task.")
+	}
+}
+
+// rerunDetail says what a re-run started, for the audit trail.
+func rerunDetail(res *ops.RerunResult) string {
+	d := "new run " + res.EventID + " from " + res.FromStep
+	if len(res.Reused) > 0 {
+		d += ", keeping " + strings.Join(res.Reused, ", ")
+	}
+	return d
 }

@@ -144,7 +144,59 @@ func (s *Server) unauthorized(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Authorization") != "" {
 		msg = "invalid credentials"
 	}
+	if !jsonPath(r.URL.Path) && !strings.HasPrefix(r.URL.Path, "/assets/") {
+		// A browser whose login was cancelled shows this body: a page.
+		s.pageError(w, r, http.StatusUnauthorized, "Sign-in needed",
+			"This page needs a login: user admin (ADMIN_PASSWORD) or viewer (VIEWER_PASSWORD, read-only). "+
+				"Reload the page to be asked again.")
+		return
+	}
 	writeError(w, http.StatusUnauthorized, msg, "")
+}
+
+// signOut is GET /signout (open): a page whose script makes the browser
+// forget its cached Basic credentials (assets/signout.js), with a link to
+// sign in again, as another user if need be.
+func (s *Server) signOut(w http.ResponseWriter, r *http.Request) {
+	s.renderPage(w, r, http.StatusOK, s.pages.signOut, &messagePage{Title: "Signed out"}, true)
+}
+
+// signedOutUser is the user signout.js makes the browser cache; it
+// matches no credentials, so the next page asks for a login.
+const signedOutUser = "signed-out"
+
+// signIn is GET /signin (open): the browser's login prompt until it sends
+// valid credentials, then the jobs. The sign-out page's probe (?probe=1)
+// challenges until the browser sends the signed-out user, then answers
+// 200, which makes the browser keep that user in place of the real login.
+func (s *Server) signIn(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("probe") != "" {
+		if u, _, ok := r.BasicAuth(); ok && u == signedOutUser {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "signed out"})
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="BMS insights", charset="UTF-8"`)
+		writeError(w, http.StatusUnauthorized, "sign-out probe", "")
+		return
+	}
+	if _, user := s.authenticate(r); user != "" {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
+	}
+	s.unauthorized(w, r)
+}
+
+// favicon is GET /favicon.ico (open): the service's icon, which browsers
+// ask for on every page.
+func favicon(w http.ResponseWriter, _ *http.Request) {
+	b, err := assetFS.ReadFile("assets/favicon.svg")
+	if err != nil {
+		http.NotFound(w, nil)
+		return
+	}
+	w.Header().Set("Content-Type", "image/svg+xml")
+	w.Header().Set("Cache-Control", "public, max-age=86400")
+	_, _ = w.Write(b)
 }
 
 // refuseViewer answers the viewer's attempt to change state: 403, as JSON

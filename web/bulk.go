@@ -174,6 +174,6 @@ func (s *Server) rerun(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
-	s.recordAudit(r, "rerun", jobID, body, nil)
+	s.audit(r, store.AuditEntry{Action: "rerun", Target: jobID, Filter: body, Detail: rerunDetail(res)})
 	writeJSON(w, http.StatusAccepted, res)
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
@@ -17,7 +18,9 @@ import (
 
 // failureRow is one group of the failures page with its links.
 type failureRow struct {
-	store.FailureGroup
+	FailureGroup
+	// Permanent: the kind says a retry fails again unless the job changes.
+	Permanent bool
 	// JobsURL and RetryURL are the group's jobs and its bulk retry's dry
 	// run (built here from encoded values, so trusted as URLs).
 	JobsURL  template.URL
@@ -65,12 +68,12 @@ func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request) {
 	data.Total = out.Total
 	for _, g := range out.Groups {
 		group := in
-		group.Status, group.FailureKind, group.Step, group.Message = tasks.StatusFailed, g.Kind, g.Step, g.Message
+		group.Status, group.FailureKind, group.Step, group.Fingerprint = tasks.StatusFailed, g.Kind, g.Step, g.Fingerprint
 		v := group.values()
 		jobs := v.Encode()
 		v.Set("action", ops.BulkRetry)
 		v.Set("dryRun", "1")
-		data.Groups = append(data.Groups, failureRow{FailureGroup: g.FailureGroup,
+		data.Groups = append(data.Groups, failureRow{FailureGroup: g, Permanent: permanentKind(g.Kind),
 			JobsURL: template.URL("/?" + jobs), RetryURL: template.URL("/bulk?" + v.Encode())}) //nolint:gosec // encoded above
 	}
 	offset, _ := strconv.Atoi(r.URL.Query().Get("offset"))
@@ -93,6 +96,11 @@ func (s *Server) failuresPage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, code, s.pages.failures, &data)
 }
 
+// permanentKind reports a failure kind that a retry cannot cure: the
+// request itself was refused (handlers.DoNotRetry), so the same run fails
+// again unless the job changes (a re-run with edited fields).
+func permanentKind(kind string) bool { return kind == store.KindBusiness }
+
 type bulkPage struct {
 	pageChrome
 	Title     string
@@ -110,7 +118,15 @@ type bulkPage struct {
 	// Hidden are the filter's fields for the confirm form.
 	Hidden map[string]string
 	Recent []*store.BulkOp
+	// Sample is a few of the matched jobs, newest first, with their
+	// messages; Permanent counts the matched jobs that failed for good
+	// (a retry fails them again unless they change).
+	Sample    []*store.Job
+	Permanent int64
 }
+
+// bulkSample is how many matched jobs a dry run shows.
+const bulkSample = 5
 
 // bulkPage is GET /bulk: the bulk action form; with dryRun=1 it counts the
 // jobs the filter selects and offers to act on them.
@@ -140,6 +156,24 @@ func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			data.Counted, data.Matched = true, n
+			if n > 0 {
+				sf := f
+				sf.Limit = bulkSample
+				if data.Sample, err = s.cfg.Store.ListJobs(r.Context(), sf); err != nil {
+					s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
+					return
+				}
+			}
+			if data.Action == ops.BulkRetry && n > 0 && (f.FailureKind == "" || permanentKind(f.FailureKind)) {
+				pf := f
+				pf.FailureKind, pf.Status = store.KindBusiness, tasks.StatusFailed
+				if f.Status == "" || f.Status == tasks.StatusFailed {
+					if data.Permanent, err = s.cfg.Store.CountJobs(r.Context(), pf); err != nil {
+						s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", err.Error())
+						return
+					}
+				}
+			}
 			for k, v := range data.Filter.values() {
 				data.Hidden[k] = v[0]
 			}
@@ -185,6 +219,9 @@ func (s *Server) bulkPost(w http.ResponseWriter, r *http.Request) {
 type bulkRow struct {
 	store.BulkOutcome
 	Status string // the job's now; "" when it is gone
+	// Then is what a retried job's run did after the retry (retryOutcome's
+	// State and Text); "" for other actions and jobs not retried.
+	Then, ThenText string
 }
 
 type bulkOpPage struct {
@@ -195,14 +232,23 @@ type bulkOpPage struct {
 	Rows       []bulkRow
 	JobCounts  []statusCount
 	Live       bool
+	// Then counts the retried runs by what they did after the retry
+	// (completed, failed-again, running, waiting, cancelled), for a retry;
+	// Retry: the action is a retry.
+	Retry bool
+	Then  []statusCount
 }
 
 // bulkPageRows is how many of a bulk action's jobs its page shows, each
 // with its status read now.
 const bulkPageRows = 200
 
+// thenOrder is the order a retry's outcomes are counted in.
+var thenOrder = []string{"completed", "failed-again", "running", "waiting", "cancelled"}
+
 // bulkOpPage is GET /bulk/{bulkId}: the action's progress and its jobs'
-// outcomes and statuses now, refreshed while any of them runs.
+// outcomes and statuses now; for a retry, what each retried run then did.
+// It refreshes itself while the action or any retried run is under way.
 func (s *Server) bulkOpPage(w http.ResponseWriter, r *http.Request) {
 	op, outcomes, err := s.ops.GetBulk(r.Context(), r.PathValue("bulkId"), bulkPageRows)
 	if errors.Is(err, ops.ErrNotFound) {
@@ -214,8 +260,9 @@ func (s *Server) bulkOpPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fj, _ := json.Marshal(op.Filter)
-	data := bulkOpPage{Title: "Bulk " + op.Action, Op: op, FilterJSON: string(fj), Live: op.Status != store.BulkDone}
-	counts := map[string]int64{}
+	data := bulkOpPage{Title: "Bulk " + op.Action, Op: op, FilterJSON: string(fj), Live: op.Status != store.BulkDone,
+		Retry: op.Action == ops.BulkRetry}
+	counts, then := map[string]int64{}, map[string]int64{}
 	for _, o := range outcomes {
 		row := bulkRow{BulkOutcome: o}
 		if o.Outcome == store.OutcomePending {
@@ -225,12 +272,25 @@ func (s *Server) bulkOpPage(w http.ResponseWriter, r *http.Request) {
 			row.Status = j.Status
 			counts[j.Status]++
 			data.Live = data.Live || tasks.Live(j.Status)
+			// A retry this action made: the job's retriedAt is from it.
+			if data.Retry && o.Outcome == store.OutcomeDone && j.RetriedAt != nil && !j.RetriedAt.Before(op.CreatedAt.Add(-time.Second)) {
+				if out := retryOutcomeOf(j); out != nil {
+					row.Then, row.ThenText = out.State, out.Text
+					then[out.State]++
+					data.Live = data.Live || out.State == "waiting" || out.State == "running"
+				}
+			}
 		}
 		data.Rows = append(data.Rows, row)
 	}
 	for _, st := range jobStatuses {
 		if counts[st] > 0 {
 			data.JobCounts = append(data.JobCounts, statusCount{Status: st, Count: counts[st]})
+		}
+	}
+	for _, st := range thenOrder {
+		if then[st] > 0 {
+			data.Then = append(data.Then, statusCount{Status: st, Count: then[st]})
 		}
 	}
 	s.render(w, r, http.StatusOK, s.pages.bulkOp, &data)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -45,8 +46,11 @@ type failSwitch struct {
 	on        atomic.Bool
 	retryable atomic.Bool
 	block     atomic.Bool
-	mu        sync.Mutex
-	jobs      map[string]bool
+	// named: the refusal's message names the job, as real messages do
+	// ("job orphan-3 is missing its request").
+	named atomic.Bool
+	mu    sync.Mutex
+	jobs  map[string]bool
 }
 
 func (f *failSwitch) set(on bool, jobIDs ...string) {
@@ -75,6 +79,9 @@ func (f *failSwitch) hook(ctx context.Context, r *handlers.Attempt, step string)
 	f.mu.Unlock()
 	if hit && f.retryable.Load() {
 		return errors.New("analysis failed: the provider is unavailable")
+	}
+	if hit && f.named.Load() {
+		return handlers.DoNotRetry(fmt.Errorf("job %s: analysis refused: the snapshot's cell data is inconsistent", r.Job.ID))
 	}
 	if hit {
 		return handlers.DoNotRetry(errors.New("analysis refused: the snapshot's cell data is inconsistent"))

@@ -3,6 +3,7 @@ package web
 import (
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +19,9 @@ var jobStatuses = []string{tasks.StatusQueued, tasks.StatusScheduled, tasks.Stat
 // failureKinds are the failure kinds a filter names.
 var failureKinds = []string{store.KindTransient, store.KindRateLimit, store.KindBusiness, store.KindInternal, store.KindUnknown}
 
+// fingerprintRE is a failure group's fingerprint (store.Fingerprint).
+var fingerprintRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
 // filterInput is a job filter as a request spells it: query parameters
 // (the job list, the pages) or the JSON `filter` of a bulk action.
 type filterInput struct {
@@ -26,13 +30,14 @@ type filterInput struct {
 	Step        string `json:"step"`
 	SystemID    string `json:"systemId"`
 	Message     string `json:"message"`
+	Fingerprint string `json:"fingerprint"`
 	From        string `json:"from"`
 	To          string `json:"to"`
 }
 
 func filterFromQuery(q url.Values) filterInput {
 	return filterInput{Status: q.Get("status"), FailureKind: q.Get("failureKind"), Step: q.Get("step"),
-		SystemID: q.Get("systemId"), Message: q.Get("message"), From: q.Get("from"), To: q.Get("to")}
+		SystemID: q.Get("systemId"), Message: q.Get("message"), Fingerprint: q.Get("fingerprint"), From: q.Get("from"), To: q.Get("to")}
 }
 
 // filter checks every field and returns the store's filter; a bad value is
@@ -43,7 +48,8 @@ func (in filterInput) filter(prefix string) (store.JobFilter, error) {
 		e.field = prefix + field
 		return e
 	}
-	f := store.JobFilter{Status: in.Status, FailureKind: in.FailureKind, Step: in.Step, SystemID: in.SystemID, Message: in.Message}
+	f := store.JobFilter{Status: in.Status, FailureKind: in.FailureKind, Step: in.Step, SystemID: in.SystemID, Message: in.Message,
+		Fingerprint: in.Fingerprint}
 	if f.Status != "" && !slices.Contains(jobStatuses, f.Status) {
 		return f, bad("status", "must be one of %s, got %q", strings.Join(jobStatuses, ", "), f.Status)
 	}
@@ -52,6 +58,9 @@ func (in filterInput) filter(prefix string) (store.JobFilter, error) {
 	}
 	if f.Step != "" && !slices.Contains(tasks.Steps, f.Step) {
 		return f, bad("step", "must be one of %s, got %q", strings.Join(tasks.Steps, ", "), f.Step)
+	}
+	if f.Fingerprint != "" && !fingerprintRE.MatchString(f.Fingerprint) {
+		return f, bad("fingerprint", "must be a failure group's fingerprint, 16 hex digits (GET /api/failures), got %q", f.Fingerprint)
 	}
 	if f.SystemID != "" && !tasks.ValidID(f.SystemID) {
 		return f, bad("systemId", "must match [A-Za-z0-9._:-]{1,128}")
@@ -79,7 +88,7 @@ func (in filterInput) filter(prefix string) (store.JobFilter, error) {
 func (in filterInput) values() url.Values {
 	v := url.Values{}
 	for k, x := range map[string]string{"status": in.Status, "failureKind": in.FailureKind, "step": in.Step,
-		"systemId": in.SystemID, "message": in.Message, "from": in.From, "to": in.To} {
+		"systemId": in.SystemID, "message": in.Message, "fingerprint": in.Fingerprint, "from": in.From, "to": in.To} {
 		if x != "" {
 			v.Set(k, x)
 		}

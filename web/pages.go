@@ -31,7 +31,7 @@ var templateFS embed.FS
 var assetFS embed.FS
 
 type pageTemplates struct {
-	index, job, message, audit, failures, bulk, bulkOp *template.Template
+	index, job, message, audit, failures, bulk, bulkOp, signOut *template.Template
 }
 
 // pageChrome is what the layout shows of the request on every page: who
@@ -69,9 +69,12 @@ var funcs = template.FuncMap{
 		return nil
 	},
 	// chainState words a follow-up's state for the job page.
-	"chainState": func(state string) string {
+	"chainState": func(state, jobStatus string) string {
 		switch state {
 		case ops.FollowUpUnsent:
+			if jobStatus == tasks.StatusFailed || jobStatus == tasks.StatusCancelled {
+				return "never sent: the run did not complete"
+			}
 			return "not sent yet"
 		case ops.FollowUpGone:
 			return "gone from Redis"
@@ -91,7 +94,7 @@ func mustParsePages() *pageTemplates {
 		return template.Must(template.New(name).Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+name))
 	}
 	return &pageTemplates{index: parse("index.html"), job: parse("job.html"), message: parse("message.html"), audit: parse("audit.html"),
-		failures: parse("failures.html"), bulk: parse("bulk.html"), bulkOp: parse("bulkop.html")}
+		failures: parse("failures.html"), bulk: parse("bulk.html"), bulkOp: parse("bulkop.html"), signOut: parse("signout.html")}
 }
 
 func assetHandler() http.Handler {
@@ -103,18 +106,52 @@ func assetHandler() http.Handler {
 	})
 }
 
-func fmtTime(t time.Time) string {
+// fmtTime is a time as the pages show it: relative to now ("3 min ago",
+// "in 40 s"), the absolute UTC time on hover (title) and in datetime,
+// which console.js reads to keep the relative text current.
+func fmtTime(t time.Time) template.HTML {
 	if t.IsZero() {
 		return "–"
 	}
-	return t.UTC().Format("2006-01-02 15:04:05Z")
+	abs := t.UTC().Format("2006-01-02 15:04:05 UTC")
+	return template.HTML(`<time datetime="` + t.UTC().Format(time.RFC3339) + `" title="` + abs + `">` + //nolint:gosec // formatted times only
+		relTime(t, time.Now()) + `</time>`)
 }
 
-func fmtTimePtr(t *time.Time) string {
+func fmtTimePtr(t *time.Time) template.HTML {
 	if t == nil {
 		return "–"
 	}
 	return fmtTime(*t)
+}
+
+// relTime says how long before or after now t is, to the unit an operator
+// reads at a glance; past a week, the date.
+func relTime(t, now time.Time) string {
+	d := now.Sub(t)
+	future := d < 0
+	if future {
+		d = -d
+	}
+	var s string
+	switch {
+	case d < 5*time.Second && !future:
+		return "just now"
+	case d < time.Minute:
+		s = fmt.Sprintf("%d s", int(d.Seconds()))
+	case d < time.Hour:
+		s = fmt.Sprintf("%d min", int(d.Minutes()))
+	case d < 48*time.Hour:
+		s = fmt.Sprintf("%d h", int(d.Hours()))
+	case d < 7*24*time.Hour:
+		s = fmt.Sprintf("%d days", int(d.Hours()/24))
+	default:
+		return t.UTC().Format("2 Jan 2006")
+	}
+	if future {
+		return "in " + s
+	}
+	return s + " ago"
 }
 
 func fmtDuration(ms int64) string {
@@ -202,6 +239,9 @@ type indexPage struct {
 	// form and the paging links; Older and Newer page through the jobs.
 	Extra        map[string]string
 	Older, Newer string
+	// GroupPattern is the failure group's pattern when the filter names
+	// one by fingerprint (read from its first job).
+	GroupPattern string
 	// Breaker is the provider's breaker when it is not closed; nil else.
 	Breaker *flow.BreakerState
 }
@@ -247,6 +287,9 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data.Jobs = jobs
+	if f.Fingerprint != "" && len(jobs) > 0 {
+		data.GroupPattern, _ = store.FailureGroupOf(jobs[0])
+	}
 	in := filterFromQuery(r.URL.Query())
 	in.Status, in.SystemID = "", ""
 	data.Extra = map[string]string{}
@@ -269,7 +312,7 @@ func (s *Server) indexPage(w http.ResponseWriter, r *http.Request) {
 	if data.Error != "" {
 		code = http.StatusUnprocessableEntity
 	}
-	s.render(w, r, code, s.pages.index, &data)
+	s.renderPage(w, r, code, s.pages.index, &data, true)
 }
 
 type stepRow struct {
@@ -315,6 +358,92 @@ type jobPage struct {
 	// it is unknown.
 	Chain      *ops.FollowUpStatus
 	ChainError string
+
+	// Took is the current run's duration, "" before it started; Running:
+	// it has not ended, Took is so far.
+	Took    string
+	Running bool
+	// Permanent: the run failed for good because of the request itself; a
+	// retry fails again unless the job changes, so the page offers the
+	// re-run form first.
+	Permanent bool
+	// Retried is what an operator's last retry of this run then did; nil
+	// when it was never retried.
+	Retried *retryOutcome
+	// Rerun is the re-run form's input (kept when a re-run is refused),
+	// RerunError why it was refused; Provider is INSIGHTS_PROVIDER.
+	Rerun      rerunForm
+	RerunError string
+	Provider   string
+	// Due is when a waiting run is due; nil once it runs or has ended.
+	Due *time.Time
+}
+
+// retryOutcome is what a retried run did after the operator's retry: the
+// job's state read now, never the retry's own answer.
+type retryOutcome struct {
+	At time.Time
+	// State: waiting (not picked up yet), running, completed,
+	// failed-again, cancelled.
+	State string
+	Text  string
+}
+
+// retryOutcomeOf reads what the run did since it was retried at j.RetriedAt.
+func retryOutcomeOf(j *store.Job) *retryOutcome {
+	if j.RetriedAt == nil {
+		return nil
+	}
+	o := &retryOutcome{At: *j.RetriedAt}
+	switch {
+	case j.Status == tasks.StatusCompleted:
+		o.State, o.Text = "completed", "the run then completed"
+	case j.Status == tasks.StatusCancelled:
+		o.State, o.Text = "cancelled", "the run was then cancelled"
+	case j.Status == tasks.StatusFailed && j.Failure != nil && j.Failure.At.After(*j.RetriedAt):
+		o.State, o.Text = "failed-again", "the run then failed again"
+	case j.Status == tasks.StatusFailed:
+		o.State, o.Text = "waiting", "the run is waiting for a worker"
+	default:
+		o.State, o.Text = "running", "the run is "+j.Status
+	}
+	return o
+}
+
+// rerunForm is the re-run form's fields as typed.
+type rerunForm struct {
+	FromStep, CustomPrompt, ContextWindowDays, MaxIterations, ModelOverride string
+}
+
+// runDuration is the current run's duration: from its first step's start
+// (steps kept from an earlier run aside) to its completion, else its last
+// step's end; running: the run is live, measured to now.
+func runDuration(j *store.Job, now time.Time) (d time.Duration, running, ok bool) {
+	var start, end time.Time
+	for _, st := range j.Steps {
+		if st.ReusedFrom != "" || st.StartedAt.IsZero() {
+			continue
+		}
+		if start.IsZero() || st.StartedAt.Before(start) {
+			start = st.StartedAt
+		}
+		if st.FinishedAt.After(end) {
+			end = st.FinishedAt
+		}
+	}
+	if start.IsZero() {
+		return 0, false, false
+	}
+	switch {
+	case tasks.Live(j.Status):
+		end, running = now, true
+	case j.Status == tasks.StatusCompleted && j.CompletedAt != nil && j.CompletedAt.After(end):
+		end = *j.CompletedAt
+	}
+	if end.Before(start) {
+		return 0, running, false
+	}
+	return end.Sub(start), running, true
 }
 
 var markdown = goldmark.New(goldmark.WithExtensions(extension.GFM))
@@ -326,8 +455,17 @@ func renderMarkdown(md string) template.HTML {
 	if err := markdown.Convert([]byte(md), &buf); err != nil {
 		return template.HTML("<pre>" + template.HTMLEscapeString(md) + "</pre>")
 	}
-	return template.HTML(buf.String()) //nolint:gosec // goldmark escapes and drops raw HTML
+	return template.HTML(severityMarkers.Replace(buf.String())) //nolint:gosec // goldmark escapes and drops raw HTML; the markers are constants
 }
+
+// severityMarkers turn the report's 🔴/🟡/🟢 (docs/DESIGN.md section 9)
+// into labelled CSS markers: without an emoji font those render as empty
+// boxes, and a colour alone tells a colour-blind reader nothing.
+var severityMarkers = strings.NewReplacer(
+	"🔴", `<span class="sev sev-critical">critical</span>`,
+	"🟡", `<span class="sev sev-warning">warning</span>`,
+	"🟢", `<span class="sev sev-ok">ok</span>`,
+)
 
 func prettyJSON(v any) string {
 	if v == nil {
@@ -358,25 +496,42 @@ func (s *Server) pageJob(w http.ResponseWriter, r *http.Request, id string) (*st
 	return job, true
 }
 
-// jobPage is GET /jobs/{jobId}: the steps as a timeline, the result and the
-// event's asynq state, from one read of the job (ops.Job).
+// jobPage is GET /jobs/{jobId}: the result first, then the steps as a
+// timeline, the runs, the progress and the event's asynq state, from one
+// read of the job (ops.Job).
 func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("jobId")
+	d, ok := s.pageJobDetail(w, r, r.PathValue("jobId"))
+	if !ok {
+		return
+	}
+	data := s.buildJobPage(r, d)
+	s.renderPage(w, r, http.StatusOK, s.pages.job, data, data.Streams)
+}
+
+// pageJobDetail reads job id for display (ops.Job), or answers with the
+// error page (false).
+func (s *Server) pageJobDetail(w http.ResponseWriter, r *http.Request, id string) (*ops.JobDetail, bool) {
 	d, err := s.ops.Job(r.Context(), id)
 	switch {
 	case errors.Is(err, ops.ErrNoStore):
 		s.pageError(w, r, http.StatusServiceUnavailable, "Unavailable", "MongoDB is not configured.")
-		return
+		return nil, false
 	case errors.Is(err, ops.ErrNotFound):
 		s.pageError(w, r, http.StatusNotFound, "Job not found", "There is no job "+id+".")
-		return
+		return nil, false
 	case err != nil:
 		s.pageError(w, r, http.StatusServiceUnavailable, "MongoDB unavailable", err.Error())
-		return
+		return nil, false
 	}
+	return d, true
+}
+
+// buildJobPage is the job page's data for a job read for display.
+func (s *Server) buildJobPage(r *http.Request, d *ops.JobDetail) *jobPage {
 	job := d.Job
-	data := jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status), Breaker: s.openBreaker(r.Context()),
-		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error")}
+	data := &jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status), Breaker: s.openBreaker(r.Context()),
+		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error"), Provider: s.cfg.Provider,
+		Rerun: rerunForm{FromStep: tasks.StepProcessInsights}}
 	for _, name := range tasks.Steps {
 		st, ok := job.Steps[name]
 		data.Steps = append(data.Steps, stepRow{Name: name, Present: ok, State: st, Output: prettyJSON(st.Output)})
@@ -387,6 +542,15 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 			data.ResultHTML = renderMarkdown(md)
 		}
 	}
+	if dur, running, ok := runDuration(job, time.Now()); ok {
+		data.Took, data.Running = fmtDuration(dur.Milliseconds()), running
+	}
+	switch job.Status {
+	case tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusRetrying:
+		data.Due = job.ProcessAt
+	}
+	data.Permanent = job.Status == tasks.StatusFailed && job.Failure != nil && permanentKind(job.Failure.Kind)
+	data.Retried = retryOutcomeOf(job)
 	data.RequestJSON = prettyJSON(job.Request)
 	for _, ev := range job.Progress {
 		data.Progress = append(data.Progress, progressRow{At: ev.Timestamp, Type: ev.Type, Text: stageOf(ev)})
@@ -425,7 +589,8 @@ func (s *Server) jobPage(w http.ResponseWriter, r *http.Request) {
 			data.Runs = append(data.Runs, endedRun(s.ops.RunView(p)))
 		}
 	}
-	s.renderPage(w, r, http.StatusOK, s.pages.job, &data, data.Streams)
+	markEdits(data.Runs)
+	return data
 }
 
 // progressRow is one progress event on the job page.
@@ -454,7 +619,9 @@ func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
 			return "", err
 		}
 		s.audit(r, store.AuditEntry{Action: "retry", Target: job.EventID, Detail: retryDetail(res) + "; job page"})
-		return "Event " + res.EventID + " " + res.Action + " (" + res.State + ").", nil
+		// No notice: the page says what the retried run then did
+		// (retryOutcome), read from the job on every load.
+		return "", nil
 	})
 }
 
@@ -487,6 +654,10 @@ func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action strin
 		http.Redirect(w, r, target+"?error="+url.QueryEscape(strings.TrimSpace(err.Error())), http.StatusSeeOther)
 		return
 	}
+	if msg == "" {
+		http.Redirect(w, r, target, http.StatusSeeOther)
+		return
+	}
 	http.Redirect(w, r, target+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
 }
 
@@ -503,6 +674,45 @@ type runRow struct {
 	// the run had a result.
 	Insights    template.HTML
 	HealthScore *float64
+	Request tasks.Request
+	// Edits are the request fields this run changed from the run before
+	// it ("customPrompt “…”"), shown beside a re-run.
+	Edits []string
+}
+
+// markEdits sets each run's Edits against the run before it (runs are
+// newest first).
+func markEdits(runs []runRow) {
+	for i := 0; i+1 < len(runs); i++ {
+		a, b := runs[i].Request.WithDefaults(), runs[i+1].Request.WithDefaults()
+		var out []string
+		if a.CustomPrompt != b.CustomPrompt {
+			p := a.CustomPrompt
+			if p == "" {
+				p = "(none)"
+			}
+			out = append(out, "customPrompt “"+shortText(p, 120)+"”")
+		}
+		if a.ContextWindowDays != b.ContextWindowDays {
+			out = append(out, fmt.Sprintf("contextWindowDays %d (was %d)", a.ContextWindowDays, b.ContextWindowDays))
+		}
+		if a.MaxIterations != b.MaxIterations {
+			out = append(out, fmt.Sprintf("maxIterations %d (was %d)", a.MaxIterations, b.MaxIterations))
+		}
+		if a.ModelOverride != b.ModelOverride {
+			out = append(out, "modelOverride “"+a.ModelOverride+"”")
+		}
+		runs[i].Edits = out
+	}
+}
+
+// shortText cuts s to n runes with an ellipsis.
+func shortText(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n]) + "…"
 }
 
 // runStep is a step of a run: its checkpoint's status, or reused when the
@@ -527,7 +737,7 @@ func runSteps(steps map[string]store.StepState) []runStep {
 }
 
 func currentRun(j *store.Job) runRow {
-	r := runRow{EventID: j.EventID, Current: true, Status: j.Status, RerunOf: j.RerunOf, Steps: runSteps(j.Steps)}
+	r := runRow{EventID: j.EventID, Current: true, Status: j.Status, RerunOf: j.RerunOf, Steps: runSteps(j.Steps), Request: j.Request}
 	if j.Error != nil && j.Status != tasks.StatusCompleted {
 		r.Error = *j.Error
 	}
@@ -535,7 +745,7 @@ func currentRun(j *store.Job) runRow {
 }
 
 func endedRun(p *store.RunRecord) runRow {
-	r := runRow{EventID: p.EventID, Status: p.Status, RerunOf: p.RerunOf, EndedAt: p.EndedAt, Steps: runSteps(p.Steps)}
+	r := runRow{EventID: p.EventID, Status: p.Status, RerunOf: p.RerunOf, EndedAt: p.EndedAt, Steps: runSteps(p.Steps), Request: p.Request}
 	if p.Error != nil && p.Status != tasks.StatusCompleted {
 		r.Error = *p.Error
 	}
@@ -549,33 +759,59 @@ func endedRun(p *store.RunRecord) runRow {
 	return r
 }
 
-// rerunPage is POST /jobs/{jobId}/rerun (the Re-run form).
+// rerunPage is POST /jobs/{jobId}/rerun (the Re-run form). A refused
+// re-run answers the job page itself (422) with the form as it was typed
+// and why, so nothing typed is lost.
 func (s *Server) rerunPage(w http.ResponseWriter, r *http.Request) {
-	s.pageAction(w, r, "rerun", func(job *store.Job) (string, error) {
-		req := ops.RerunRequest{FromStep: r.PostFormValue("fromStep")}
-		if v := r.PostFormValue("customPrompt"); v != "" {
-			req.CustomPrompt = &v
+	id := r.PathValue("jobId")
+	if !s.checkCSRF(r, "rerun:"+id) {
+		s.pageError(w, r, http.StatusForbidden, "Refused", "The form's token is missing or stale: reload the job page and try again.")
+		return
+	}
+	job, ok := s.pageJob(w, r, id)
+	if !ok {
+		return
+	}
+	form := rerunForm{FromStep: r.PostFormValue("fromStep"), CustomPrompt: r.PostFormValue("customPrompt"),
+		ContextWindowDays: r.PostFormValue("contextWindowDays"), MaxIterations: r.PostFormValue("maxIterations"),
+		ModelOverride: r.PostFormValue("modelOverride")}
+	res, req, err := s.rerunFromForm(r, job, form)
+	if err != nil {
+		d, ok := s.pageJobDetail(w, r, id)
+		if !ok {
+			return
 		}
-		if v := r.PostFormValue("modelOverride"); v != "" {
-			req.ModelOverride = &v
-		}
-		for _, f := range []struct {
-			name string
-			dst  **int
-		}{{"contextWindowDays", &req.ContextWindowDays}, {"maxIterations", &req.MaxIterations}} {
-			if v := r.PostFormValue(f.name); v != "" {
-				n, err := strconv.Atoi(v)
-				if err != nil {
-					return "", fmt.Errorf("%s: must be a whole number, got %q", f.name, v)
-				}
-				*f.dst = &n
+		data := s.buildJobPage(r, d)
+		data.Rerun, data.RerunError = form, strings.TrimSpace(err.Error())
+		s.renderPage(w, r, http.StatusUnprocessableEntity, s.pages.job, data, data.Streams)
+		return
+	}
+	s.audit(r, store.AuditEntry{Action: "rerun", Target: job.ID, Filter: req, Detail: rerunDetail(res) + "; job page"})
+	msg := "Re-run " + res.EventID + " started from " + res.FromStep + "."
+	http.Redirect(w, r, "/jobs/"+url.PathEscape(id)+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
+}
+
+// rerunFromForm starts the re-run the form asks for.
+func (s *Server) rerunFromForm(r *http.Request, job *store.Job, form rerunForm) (*ops.RerunResult, ops.RerunRequest, error) {
+	req := ops.RerunRequest{FromStep: form.FromStep}
+	if form.CustomPrompt != "" {
+		req.CustomPrompt = &form.CustomPrompt
+	}
+	if form.ModelOverride != "" {
+		req.ModelOverride = &form.ModelOverride
+	}
+	for _, f := range []struct {
+		name, v string
+		dst     **int
+	}{{"contextWindowDays", form.ContextWindowDays, &req.ContextWindowDays}, {"maxIterations", form.MaxIterations, &req.MaxIterations}} {
+		if f.v != "" {
+			n, err := strconv.Atoi(f.v)
+			if err != nil {
+				return nil, req, fmt.Errorf("%s: must be a whole number, got %q", f.name, f.v)
 			}
+			*f.dst = &n
 		}
-		res, err := s.ops.Rerun(r.Context(), job.ID, req)
-		if err != nil {
-			return "", err
-		}
-		s.recordAudit(r, "rerun", job.ID, req, nil)
-		return "Re-run " + res.EventID + " started from " + res.FromStep + ".", nil
-	})
+	}
+	res, err := s.ops.Rerun(r.Context(), job.ID, req)
+	return res, req, err
 }

@@ -48,7 +48,7 @@ func TestViewerIsReadOnly(t *testing.T) {
 		withButton bool
 	}{
 		{authViewer, "signed in as viewer (read-only)", false},
-		{authBasic, "signed in as admin<", true},
+		{authBasic, "signed in as admin ·", true},
 	} {
 		body := string(e.do("GET", "/jobs/job-view", nil, c.a).body)
 		if !strings.Contains(body, c.who) {

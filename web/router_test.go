@@ -39,7 +39,7 @@ func TestRouterPrioritiesAndRefusals(t *testing.T) {
 		priority any
 		queue    string
 	}{{nil, tasks.QueueDefault}, {0, tasks.QueueDefault}, {5, tasks.QueueDefault}, {7, tasks.QueueHigh},
-		{10, tasks.QueueCritical}, {50, tasks.QueueCritical}, {-10, tasks.QueueLow}} {
+		{10, tasks.QueueCritical}, {50, tasks.QueueCritical}, {-9, tasks.QueueDefault}, {-10, tasks.QueueLow}} {
 		t.Run(fmt.Sprint("priority ", c.priority), func(t *testing.T) {
 			e.t = t
 			name := strings.NewReplacer("-", "m", "<", "", ">", "").Replace(fmt.Sprint(c.priority))

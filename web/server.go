@@ -86,6 +86,9 @@ type Config struct {
 	// Breaker is the model provider's circuit breaker (GET /api/breaker,
 	// POST /api/breaker/reset). Nil: those routes answer 503.
 	Breaker *flow.Breaker
+	// Provider is INSIGHTS_PROVIDER, for the job page's re-run form: it
+	// says whether an edited customPrompt is used. Empty: unknown.
+	Provider string
 	// Ready reports readiness for /readyz. Nil: MongoDB answers a ping
 	// (Store) and Redis answers (Inspector).
 	Ready func(ctx context.Context) error
@@ -292,13 +295,17 @@ func (s *Server) routes() {
 	mux.Handle("GET /metrics", s.auth(promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{})))
 
 	// Dashboard.
-	mux.Handle(monitorRoot+"/", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.monitoring))))
+	mux.Handle(monitorRoot+"/", s.auth(s.sameOriginUnsafe(selfContainedMonitor(http.HandlerFunc(s.monitoring)))))
 	mux.Handle("GET "+monitorRoot, s.auth(http.RedirectHandler(monitorRoot+"/", http.StatusMovedPermanently)))
 
 	// Pages.
 	mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.indexPage)))
 	mux.Handle("GET /jobs/{jobId}", s.auth(http.HandlerFunc(s.jobPage)))
 	mux.Handle("GET /audit", s.auth(http.HandlerFunc(s.auditPage)))
+	mux.Handle("GET /events/{eventId}", s.auth(http.HandlerFunc(s.eventPage)))
+	mux.Handle("GET /favicon.ico", http.HandlerFunc(favicon))
+	mux.Handle("GET /signout", http.HandlerFunc(s.signOut))
+	mux.Handle("GET /signin", http.HandlerFunc(s.signIn))
 	mux.Handle("GET /jobs/{jobId}/live", s.auth(http.HandlerFunc(s.jobLive)))
 	mux.Handle("POST /jobs/{jobId}/retry", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.retryPage))))
 	mux.Handle("POST /jobs/{jobId}/cancel", s.auth(s.sameOriginUnsafe(http.HandlerFunc(s.cancelPage))))

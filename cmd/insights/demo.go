@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -70,6 +71,14 @@ func runDemo(ctx context.Context, a *app.App, w io.Writer) error {
 	}
 	enc := json.NewEncoder(w)
 	for _, s := range demoEvents(now) {
+		// Seeded once: a restart with --demo must not start every demo
+		// job's run again (a new run each time).
+		if _, err := a.Store.GetJob(ctx, s.Data.JobID); err == nil {
+			fmt.Fprintf(w, "demo job %s exists already: not sent again (delete DATA_DIR for a fresh demo)\n", s.Data.JobID)
+			continue
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("demo: read %s: %w", s.Data.JobID, err)
+		}
 		res, err := a.Client.Send(ctx, &s)
 		if err != nil {
 			return fmt.Errorf("demo: send %s: %w", s.Data.JobID, err)

@@ -19,6 +19,7 @@ import (
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/config"
+	"github.com/bmsview/insights/internal/devstack"
 	"github.com/bmsview/insights/web"
 )
 
@@ -52,6 +53,26 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// One process on the embedded FerretDB's files, and the port bound
+	// before any store or worker starts: a second serve on the same
+	// DATA_DIR or HTTP_ADDR stops here with a message, having touched
+	// nothing.
+	if cfg.EmbeddedMongo() {
+		unlock, err := devstack.LockDir(cfg.DataDir)
+		if errors.Is(err, devstack.ErrDirInUse) {
+			return fmt.Errorf("DATA_DIR %s is %w: another `insights serve` runs on it; stop it, or set DATA_DIR to another directory (and HTTP_ADDR to another port)", cfg.DataDir, err)
+		}
+		if err != nil {
+			return fmt.Errorf("DATA_DIR: %w", err)
+		}
+		defer unlock()
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR %s: %w (set HTTP_ADDR=:8081 to use another port)", cfg.HTTPAddr, err)
+	}
+	defer ln.Close()
+
 	a, err := app.Open(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -80,17 +101,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	srv := newHTTPServer(cfg.HTTPAddr)
 	var ws *web.Server
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("HTTP_ADDR: %w", err)
-	}
 	if runAPI {
 		operator := a.NewOperator(log)
 		// After the server: Close stops its bulk actions, which resume later.
 		defer operator.Close()
 		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
 			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, ViewerPassword: cfg.ViewerPassword,
-			CORSOrigins: cfg.CORSOrigins, Operator: operator,
+			CORSOrigins: cfg.CORSOrigins, Operator: operator, Provider: cfg.InsightsProvider,
 			Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 		go ws.ResumeBulk(ctx, time.Minute)
@@ -115,7 +132,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		go func() {
 			if err := runDemo(ctx, a, stdout); err != nil {
 				log.Error("demo", "err", err)
+				return
 			}
+			log.Info("demo finished")
 		}()
 	}
 

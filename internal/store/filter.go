@@ -26,6 +26,10 @@ type JobFilter struct {
 	// Message is the last failure's message exactly (failure.message, or
 	// error for a job without a failure): one group of the failures.
 	Message string `json:"message,omitempty" bson:"message,omitempty"`
+	// Fingerprint is the last failure's fingerprint (fingerprint.go): one
+	// group of the failures, its ids and numbers aside. Matched in Go, on
+	// the failure fields alone.
+	Fingerprint string `json:"fingerprint,omitempty" bson:"fingerprint,omitempty"`
 	// From and To bound the job's last change (updatedAt; for a failed job,
 	// when it failed): From ≤ updatedAt < To.
 	From *time.Time `json:"from,omitempty" bson:"from,omitempty"`
@@ -83,6 +87,9 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
 		f.Limit = 50
 	}
 	f.Limit = min(f.Limit, 500)
+	if f.Fingerprint != "" {
+		return s.listByFingerprint(ctx, f)
+	}
 	opts := options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(int64(f.Limit))
 	if f.Offset > 0 {
 		opts.SetSkip(int64(f.Offset))
@@ -102,6 +109,9 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
 func (s *Store) CountJobs(ctx context.Context, f JobFilter) (int64, error) {
 	ctx, cancel := s.scanCtx(ctx)
 	defer cancel()
+	if f.Fingerprint != "" {
+		return s.countByFingerprint(ctx, f)
+	}
 	n, err := s.jobs.CountDocuments(ctx, f.query())
 	if err != nil {
 		return 0, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
@@ -120,6 +130,9 @@ type JobRef struct {
 // streamed cursor that reads only the ids (its Limit and Offset aside). An
 // error of fn stops it and is returned.
 func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) error) error {
+	if f.Fingerprint != "" {
+		return s.eachRefByFingerprint(ctx, f, fn)
+	}
 	fctx, cancel := s.scanCtx(ctx)
 	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
 		SetProjection(bson.D{{Key: "id", Value: 1}, {Key: "eventId", Value: 1}}))
@@ -147,66 +160,50 @@ func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) err
 }
 
 // FailureGroup is the failed jobs that share a failure kind, step and
-// message.
+// fingerprint (FailurePattern): their messages differ only in ids, times
+// and numbers. Message is the newest job's, as it was written.
 type FailureGroup struct {
-	Kind     string    `json:"kind" bson:"kind"`
-	Step     string    `json:"step,omitempty" bson:"step"`
-	Message  string    `json:"message" bson:"message"`
-	Count    int       `json:"count" bson:"count"`
-	NewestAt time.Time `json:"newestAt" bson:"newestAt"`
-	OldestAt time.Time `json:"oldestAt" bson:"oldestAt"`
+	Kind        string    `json:"kind" bson:"kind"`
+	Step        string    `json:"step,omitempty" bson:"step"`
+	Message     string    `json:"message" bson:"message"`
+	Pattern     string    `json:"pattern" bson:"pattern"`
+	Fingerprint string    `json:"fingerprint" bson:"fingerprint"`
+	Count       int       `json:"count" bson:"count"`
+	NewestAt    time.Time `json:"newestAt" bson:"newestAt"`
+	OldestAt    time.Time `json:"oldestAt" bson:"oldestAt"`
 }
 
 // FailureGroups groups every failed job f selects (its Status is failed
-// whatever it says) by failure kind, step and message: however many and
-// however old, not the newest page. Largest groups first. The jobs are
+// whatever it says) by failure kind, step and fingerprint: however many
+// and however old, not the newest page. Largest groups first. The jobs are
 // streamed, their failure fields alone, and grouped here: FerretDB v1's
-// $group has no $max, $min, $first or $ifNull.
+// $group has no $max, $min, $first or $ifNull, and no fingerprint.
 func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup, error) {
 	f.Status = "failed"
-	fctx, cancel := s.scanCtx(ctx)
-	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
-		SetProjection(bson.D{{Key: "failure", Value: 1}, {Key: "error", Value: 1}, {Key: "updatedAt", Value: 1}}))
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
-	}
-	defer cur.Close(context.WithoutCancel(ctx))
 	out := []FailureGroup{}
-	idx := map[FailureGroup]int{}
-	for s.next(ctx, cur) {
-		var j struct {
-			Failure   *Failure  `bson:"failure"`
-			Error     *string   `bson:"error"`
-			UpdatedAt time.Time `bson:"updatedAt"`
-		}
-		if err := cur.Decode(&j); err != nil {
-			return nil, fmt.Errorf("group failures: %w", err)
-		}
-		k := FailureGroup{Kind: KindUnknown, Message: "(no error recorded)"}
-		switch {
-		case j.Failure != nil:
-			k.Kind, k.Step, k.Message = j.Failure.Kind, j.Failure.Step, j.Failure.Message
-		case j.Error != nil:
-			k.Message = *j.Error // failed by the app's own workload
-		}
+	type key struct{ kind, step, fp string }
+	idx := map[key]int{}
+	err := s.eachFailure(ctx, f.query(), f.Fingerprint, nil, func(j *failureFields, pattern string) error {
+		kind, step, msg, _ := j.group()
+		k := key{kind, step, Fingerprint(pattern)}
 		i, ok := idx[k]
 		if !ok {
 			i = len(out)
 			idx[k] = i
-			out = append(out, k)
+			out = append(out, FailureGroup{Kind: kind, Step: step, Message: msg, Pattern: pattern, Fingerprint: k.fp})
 		}
 		g := &out[i]
 		g.Count++
 		if j.UpdatedAt.After(g.NewestAt) {
-			g.NewestAt = j.UpdatedAt
+			g.NewestAt, g.Message = j.UpdatedAt, msg
 		}
 		if g.OldestAt.IsZero() || j.UpdatedAt.Before(g.OldestAt) {
 			g.OldestAt = j.UpdatedAt
 		}
-	}
-	if err := cur.Err(); err != nil {
-		return nil, fmt.Errorf("group failures: %w", unavailable(ctx, err))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("group failures: %w", err)
 	}
 	sortGroups(out)
 	return out, nil

@@ -58,6 +58,10 @@ type Job struct {
 	// RerunOf is set on a run an operator started from a step of the
 	// previous run (runs.go); nil for a run sent as usual.
 	RerunOf *RerunOf `json:"rerunOf,omitempty" bson:"rerunOf,omitempty"`
+	// RetriedAt is when an operator last started this run again (its
+	// budget reset: a retry, asynqmon's Run, a bulk retry); nil when never.
+	// The pages tell from it what the retry then did.
+	RetriedAt *time.Time `json:"retriedAt,omitempty" bson:"rerunAt,omitempty"`
 
 	// seen is the run-lock count this job was last read under (runlock.go):
 	// while it holds, no transition can have ended this run. 0: not read
@@ -452,7 +456,7 @@ func startRunUpdate(cur *Job, run tasks.Run, status string, attempts int, now ti
 		{Key: "processAt", Value: run.ProcessAt.UTC()}, {Key: "attempts", Value: attempts}, {Key: "failures", Value: 0},
 		{Key: "failure", Value: nil}, {Key: "error", Value: nil}, {Key: "steps", Value: steps},
 		{Key: "progress", Value: []ProgressEvent{}}, {Key: "partialInsights", Value: nil},
-		{Key: "followUp", Value: nil}, {Key: "waiting", Value: nil}, {Key: "rerunOf", Value: rerun}, {Key: "updatedAt", Value: now},
+		{Key: "followUp", Value: nil}, {Key: "waiting", Value: nil}, {Key: "rerunOf", Value: rerun}, {Key: "rerunAt", Value: nil}, {Key: "updatedAt", Value: now},
 	}
 	if !slices.ContainsFunc(steps, func(e bson.E) bool { return e.Key == tasks.StepStoreResults }) {
 		set = append(set, bson.E{Key: "finalInsights", Value: nil}, bson.E{Key: "completedAt", Value: nil})

@@ -22,11 +22,19 @@
     if (stream) live.setAttribute('data-stream', stream);
   }
 
-  // fmtTime is the pages' own format: 2006-01-02 15:04:05Z.
-  function fmtTime(iso) {
+  // timeEl is the pages' own time: relative text (console.js keeps it
+  // current), the absolute UTC time on hover.
+  function timeEl(iso) {
     var d = new Date(iso);
-    if (isNaN(d.getTime())) return String(iso);
-    return d.toISOString().slice(0, 19).replace('T', ' ') + 'Z';
+    var t = document.createElement('time');
+    if (isNaN(d.getTime())) {
+      t.textContent = String(iso);
+      return t;
+    }
+    t.setAttribute('datetime', d.toISOString());
+    t.title = d.toISOString().slice(0, 19).replace('T', ' ') + ' UTC';
+    t.textContent = 'just now';
+    return t;
   }
 
   function reload() {
@@ -50,7 +58,9 @@
       if (p.index < have) return; // the page has it already
       var li = el('li');
       li.setAttribute('data-type', p.type);
-      li.append(el('span', 'muted', fmtTime(p.timestamp)), ' ', el('span', 'kind', p.type), ' ' + p.text);
+      var at = el('span', 'muted');
+      at.appendChild(timeEl(p.timestamp));
+      li.append(at, ' ', el('span', 'ptype pt-' + p.type, p.type), ' ' + p.text);
       list.appendChild(li);
       have++;
     });
@@ -102,7 +112,8 @@
     }
     ev.steps.forEach(setStep);
     text('attempts', String(ev.attempts));
-    text('updated-at', fmtTime(ev.updatedAt));
+    var upd = document.getElementById('updated-at');
+    if (upd) upd.replaceChildren(timeEl(ev.updatedAt));
     return true;
   }
 
@@ -110,7 +121,9 @@
     say('(connected)', 'open');
   });
   es.addEventListener('job', function (msg) {
-    if (apply(msg)) say('(updated ' + new Date().toLocaleTimeString() + ')');
+    // The pages' own time, relative and ticking (console.js), not the
+    // browser's locale format.
+    if (apply(msg) && note) note.replaceChildren('(updated ', timeEl(new Date().toISOString()), ')');
   });
   es.addEventListener('end', function (msg) {
     es.close();
