@@ -674,7 +674,7 @@ type runRow struct {
 	// the run had a result.
 	Insights    template.HTML
 	HealthScore *float64
-	Request tasks.Request
+	Request     tasks.Request
 	// Edits are the request fields this run changed from the run before
 	// it ("customPrompt “…”"), shown beside a re-run.
 	Edits []string
