@@ -54,11 +54,26 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 		hookMu.Unlock()
 	}))
 	t.Cleanup(hook.Close)
-	// A model that takes a second, so that a kill lands inside
-	// process-insights and the run meets the outage in its next Redis call
-	// (the slot's release and renewal, the follow-up's enqueue).
-	gem := fakegemini.Start(t, "test-key", func(_ fakegemini.Call, w http.ResponseWriter) {
-		time.Sleep(time.Second)
+	// The model: while a kill is armed, it holds each call until Redis is
+	// down, so the run goes on into the outage (the slot's release, the
+	// follow-up's enqueue) as runs did in the soak that found issue 22.
+	var (
+		gateMu  sync.Mutex
+		release chan struct{} // non-nil while armed: closed once Redis is down
+		held    = make(chan struct{}, 64)
+	)
+	gem := fakegemini.Start(t, "test-key", func(c fakegemini.Call, w http.ResponseWriter) {
+		gateMu.Lock()
+		r := release
+		gateMu.Unlock()
+		if r != nil {
+			held <- struct{}{}
+			select {
+			case <-r:
+			case <-c.Req.Context().Done():
+				return
+			}
+		}
 		_, _ = io.WriteString(w, fakegemini.Text("## KEY FINDINGS\n- fine\n## TREND ANALYSIS\n- flat\n## RECOMMENDATIONS\n- 🟢 keep SOC 20–80 %"))
 	})
 	extra := []string{"INSIGHTS_PROVIDER=gemini", "GEMINI_API_KEY=test-key", "GEMINI_BASE_URL=" + gem.URL,
@@ -127,25 +142,45 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 	done := func(j *store.Job) bool {
 		return j.Status == tasks.StatusCompleted && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
 	}
-	// Each kill waits for a run of its batch inside process-insights (its
-	// model call under way: it holds its system's slot in Redis).
+	// Each kill: the model holds the calls of the batch's runs; once one
+	// is held, Redis is SIGKILLed, the calls answered, and Redis stays
+	// down until a run has met the outage (its job records a failure after
+	// the kill), at most 20 s; then it restarts on its data.
 	killed := 0
 	for k := range kills {
+		gateMu.Lock()
+		release = make(chan struct{})
+		r := release
+		gateMu.Unlock()
 		fed := feed(k*batch, (k+1)*batch)
-		testenv.WaitFor(t, 3*time.Minute, fmt.Sprintf("a run inside process-insights (kill %d)", k+1), func() (bool, error) {
+		select {
+		case <-held:
+		case <-time.After(3 * time.Minute):
+			t.Fatalf("kill %d: no model call came", k+1)
+		}
+		red.Kill(t)
+		at := time.Now()
+		killed++
+		gateMu.Lock()
+		release = nil
+		gateMu.Unlock()
+		close(r)
+		met, _ := pollUntil(20*time.Second, func() bool {
 			for _, j := range jobs() {
-				if j.Status == tasks.StatusProcessing && j.Steps[tasks.StepValidate].Status == store.StepCompleted &&
-					j.Steps[tasks.StepProcessInsights].Status == "" {
-					return true, nil
+				if j.Failure != nil && j.Failure.At.After(at) {
+					return true
 				}
 			}
-			return false, nil
+			return false
 		})
-		red.Kill(t)
-		killed++
-		time.Sleep(2 * time.Second) // the outage: Redis down for 2 s, then restarted on its data
+		if !met {
+			t.Logf("kill %d: no run recorded meeting the outage within 20 s", k+1)
+		}
 		red.Restart(t)
 		<-fed
+	}
+	for len(held) > 0 {
+		<-held
 	}
 	<-feed(kills*batch, n)
 	close(next)
@@ -217,9 +252,21 @@ func TestRedisKilledDuringSteps(t *testing.T) {
 		}
 	}
 	outageLines := bytes.Count([]byte(worker.log()), []byte("unavailable: retry without budget"))
-	t.Logf("%d jobs, %d Redis SIGKILLs (2 s down each): %d completed, failures total %d; follow-ups delivered %d (%d jobs), completed follow-up tasks %d; "+
+	t.Logf("%d jobs, %d Redis SIGKILLs (down until a run met the outage): %d completed, failures total %d; follow-ups delivered %d (%d jobs), completed follow-up tasks %d; "+
 		"outages recorded on jobs %d (on %d jobs), worker's outage retries logged %d; sends retried %d",
 		n, killed, len(jobs()), failures, deliveries, len(delivered), len(followUps), outages, jobsWithOutage, outageLines, sendRetries.Load())
+}
+
+// pollUntil polls cond until it holds or within passes.
+func pollUntil(within time.Duration, cond func() bool) (bool, time.Duration) {
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return true, time.Since(start)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false, within
 }
 
 // envInt reads a positive integer from the environment, else def.
