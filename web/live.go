@@ -14,6 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/bmsview/insights/internal/ops"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -193,7 +194,9 @@ func (sw *sseWriter) event(name string, id int, data any) error {
 // after the client's count; then one for each change; the last one (end)
 // when it has nothing left to wait for. The stream also ends when the
 // client goes away, after liveTiming.max and on EndStreams (the client
-// reconnects).
+// reconnects). Every stream of one job shares one watcher (livehub.go),
+// which reads the job once a poll; a user may hold LiveStreamsPerUser
+// streams and the server LiveStreamsMax (429 beyond).
 func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 	select {
 	case <-s.streamsEnd:
@@ -201,17 +204,44 @@ func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 	}
-	job, ok := s.apiJob(w, r)
-	if !ok {
+	if s.cfg.Store == nil {
+		s.writeErr(w, r, ops.ErrNoStore)
 		return
 	}
-	id := job.ID
 	since, err := liveSince(r)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
 	}
+	release, err := s.liveHub.acquire(userOf(r))
+	if err != nil {
+		w.Header().Set("Retry-After", "30")
+		s.writeErr(w, r, err)
+		return
+	}
+	defer release()
+	id := r.PathValue("jobId")
 	timing := s.live
+	watcher, leave, err := s.liveHub.watch(id, func() (*store.Job, error) {
+		// Not the request's own context: streams that come meanwhile
+		// wait for this read, whether or not its client stays.
+		return s.cfg.Store.GetJob(context.WithoutCancel(r.Context()), id)
+	}, s.cfg.Store, timing.poll)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		writeError(w, http.StatusNotFound, "job "+id+" not found", "")
+		return
+	case err != nil:
+		s.writeErr(w, r, storeErr(err))
+		return
+	}
+	defer leave()
+	job, gone, changes := watcher.latest()
+	if gone { // deleted between the watcher's reads
+		writeError(w, http.StatusNotFound, "job "+id+" not found", "")
+		return
+	}
+
 	ctx, cancel := context.WithTimeout(r.Context(), timing.max)
 	defer cancel()
 
@@ -258,11 +288,8 @@ func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	poll := time.NewTicker(timing.poll)
-	defer poll.Stop()
 	keepAlive := time.NewTicker(timing.keepAlive)
 	defer keepAlive.Stop()
-	failing := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -273,25 +300,15 @@ func (s *Server) jobLive(w http.ResponseWriter, r *http.Request) {
 			if err := sw.write([]byte(": keep-alive\n\n")); err != nil {
 				return
 			}
-		case <-poll.C:
-			cur, err := s.cfg.Store.ReloadJob(ctx, job)
-			switch {
-			case errors.Is(err, store.ErrNotFound):
+		case <-changes:
+			var cur *store.Job
+			var gone bool
+			cur, gone, changes = watcher.latest()
+			if gone {
 				_ = sw.event(liveEventEnd, count, &LiveEvent{JobID: id, EventID: eventID, Deleted: true,
 					Progress: []LiveProgress{}, Steps: []LiveStep{}})
 				return
-			case err != nil:
-				if ctx.Err() != nil {
-					return
-				}
-				// MongoDB away: the stream waits for it (keep-alives go on).
-				if !failing {
-					log.Warn("live stream: job not read; reading again", "err", err)
-				}
-				failing = true
-				continue
 			}
-			failing = false
 			if cur.UpdatedAt.Equal(updated) && len(cur.Progress) == count && cur.Status == status && cur.EventID == eventID {
 				continue
 			}

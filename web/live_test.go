@@ -44,6 +44,12 @@ type liveStream struct {
 // empty), with header pairs hdr, and checks the stream's headers.
 func (e *env) openLive(base, jobID string, hdr ...string) *liveStream {
 	e.t.Helper()
+	return e.openLiveAs(base, jobID, authBasic, hdr...)
+}
+
+// openLiveAs is openLive as user a (authBasic, authViewer).
+func (e *env) openLiveAs(base, jobID string, a auth, hdr ...string) *liveStream {
+	e.t.Helper()
 	if base == "" {
 		base = e.ts.URL
 	}
@@ -52,7 +58,11 @@ func (e *env) openLive(base, jobID string, hdr ...string) *liveStream {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	req.SetBasicAuth(AdminUser, testPassword)
+	if a == authViewer {
+		req.SetBasicAuth(ViewerUser, testViewerPassword)
+	} else {
+		req.SetBasicAuth(AdminUser, testPassword)
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		if hdr[i] == "since" {
 			req.URL.RawQuery = "since=" + hdr[i+1]
@@ -523,4 +533,92 @@ func TestLiveStreamShutdown(t *testing.T) {
 	s.ends(5 * time.Second) // no end event: the job is still live
 	e.waitStreams(0)
 	e.expectError(e.do("GET", "/jobs/"+jobID+"/live", nil, authBasic), http.StatusServiceUnavailable, "")
+}
+
+// Streams of one job share one watcher: 30 pages following a job cost the
+// store one read a poll, not 30, and each page still gets each change;
+// once the pages leave, no watcher is left reading.
+func TestLiveStreamsShareOneRead(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	const poll = 50 * time.Millisecond
+	e.server.live = liveTiming{poll: poll, keepAlive: time.Minute, max: time.Minute, retry: 100 * time.Millisecond}
+	e.server.liveHub = newLiveHub(testenv.Logger(), -1, -1)
+	const jobID, other = "job-live-shared", "job-live-other"
+	e.send(jobID)
+	e.send(other)
+	const n = 30
+	var streams []*liveStream
+	for range n {
+		s := e.openLive("", jobID)
+		if m, _ := s.event(5 * time.Second); m.name != "job" {
+			t.Fatalf("first event %s", m.name)
+		}
+		streams = append(streams, s)
+	}
+	o := e.openLive("", other)
+	o.event(5 * time.Second)
+	e.waitStreams(n + 1)
+
+	e.pushProgress(jobID, nil, progress("status", map[string]any{"message": "shared"}))
+	for i, s := range streams {
+		if m, ev := s.event(5 * time.Second); m.name != "job" || ev.ProgressCount != 1 || ev.Progress[0].Text != "shared" {
+			t.Fatalf("stream %d: %s %s", i, m.name, m.data)
+		}
+	}
+	start, before := time.Now(), e.server.liveHub.storeReads()
+	// 20 reads: two followed jobs, one read a poll each, take about ten
+	// polls; a read per stream (31) would take less than one.
+	const reads = 20
+	testenv.WaitFor(t, 10*time.Second, "20 store reads", func() (bool, error) {
+		return e.server.liveHub.storeReads()-before >= reads, nil
+	})
+	if took, want := time.Since(start), (reads/2-2)*poll; took < want {
+		t.Fatalf("%d store reads in %v with %d streams on one job and 1 on another: more than one read a poll per job (want ≥ %v)",
+			reads, took, n+1, want)
+	}
+	for _, s := range streams {
+		s.close()
+	}
+	o.close()
+	e.waitStreams(0)
+	// The last page gone, the watchers stop reading.
+	testenv.WaitFor(t, 5*time.Second, "no watcher left", func() (bool, error) {
+		e.server.liveHub.mu.Lock()
+		defer e.server.liveHub.mu.Unlock()
+		return len(e.server.liveHub.watchers) == 0, nil
+	})
+}
+
+// A user may hold LiveStreamsPerUser streams and the server LiveStreamsMax;
+// one more is answered 429 (JSON, Retry-After), and a closed stream frees
+// its place.
+func TestLiveStreamCaps(t *testing.T) {
+	e := newEnv(t, envOptions{viewer: true})
+	e.server.live = liveTiming{poll: 50 * time.Millisecond, keepAlive: time.Minute, max: time.Minute, retry: 100 * time.Millisecond}
+	e.server.liveHub = newLiveHub(testenv.Logger(), 2, 3)
+	const jobID = "job-live-caps"
+	e.send(jobID)
+	a1, a2 := e.openLive("", jobID), e.openLive("", jobID)
+	e.waitStreams(2)
+	r := e.do("GET", "/jobs/"+jobID+"/live", nil, authBasic)
+	e.expectError(r, http.StatusTooManyRequests, "")
+	if !strings.Contains(string(r.body), "user admin") || r.header.Get("Retry-After") == "" {
+		t.Fatalf("admin's third stream: %s (Retry-After %q)", r.body, r.header.Get("Retry-After"))
+	}
+	// Another user has places of its own, up to the server's cap.
+	v := e.openLiveAs("", jobID, authViewer)
+	e.waitStreams(3)
+	r = e.do("GET", "/jobs/"+jobID+"/live", nil, authViewer)
+	e.expectError(r, http.StatusTooManyRequests, "")
+	if !strings.Contains(string(r.body), "on this server") {
+		t.Fatalf("fourth stream on the server: %s", r.body)
+	}
+	a1.close()
+	e.waitStreams(2)
+	a3 := e.openLive("", jobID)
+	e.waitStreams(3)
+	for _, s := range []*liveStream{a2, a3, v} {
+		s.close()
+	}
+	e.waitStreams(0)
 }

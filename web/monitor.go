@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -100,4 +102,67 @@ func truncateUTF8(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+// redisInfoPath is asynqmon's Redis page's API.
+const redisInfoPath = monitorRoot + "/api/redis_info"
+
+// redisInfoHidden are the INFO fields that tell where Redis listens.
+var redisInfoHidden = map[string]bool{"tcp_port": true, "executable": true, "config_file": true}
+
+// viewerRedisInfo serves asynqmon's redis_info to the viewer without
+// where Redis listens (its address, port, cluster nodes): a read-only
+// login must not learn the address of a store that, reached directly,
+// might not ask for credentials.
+func (s *Server) viewerRedisInfo(w http.ResponseWriter, r *http.Request) {
+	rec := &bufferedResponse{header: http.Header{}}
+	s.monitorRO.ServeHTTP(rec, r)
+	var info map[string]any
+	if rec.code != 0 && rec.code != http.StatusOK || json.Unmarshal(rec.body.Bytes(), &info) != nil {
+		writeError(w, http.StatusBadGateway, "the dashboard's Redis information could not be read", "")
+		return
+	}
+	info["address"] = "(hidden from the read-only login)"
+	if m, ok := info["info"].(map[string]any); ok {
+		for k := range redisInfoHidden {
+			delete(m, k)
+		}
+	}
+	if raw, ok := info["raw_info"].(string); ok {
+		var kept []string
+		for _, line := range strings.Split(raw, "\n") {
+			k, _, _ := strings.Cut(line, ":")
+			if !redisInfoHidden[strings.TrimSpace(k)] {
+				kept = append(kept, line)
+			}
+		}
+		info["raw_info"] = strings.Join(kept, "\n")
+	}
+	if _, ok := info["raw_cluster_nodes"]; ok {
+		info["raw_cluster_nodes"] = ""
+	}
+	if qs, ok := info["queue_locations"].([]any); ok {
+		for _, q := range qs {
+			if m, ok := q.(map[string]any); ok {
+				m["nodes"] = []string{}
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+// bufferedResponse keeps a handler's answer to be changed before it is
+// sent.
+type bufferedResponse struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (b *bufferedResponse) Header() http.Header         { return b.header }
+func (b *bufferedResponse) Write(p []byte) (int, error) { return b.body.Write(p) }
+func (b *bufferedResponse) WriteHeader(code int) {
+	if b.code == 0 {
+		b.code = code
+	}
 }

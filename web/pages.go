@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -530,7 +531,7 @@ func (s *Server) pageJobDetail(w http.ResponseWriter, r *http.Request, id string
 func (s *Server) buildJobPage(r *http.Request, d *ops.JobDetail) *jobPage {
 	job := d.Job
 	data := &jobPage{Title: "Job " + job.ID, Job: job, Live: tasks.Live(job.Status), Breaker: s.openBreaker(r.Context()),
-		Notice: r.URL.Query().Get("notice"), Error: r.URL.Query().Get("error"), Provider: s.cfg.Provider,
+		Notice: pageNotices[r.URL.Query().Get("notice")], Error: s.pageErrorOf(r, job.ID), Provider: s.cfg.Provider,
 		Rerun: rerunForm{FromStep: tasks.StepProcessInsights}}
 	for _, name := range tasks.Steps {
 		st, ok := job.Steps[name]
@@ -610,6 +611,41 @@ func finalOf(stored any) store.FinalInsights {
 	return f
 }
 
+// The notices a job page shows after one of its buttons: ?notice= names
+// one by its key. The page never shows the parameter's own text, so a link
+// cannot put words of its choosing ("session expired: sign in at …") in
+// the service's notice box.
+const (
+	noticeCancelled = "cancelled"
+	noticeRerun     = "rerun"
+)
+
+var pageNotices = map[string]string{
+	noticeCancelled: "Job cancelled.",
+	noticeRerun:     "Re-run started: a new run of this job (see Runs below).",
+}
+
+// pageErrorMAC signs the error text an action's redirect carries
+// (?error=&sig=), for this job and these credentials: the page shows the
+// text only when the service itself wrote it.
+func (s *Server) pageErrorMAC(r *http.Request, jobID, msg string) string {
+	return s.csrfToken(r, "page-error\x00"+jobID+"\x00"+msg)
+}
+
+// pageErrorOf is the action error the job page's URL carries, when this
+// service signed it; "" otherwise.
+func (s *Server) pageErrorOf(r *http.Request, jobID string) string {
+	q := r.URL.Query()
+	msg, sig := q.Get("error"), q.Get("sig")
+	if msg == "" || sig == "" {
+		return ""
+	}
+	if subtle.ConstantTimeCompare([]byte(sig), []byte(s.pageErrorMAC(r, jobID, msg))) != 1 {
+		return ""
+	}
+	return msg
+}
+
 // retryPage is POST /jobs/{jobId}/retry (the Retry button), audited as
 // "retry" of the job's event, as the API's retry is.
 func (s *Server) retryPage(w http.ResponseWriter, r *http.Request) {
@@ -634,10 +670,12 @@ func (s *Server) cancelPage(w http.ResponseWriter, r *http.Request) {
 			return "", err
 		}
 		s.audit(r, store.AuditEntry{Action: "cancel", Target: job.EventID, Detail: cancelDetail(res) + "; job page"})
-		return "Job cancelled.", nil
+		return noticeCancelled, nil
 	})
 }
 
+// pageAction runs a job page's button: do returns the key of the notice
+// to show (pageNotices; "" for none), or an error, shown signed.
 func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action string, do func(*store.Job) (string, error)) {
 	id := r.PathValue("jobId")
 	if !s.checkCSRF(r, action+":"+id) {
@@ -649,16 +687,17 @@ func (s *Server) pageAction(w http.ResponseWriter, r *http.Request, action strin
 		return
 	}
 	target := "/jobs/" + url.PathEscape(id)
-	msg, err := do(job)
+	notice, err := do(job)
 	if err != nil {
-		http.Redirect(w, r, target+"?error="+url.QueryEscape(strings.TrimSpace(err.Error())), http.StatusSeeOther)
+		msg := strings.TrimSpace(err.Error())
+		http.Redirect(w, r, target+"?"+url.Values{"error": {msg}, "sig": {s.pageErrorMAC(r, job.ID, msg)}}.Encode(), http.StatusSeeOther)
 		return
 	}
-	if msg == "" {
+	if notice == "" {
 		http.Redirect(w, r, target, http.StatusSeeOther)
 		return
 	}
-	http.Redirect(w, r, target+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
+	http.Redirect(w, r, target+"?notice="+url.QueryEscape(notice), http.StatusSeeOther)
 }
 
 // runRow is one run of a job on its page.
@@ -787,8 +826,7 @@ func (s *Server) rerunPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.audit(r, store.AuditEntry{Action: "rerun", Target: job.ID, Filter: req, Detail: rerunDetail(res) + "; job page"})
-	msg := "Re-run " + res.EventID + " started from " + res.FromStep + "."
-	http.Redirect(w, r, "/jobs/"+url.PathEscape(id)+"?notice="+url.QueryEscape(msg), http.StatusSeeOther)
+	http.Redirect(w, r, "/jobs/"+url.PathEscape(id)+"?notice="+noticeRerun, http.StatusSeeOther)
 }
 
 // rerunFromForm starts the re-run the form asks for.

@@ -92,6 +92,12 @@ type Config struct {
 	// Ready reports readiness for /readyz. Nil: MongoDB answers a ping
 	// (Store) and Redis answers (Inspector).
 	Ready func(ctx context.Context) error
+	// LiveStreamsPerUser and LiveStreamsMax cap the job pages' open live
+	// streams (GET /jobs/{jobId}/live) of one user (admin, viewer, the API
+	// token) and of the whole server; a stream beyond is answered 429.
+	// 0: DefaultLiveStreamsPerUser, DefaultLiveStreamsMax; < 0: no cap.
+	LiveStreamsPerUser int
+	LiveStreamsMax     int
 	// Logger. Nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -119,6 +125,9 @@ type Server struct {
 	// open ones.
 	live        liveTiming
 	liveStreams atomic.Int64
+	// liveHub shares one watcher per followed job among its streams and
+	// caps the open streams.
+	liveHub *liveHub
 	// streamsEnd is closed by EndStreams.
 	streamsEnd     chan struct{}
 	endStreamsOnce sync.Once
@@ -138,6 +147,7 @@ func New(cfg Config) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.liveHub = newLiveHub(s.log, cfg.LiveStreamsPerUser, cfg.LiveStreamsMax)
 	if s.ops = cfg.Operator; s.ops == nil {
 		s.ops = ops.New(ops.Config{Store: cfg.Store, Inspector: cfg.Inspector, Client: cfg.Client, Logger: s.log})
 		s.ownOps = true
@@ -317,7 +327,23 @@ func (s *Server) routes() {
 	mux.Handle("GET /assets/", s.auth(assetHandler()))
 	mux.Handle("/", s.auth(http.HandlerFunc(s.notFoundPage)))
 
-	s.handler = s.recoverer(s.count(s.corsMiddleware(mux)))
+	s.handler = securityHeaders(s.recoverer(s.count(s.corsMiddleware(mux))))
+}
+
+// securityHeaders sets, on every answer (asynqmon's, errors and 401s
+// included), the headers that keep another site from framing a page
+// (clickjacking asynqmon's Delete or Run-all buttons) and a browser from
+// sniffing a JSON or text answer into HTML. A handler may set a fuller
+// Content-Security-Policy of its own (the job pages do); each of theirs
+// keeps frame-ancestors 'none'.
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", "frame-ancestors 'none'")
+		next.ServeHTTP(w, r)
+	})
 }
 
 const netlifyBase = "/.netlify/functions/async-workloads"
@@ -331,6 +357,10 @@ func (s *Server) monitoring(w http.ResponseWriter, r *http.Request) {
 		// The viewer (auth lets it send only GET and HEAD).
 		if s.monitorRO == nil {
 			writeError(w, http.StatusForbidden, "the read-only dashboard is not configured", "")
+			return
+		}
+		if r.URL.Path == redisInfoPath {
+			s.viewerRedisInfo(w, r)
 			return
 		}
 		s.monitorRO.ServeHTTP(w, r)

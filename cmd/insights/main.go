@@ -66,15 +66,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if err == nil {
 		return 0
 	}
-	var ue *usageError
-	if errors.As(err, &ue) {
-		fmt.Fprintln(stderr, "insights:", err)
-		return 2
-	}
 	if errors.Is(err, errHelp) {
 		return 0
 	}
-	fmt.Fprintln(stderr, "insights:", err)
+	// Errors quote what they could not use (a URL that does not parse, a
+	// driver's message): never a password or token of the environment.
+	msg := config.Redact(err.Error(), config.Secrets(nil))
+	fmt.Fprintln(stderr, "insights:", msg)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
 	return 1
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -108,6 +109,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ws = web.New(web.Config{Store: a.Store, Client: a.Client, Inspector: a.Inspector, RedisConnOpt: a.Redis,
 			APIToken: cfg.APIToken, AdminPassword: cfg.AdminPassword, ViewerPassword: cfg.ViewerPassword,
 			CORSOrigins: cfg.CORSOrigins, Operator: operator, Provider: cfg.InsightsProvider,
+			LiveStreamsPerUser: cfg.LiveStreamsPerUser, LiveStreamsMax: cfg.LiveStreamsMax,
 			Breaker: a.Breaker, Metrics: reg, Ready: a.Ready, Logger: log})
 		srv.Handler = ws.Handler()
 		go ws.ResumeBulk(ctx, time.Minute)
@@ -200,6 +202,10 @@ func printBanner(w io.Writer, cfg *config.Config, addr, role string) {
 	}
 	if cfg.EmbeddedMongo() && len(cfg.Generated) > 0 {
 		fmt.Fprintf(w, "generated credentials are kept in %s\n", cfg.DataDir)
+	}
+	// Read back from DATA_DIR: shown when generated, never again.
+	for _, name := range cfg.Kept {
+		fmt.Fprintf(w, "%s: as generated at an earlier start, kept in %s\n", name, filepath.Join(cfg.DataDir, strings.ToLower(name)))
 	}
 }
 

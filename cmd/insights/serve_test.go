@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bmsview/insights/internal/config"
 	"github.com/bmsview/insights/internal/testenv"
 )
 
@@ -80,5 +83,47 @@ func TestHTTPServerBoundsReads(t *testing.T) {
 	if srv.ReadHeaderTimeout <= 0 || srv.ReadTimeout <= 0 || srv.IdleTimeout <= 0 {
 		t.Errorf("ReadHeaderTimeout %v, ReadTimeout %v, IdleTimeout %v: want all > 0",
 			srv.ReadHeaderTimeout, srv.ReadTimeout, srv.IdleTimeout)
+	}
+}
+
+// serve prints a credential only the start it was generated: one read
+// back from DATA_DIR is named with its file, never shown.
+func TestBannerShowsOnlyGeneratedCredentials(t *testing.T) {
+	dir := t.TempDir()
+	var out strings.Builder
+	printBanner(&out, &config.Config{DataDir: dir, APIToken: "kept-token-0123456789", AdminPassword: "kept-password-987654",
+		Kept: []string{"API_TOKEN", "ADMIN_PASSWORD"}}, "127.0.0.1:8080", "all")
+	if s := out.String(); strings.Contains(s, "kept-token-0123456789") || strings.Contains(s, "kept-password-987654") ||
+		strings.Contains(s, "generated;") || !strings.Contains(s, filepath.Join(dir, "api_token")) {
+		t.Errorf("banner with credentials read back:\n%s", s)
+	}
+	out.Reset()
+	printBanner(&out, &config.Config{DataDir: dir, APIToken: "new-token-0123456789", AdminPassword: "kept-password-987654",
+		Generated: []string{"API_TOKEN"}, Kept: []string{"ADMIN_PASSWORD"}}, "127.0.0.1:8080", "all")
+	if s := out.String(); !strings.Contains(s, "API_TOKEN=new-token-0123456789") || strings.Contains(s, "kept-password-987654") {
+		t.Errorf("banner with a new token and a kept password:\n%s", s)
+	}
+}
+
+// A start-up error never prints a password of REDIS_URL or MONGODB_URI.
+func TestServeErrorsHidePasswords(t *testing.T) {
+	for _, tc := range []struct{ name, val, secret string }{
+		{"REDIS_URL", "redis://user:hunter2-pw@host:port/0", "hunter2-pw"},
+		{"MONGODB_URI", "mongodb://u:s3cr%et-pw@127.0.0.1/", "s3cr"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("REDIS_URL", "")
+			t.Setenv("MONGODB_URI", "")
+			t.Setenv("DATA_DIR", t.TempDir())
+			t.Setenv(tc.name, tc.val)
+			var stdout, stderr strings.Builder
+			code := run(context.Background(), []string{"serve"}, strings.NewReader(""), &stdout, &stderr)
+			if code == 0 || !strings.Contains(stderr.String(), tc.name) {
+				t.Fatalf("exit %d, stderr %q: want a failure naming %s", code, stderr.String(), tc.name)
+			}
+			if strings.Contains(stderr.String()+stdout.String(), tc.secret) {
+				t.Errorf("the password is printed: %s", stderr.String())
+			}
+		})
 	}
 }

@@ -63,7 +63,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 			return nil, err
 		}
 		a.closers = append(a.closers, r.Close)
-		a.Redis = asynq.RedisClientOpt{Addr: r.Addr()}
+		a.Redis = asynq.RedisClientOpt{Addr: r.Addr(), Password: r.Password}
 		log.Warn("REDIS_URL is not set: using an embedded in-memory Redis. Queued and scheduled work is LOST when this process exits " +
 			"(the reconciler re-enqueues live jobs from MongoDB at the next start). Set REDIS_URL for production.")
 	} else {
@@ -76,7 +76,8 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 	scfg := store.Config{URI: cfg.MongoURI, Database: cfg.MongoDB}
 	if cfg.EmbeddedMongo() {
 		dir := filepath.Join(cfg.DataDir, "ferretdb")
-		m, err := devstack.StartMongo(ctx, dir, nil)
+		// A socket only this user can reach: FerretDB has no password.
+		m, err := devstack.StartMongoPrivate(ctx, dir, nil)
 		if err != nil {
 			return nil, err
 		}

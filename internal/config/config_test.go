@@ -197,3 +197,83 @@ func TestViewerPassword(t *testing.T) {
 		t.Fatalf("viewer password = the generated admin password: %v", err)
 	}
 }
+
+// Credentials read back from DATA_DIR are kept, not "generated" (serve
+// prints only generated ones), and the files and the folder get modes
+// 0600 and 0700 back even when they exist with looser ones.
+func TestKeptCredentialsNotGeneratedAndModesEnforced(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	c, _ := Load(env(map[string]string{"DATA_DIR": dir}))
+	if err := c.EnsureCredentials(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Generated) != 2 || len(c.Kept) != 0 {
+		t.Fatalf("first start: generated %v, kept %v; want both generated", c.Generated, c.Kept)
+	}
+	// Loosened, as an older version or a copy left them.
+	for _, f := range []string{"api_token", "admin_password"} {
+		if err := os.Chmod(filepath.Join(dir, f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := Load(env(map[string]string{"DATA_DIR": dir}))
+	if err := c2.EnsureCredentials(); err != nil {
+		t.Fatal(err)
+	}
+	if len(c2.Generated) != 0 || len(c2.Kept) != 2 || c2.APIToken != c.APIToken || c2.AdminPassword != c.AdminPassword {
+		t.Fatalf("second start: generated %v, kept %v; want both kept, unchanged", c2.Generated, c2.Kept)
+	}
+	for _, f := range []string{"api_token", "admin_password"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v %v, want mode 0600", f, fi.Mode(), err)
+		}
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("DATA_DIR: %v %v, want mode 0700", fi.Mode(), err)
+	}
+	// A file a new start writes over keeps no loose mode either.
+	if err := os.WriteFile(filepath.Join(dir, "api_token"), []byte("\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c3, _ := Load(env(map[string]string{"DATA_DIR": dir}))
+	if err := c3.EnsureCredentials(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "api_token")); len(c3.Generated) != 1 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("regenerated over an empty file: generated %v, mode %v", c3.Generated, fi.Mode())
+	}
+}
+
+// A malformed REDIS_URL or MONGODB_URI stops start-up naming the variable,
+// never printing its password (url.Parse quotes the whole value).
+func TestMalformedURLErrorsHidePasswords(t *testing.T) {
+	for _, tc := range []struct{ name, val, secret string }{
+		{"REDIS_URL", "redis://:s3cr%et-pw@127.0.0.1:6379/0", "s3cr"},
+		{"REDIS_URL", "redis://user:hunter2-pw@host:port/0", "hunter2-pw"},
+		{"REDIS_URL", "redis://user:pass word-pw@ho st:1/0", "pass word-pw"},
+		{"REDIS_URL", "redis://:top-secret-pw@127.0.0.1:6379/x", "top-secret-pw"},
+		{"MONGODB_URI", "mongodb://u:s3cr%et-pw@127.0.0.1/", "s3cr"},
+		{"MONGODB_URI", "mongodb://u:hunter2-pw@host:port/", "hunter2-pw"},
+	} {
+		_, err := Load(env(map[string]string{tc.name: tc.val}))
+		if err == nil {
+			t.Errorf("%s=%s accepted", tc.name, tc.val)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("%s: error %q does not name the variable", tc.name, err)
+		}
+		if strings.Contains(err.Error(), tc.secret) {
+			t.Errorf("%s: error %q shows the password", tc.name, err)
+		}
+	}
+	msg := Redact("dial mongodb://u:p%40ss-word@h/ failed; API key sk-123456; token second-token-77", Secrets(env(map[string]string{
+		"API_TOKEN":   "first-token-66, second-token-77",
+		"MONGODB_URI": "mongodb://u:p%40ss-word@h/", "GEMINI_API_KEY": "sk-123456"})))
+	if strings.Contains(msg, "ss-word") || strings.Contains(msg, "sk-123456") || strings.Contains(msg, "second-token") {
+		t.Errorf("Redact left a secret: %s", msg)
+	}
+}

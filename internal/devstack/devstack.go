@@ -5,11 +5,14 @@ package devstack
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -34,6 +37,8 @@ type Mongo struct {
 	dir string // SQLite files
 
 	walLimit int64
+	// cleanup removes a temporary socket folder (StartMongoPrivate).
+	cleanup func()
 
 	mu      sync.Mutex
 	readers map[string]*readerDB // HistoryWindow's handles, per database
@@ -47,8 +52,12 @@ type Mongo struct {
 // The store makes its writes durable in groups with Sync, one fdatasync of
 // the write-ahead log for many commits, instead of one per commit.
 func StartMongo(ctx context.Context, dir string, logger *slog.Logger) (*Mongo, error) {
+	// 0700 also when it exists: the database is no other local user's.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("devstack: create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devstack: %s: %w", dir, err)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -65,38 +74,120 @@ func StartMongo(ctx context.Context, dir string, logger *slog.Logger) (*Mongo, e
 	return &Mongo{FerretDB: f, dir: abs, walLimit: walLimit}, nil
 }
 
-// StartFerretDB runs FerretDB in this process on a free loopback port with
-// cfg's backend (Handler and its URL; Listener is set here) and waits until
-// it accepts connections. cfg.Logger may be nil (FerretDB's own logs are
-// then dropped below warnings). StartMongo is the service's use; the
+// StartMongoPrivate is StartMongo listening on a Unix socket instead of a
+// TCP port, in a folder of mode 0700 (dir itself, or a new temporary
+// folder when dir's path is too long for a socket): FerretDB v1 on SQLite
+// has no authentication, so only this user may be able to connect. The
+// URI names the socket (the driver reads a host ending in .sock as one);
+// Go's url.Parse refuses it, so hand it to the driver as it is.
+func StartMongoPrivate(ctx context.Context, dir string, logger *slog.Logger) (*Mongo, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devstack: create %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("devstack: %s: %w", dir, err)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	sockDir, cleanup := abs, func() {}
+	if len(filepath.Join(abs, socketName)) > maxSocketPath {
+		// MkdirTemp makes its folder 0700.
+		if sockDir, err = os.MkdirTemp("", "insights-mongo-"); err != nil {
+			return nil, fmt.Errorf("devstack: socket folder: %w", err)
+		}
+		cleanup = func() { _ = os.RemoveAll(sockDir) }
+	}
+	sock := filepath.Join(sockDir, socketName)
+	if err := clearSocket(sock); err != nil {
+		cleanup()
+		return nil, err
+	}
+	f, err := StartFerretDB(ctx, ferretdb.Config{
+		Handler:   "sqlite",
+		SQLiteURL: "file:" + abs + "/?_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)",
+		Logger:    logger,
+		Listener:  ferretdb.ListenerConfig{Unix: sock},
+	})
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	return &Mongo{FerretDB: f, dir: abs, walLimit: walLimit, cleanup: cleanup}, nil
+}
+
+// socketName is the embedded FerretDB's socket file; the driver needs the
+// .sock suffix to read the URI's host as a socket path.
+const socketName = "mongodb.sock"
+
+// maxSocketPath is the longest socket path Linux takes (sun_path is 108
+// bytes with its NUL; macOS allows 104).
+const maxSocketPath = 100
+
+// clearSocket removes a socket left by a process that died, and refuses
+// one a running process still serves (another service on this DATA_DIR).
+func clearSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("devstack: %s: %w", path, err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("devstack: %s exists and is not a socket", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("devstack: %s: another process serves this DATA_DIR's database", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("devstack: remove stale %s: %w", path, err)
+	}
+	return nil
+}
+
+// StartFerretDB runs FerretDB in this process with cfg's backend (Handler
+// and its URL) on cfg.Listener.Unix when that names a socket, else on a
+// free loopback port (Listener is set here), and waits until it accepts
+// connections. cfg.Logger may be nil (FerretDB's own logs are
+// then dropped below warnings). StartMongo and StartMongoPrivate (the service's) use it; the
 // benchmark runs other backends through it.
 func StartFerretDB(ctx context.Context, cfg ferretdb.Config) (*FerretDB, error) {
 	logger := cfg.Logger
-	// Pick a free port first: FerretDB reports its address only after Run.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("devstack: pick a port: %w", err)
+	network, addr := "unix", cfg.Listener.Unix
+	uri := "mongodb://" + url.PathEscape(addr) + "/"
+	if addr == "" {
+		// Pick a free port first: FerretDB reports its address only after Run.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("devstack: pick a port: %w", err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
+		network, uri = "tcp", "mongodb://"+addr+"/"
+		cfg.Listener = ferretdb.ListenerConfig{TCP: addr}
+	} else {
+		cfg.Listener = ferretdb.ListenerConfig{Unix: addr}
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	}
-	cfg.Listener = ferretdb.ListenerConfig{TCP: addr}
 	cfg.Logger = slog.New(lazyAttrs{h: logger.Handler()})
 	fdb, err := ferretdb.New(&cfg)
 	if err != nil {
 		return nil, fmt.Errorf("devstack: ferretdb: %w", err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	f := &FerretDB{URI: "mongodb://" + addr + "/", cancel: cancel, done: make(chan struct{})}
+	f := &FerretDB{URI: uri, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(f.done)
 		_ = fdb.Run(rctx)
 	}()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := net.DialTimeout(network, addr, time.Second)
 		if err == nil {
 			c.Close()
 			return f, nil
@@ -124,6 +215,9 @@ func (m *Mongo) Close() {
 	m.readers = nil
 	m.mu.Unlock()
 	m.FerretDB.Close()
+	if m.cleanup != nil {
+		m.cleanup()
+	}
 }
 
 // Prepare adds to every collection table of database an index that serves
@@ -371,18 +465,28 @@ func (l lazyAttrs) WithGroup(name string) slog.Handler {
 // Redis is an embedded miniredis. It keeps nothing on disk.
 type Redis struct {
 	*miniredis.Miniredis
-	stop chan struct{}
+	// Password is the one every connection must AUTH with: miniredis
+	// listens on a loopback port, which any local user could reach.
+	Password string
+	stop     chan struct{}
 }
 
-// StartRedis starts miniredis on a loopback port. Its clock follows the wall
-// clock so keys with an expiry (asynq's leases, completed-task retention)
-// expire as they would in Redis.
+// StartRedis starts miniredis on a loopback port, requiring a password of
+// its own (generated; Password). Its clock follows the wall clock so keys
+// with an expiry (asynq's leases, completed-task retention) expire as they
+// would in Redis.
 func StartRedis() (*Redis, error) {
+	buf := make([]byte, 24)
+	if _, err := rand.Read(buf); err != nil {
+		return nil, fmt.Errorf("devstack: miniredis password: %w", err)
+	}
 	mr := miniredis.NewMiniRedis()
+	pw := hex.EncodeToString(buf)
+	mr.RequireAuth(pw)
 	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, fmt.Errorf("devstack: miniredis: %w", err)
 	}
-	r := &Redis{Miniredis: mr, stop: make(chan struct{})}
+	r := &Redis{Miniredis: mr, Password: pw, stop: make(chan struct{})}
 	go func() {
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
@@ -401,8 +505,8 @@ func StartRedis() (*Redis, error) {
 	return r, nil
 }
 
-// URL is the redis:// URL of the embedded server.
-func (r *Redis) URL() string { return "redis://" + r.Addr() + "/0" }
+// URL is the redis:// URL of the embedded server, its password included.
+func (r *Redis) URL() string { return "redis://:" + r.Password + "@" + r.Addr() + "/0" }
 
 // Close stops the server; everything in it is lost.
 func (r *Redis) Close() {

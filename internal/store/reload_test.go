@@ -45,3 +45,32 @@ func TestReloadJob(t *testing.T) {
 		}
 	}
 }
+
+// ReloadLive reads what a live stream shows (status, progress, steps) and
+// leaves out the snapshot, the prompt and the report, which make a job
+// large and which a followed run does not change.
+func TestReloadLiveLeavesOutTheSnapshot(t *testing.T) {
+	st := testenv.Store(t)
+	ctx := context.Background()
+	big := make([]float64, 20000)
+	if _, err := st.Database().Collection("insights-jobs").InsertOne(ctx, bson.D{{Key: "_id", Value: "job-big"}, {Key: "id", Value: "job-big"},
+		{Key: "status", Value: tasks.StatusProcessing}, {Key: "systemId", Value: "sys"}, {Key: "customPrompt", Value: "be brief"},
+		{Key: "analysisData", Value: bson.D{{Key: "cellVoltages", Value: big}}}, {Key: "finalInsights", Value: bson.D{{Key: "rawText", Value: "## report"}}},
+		{Key: "progress", Value: bson.A{bson.D{{Key: "type", Value: "status"}, {Key: "data", Value: bson.D{{Key: "message", Value: "go"}}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	full := testenv.Job(t, st, "job-big")
+	if full.AnalysisData == nil || full.FinalInsights == nil {
+		t.Fatalf("the job as stored: %+v", full)
+	}
+	got, err := st.ReloadLive(ctx, full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.AnalysisData != nil || got.FinalInsights != nil || got.CustomPrompt != "" {
+		t.Errorf("live read carries the snapshot, report or prompt: %v %v %v", got.AnalysisData != nil, got.FinalInsights, got.CustomPrompt)
+	}
+	if got.ID != "job-big" || got.Status != tasks.StatusProcessing || len(got.Progress) != 1 || got.Steps == nil {
+		t.Errorf("live read lacks what a stream shows: %+v", got)
+	}
+}

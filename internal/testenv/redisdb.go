@@ -139,7 +139,7 @@ func redisAt(t testing.TB, db int) asynq.RedisClientOpt {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.Close)
-	return asynq.RedisClientOpt{Addr: r.Addr()}
+	return asynq.RedisClientOpt{Addr: r.Addr(), Password: r.Password}
 }
 
 // RealRedisURL is the redis:// URL of the package's database for use ("":

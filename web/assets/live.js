@@ -134,10 +134,12 @@
   es.addEventListener('error', function () {
     if (done) return;
     if (es.readyState === EventSource.CLOSED) {
-      // Refused (signed out, job gone, store down): reload a little
-      // later, as the page without script would.
-      say('(stream refused: reloading shortly)', 'closed');
-      setTimeout(reload, 5000);
+      // Refused (signed out, job gone, store down, or too many streams
+      // open: 429, Retry-After 30 s): reload later, as the page without
+      // script would, but not so soon that refused pages load the job
+      // more often than their streams would have read it.
+      say('(stream refused: reloading in 30 s)', 'closed');
+      setTimeout(reload, 30000);
       return;
     }
     say('(reconnecting)', 'reconnecting');
