@@ -7,8 +7,11 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/bmsview/insights/handlers"
+	"github.com/bmsview/insights/internal/flow"
+	"github.com/bmsview/insights/internal/insights"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -44,6 +47,7 @@ type bundle struct {
 	hooks     *hooks
 	followUps *testenv.Systems // counts insights-completed handled per jobId
 	worker    *handlers.Worker
+	proxy     *testenv.RedisProxy // options.proxy; nil otherwise
 }
 
 type options struct {
@@ -52,6 +56,10 @@ type options struct {
 	concurrency int
 	noServer    bool
 	adjustStore func(*store.Config) // nil: testenv's store as it is
+	// proxy puts a testenv.RedisProxy between Redis and the worker and
+	// client (the inspector reads Redis directly), and slots guards the
+	// engine with flow.Slots over it (SYSTEM_CONCURRENCY 1).
+	proxy, slots bool
 }
 
 func setup(t *testing.T, o options) *bundle {
@@ -68,14 +76,25 @@ func setup(t *testing.T, o options) *bundle {
 		hooks:     &hooks{fn: map[string]func(context.Context, *handlers.Attempt, string) error{}},
 		followUps: &testenv.Systems{},
 	}
-	b.client = tasks.NewClient(b.redis, tasks.ClientConfig{Jobs: b.store})
 	b.inspector = asynq.NewInspector(b.redis)
+	served := b.redis.(asynq.RedisClientOpt)
+	if o.proxy {
+		b.proxy = testenv.NewRedisProxy(t, served.Addr)
+		served.Addr = b.proxy.Addr
+	}
+	b.client = tasks.NewClient(served, tasks.ClientConfig{Jobs: b.store})
+	var engine insights.Engine = testenv.Engine{}
+	if o.slots {
+		rdb := redis.NewClient(&redis.Options{Addr: served.Addr, DB: served.DB})
+		t.Cleanup(func() { _ = rdb.Close() })
+		engine = flow.Guard(engine, flow.Control{Slots: flow.NewSlots(rdb, flow.SlotsConfig{Limit: 1})})
+	}
 	t.Cleanup(func() { b.client.Close(); b.inspector.Close() })
 	var err error
-	b.worker, err = handlers.NewWorker(b.redis, handlers.WorkerConfig{
+	b.worker, err = handlers.NewWorker(served, handlers.WorkerConfig{
 		Runner: handlers.RunnerConfig{Store: b.store, MaxRetries: o.maxRetries, Backoff: o.backoff,
 			TransientDelay: time.Second, RateLimitDelay: time.Second, Hook: b.hooks.run},
-		Insights:      handlers.InsightsConfig{Engine: testenv.Engine{}},
+		Insights:      handlers.InsightsConfig{Engine: engine},
 		Completed:     handlers.CompletedConfig{Systems: b.followUps},
 		Server:        handlers.ServerOptions{Concurrency: o.concurrency, ShutdownTimeout: 5 * time.Second},
 		Logger:        testenv.Logger(),

@@ -7,9 +7,25 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
+
+// outageOf reports the store whose outage err is: one marked by the code
+// that called it (outage.Of: Redis in the flow control and the follow-up's
+// enqueue), or MongoDB's (a checkpoint not written, a read inside a step
+// refused). Such a failure is the service's, never the job's.
+func outageOf(err error) (string, bool) {
+	if name, ok := outage.Of(err); ok {
+		return name, true
+	}
+	var se *storeErr
+	if errors.As(err, &se) || errors.Is(err, store.ErrUnavailable) {
+		return outage.MongoDB, true
+	}
+	return "", false
+}
 
 func isRevoke(err error) bool {
 	return errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent)

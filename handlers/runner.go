@@ -209,9 +209,15 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 	case errors.Is(err, store.ErrCancelled) || errors.Is(err, store.ErrStaleEvent):
 		log.Info("task revoked", "jobId", p.JobID, "reason", err)
 		return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
+	case errors.Is(err, tasks.ErrInvalidEvent):
+		// A request the store cannot hold (a producer without the store
+		// sent it): no retry can store it.
+		return rn.unreadable(ctx, log, taskID, err)
 	case err != nil:
-		log.Warn("store unavailable at attempt start: retry", "jobId", p.JobID, "err", err)
-		return RetryAfter(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
+		// Nothing read, nothing to record on: MongoDB's outage, retried
+		// without budget for as long as it lasts.
+		log.Warn("MongoDB unavailable at attempt start: retry without budget", "jobId", p.JobID, "err", err)
+		return RetryWithoutBudget(rn.cfg.TransientDelay, fmt.Errorf("store: %w", err))
 	}
 	run := &Attempt{Job: job, Task: p, N: job.Attempts, r: rn}
 	run.Log = log.With("jobId", p.JobID, "attempt", job.Attempts)
@@ -228,7 +234,7 @@ func (rn *Runner) process(ctx context.Context, t *asynq.Task, wf Workflow) error
 		if err := run.save(context.WithoutCancel(ctx), store.Checkpoint{Set: bson.D{{Key: "status", Value: tasks.StatusFailed}}}); isRevoke(err) {
 			return fmt.Errorf("%w: %w", asynq.RevokeTask, err)
 		} else if err != nil {
-			return RetryAfter(rn.cfg.TransientDelay, err)
+			return RetryWithoutBudget(rn.cfg.TransientDelay, err)
 		}
 		run.Log.Warn("retry budget already spent: archived", "failures", job.Failures)
 		return fmt.Errorf("%s: %w", msg, asynq.SkipRetry)
@@ -247,7 +253,7 @@ func (rn *Runner) unreadable(ctx context.Context, log *slog.Logger, eventID stri
 	err := rn.cfg.Store.FailEvent(ctx, eventID, store.KindBusiness, cause.Error())
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		log.Warn("unreadable task's job not failed, store unavailable: retry", "err", err, "cause", cause)
-		return RetryAfter(rn.cfg.TransientDelay, errors.Join(cause, err))
+		return RetryWithoutBudget(rn.cfg.TransientDelay, errors.Join(cause, err))
 	}
 	log.Error("task archived: "+cause.Error(), "jobFailed", err == nil)
 	return fmt.Errorf("%w: %w", cause, asynq.SkipRetry)
@@ -294,7 +300,7 @@ func (rn *Runner) wait(ctx context.Context, run *Attempt, w waiter, err error) e
 	if werr := run.save(context.WithoutCancel(ctx), cp); isRevoke(werr) {
 		return fmt.Errorf("%w: %w", asynq.RevokeTask, werr)
 	} else if werr != nil {
-		return RetryAfter(rn.cfg.TransientDelay, errors.Join(err, werr))
+		return RetryWithoutBudget(rn.cfg.TransientDelay, errors.Join(err, werr))
 	}
 	run.Log.Info("waiting", "step", run.step, "until", until, "reason", reason)
 	return RetryWithoutBudget(time.Until(until), err)
@@ -315,19 +321,15 @@ func (rn *Runner) fail(ctx context.Context, run *Attempt, err error) error {
 	if errors.As(err, &w) {
 		return rn.wait(ctx, run, w, err)
 	}
-	var se *storeErr
-	if errors.As(err, &se) || errors.Is(err, store.ErrUnavailable) {
-		// The store's outage (a checkpoint not written, a read inside a
-		// step refused) is not the job's fault: no budget used.
-		run.Log.Warn("store unavailable: retry", "step", run.step, "err", err)
-		return RetryAfter(rn.cfg.TransientDelay, err)
+	if name, ok := outageOf(err); ok {
+		return rn.outage(ctx, run, name, err)
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		// Cut off by a shutdown or a cancel, not by its own fault: asynq
 		// puts the task back (shutdown) or the cancel deletes it. Like a
 		// crash, the cut-off body is not counted and uses no budget.
 		run.Log.Warn("attempt cut off", "step", run.step, "err", err)
-		return RetryAfter(rn.cfg.TransientDelay, err)
+		return RetryWithoutBudget(rn.cfg.TransientDelay, err)
 	}
 	kind, delay, final := rn.classify(err)
 	job := run.Job
@@ -369,8 +371,9 @@ func (rn *Runner) fail(ctx context.Context, run *Attempt, err error) error {
 			run.Log.Info("task revoked", "step", step, "reason", werr)
 			return fmt.Errorf("%w: %w", asynq.RevokeTask, werr)
 		}
+		// Not recorded, so not counted: the attempt is retried whole.
 		run.Log.Warn("failure not recorded, store unavailable: retry", "step", step, "err", werr, "cause", err)
-		return RetryAfter(rn.cfg.TransientDelay, errors.Join(err, werr))
+		return RetryWithoutBudget(rn.cfg.TransientDelay, errors.Join(err, werr))
 	}
 	if step != "" {
 		job.Steps[step] = stepState
@@ -391,4 +394,49 @@ func (rn *Runner) fail(ctx context.Context, run *Attempt, err error) error {
 	}
 	run.Log.Warn("step failed: retry", "step", step, "kind", kind, "failures", failures, "retryIn", delay, "err", err)
 	return RetryAfter(delay, err)
+}
+
+// outageRecordTimeout bounds the write that records an outage on its job:
+// in a MongoDB outage it fails, and the retry must not wait long for that.
+const outageRecordTimeout = 5 * time.Second
+
+// outage retries a run cut short by an outage of a store (Redis or
+// MongoDB): the service's fault, never the job's, so it uses none of the
+// job's budget (failures unchanged) and is no failure for asynq (its
+// retried count unchanged), however long the outage lasts. The job says
+// so (failure kind transient, the message naming the store and the
+// outage) when MongoDB takes the write; the step is not counted in runs,
+// as a body cut off by a crash is not.
+func (rn *Runner) outage(ctx context.Context, run *Attempt, storeName string, err error) error {
+	delay := rn.cfg.TransientDelay
+	retry := RetryWithoutBudget(delay, err)
+	step := run.step
+	if es := (*stepErr)(nil); errors.As(err, &es) {
+		step = es.step
+	}
+	// The pending fields belong to a step that did not complete: it runs
+	// again and sets them again.
+	run.set = nil
+	now := time.Now().UTC()
+	msg := fmt.Sprintf("%s outage (the service's, not the job's): retried in %v without using the retry budget: %v", storeName, delay, err)
+	run.Report(insights.ProgressError, map[string]any{"message": msg, "error": err.Error(), "step": step,
+		"kind": store.KindTransient, "outage": storeName, "final": false})
+	set := bson.D{{Key: "error", Value: msg},
+		{Key: "failure", Value: store.Failure{Kind: store.KindTransient, Message: msg, Step: step, At: now, Outage: storeName}}}
+	if run.Job.Status != tasks.StatusCompleted {
+		// Completed: only the follow-up is left, the status stays.
+		set = append(set, bson.E{Key: "status", Value: tasks.StatusRetrying})
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), outageRecordTimeout)
+	defer cancel()
+	if werr := run.save(wctx, store.Checkpoint{Set: set}); isRevoke(werr) {
+		run.Log.Info("task revoked", "step", step, "reason", werr)
+		return fmt.Errorf("%w: %w", asynq.RevokeTask, werr)
+	} else if werr != nil {
+		run.push = nil
+		run.Log.Warn(storeName+" unavailable: retry without budget (not recorded on the job)", "step", step, "err", err, "recordErr", werr)
+		return retry
+	}
+	run.Log.Warn(storeName+" unavailable: retry without budget", "step", step, "retryIn", delay, "err", err)
+	return retry
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/bmsview/insights/internal/flow"
 	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -166,7 +167,10 @@ func (w *Insights) Workflow(ctx context.Context, r *Attempt) error {
 		out := completionOutput{FollowUpEventID: id}
 		if _, err := w.followUps.EnqueueContext(ctx, task, opts...); err != nil {
 			if !errors.Is(err, asynq.ErrTaskIDConflict) {
-				return out, fmt.Errorf("enqueue %s: %w", tasks.EventInsightsCompleted, err)
+				// The task and its options are built and checked above, so
+				// what the enqueue can still meet is Redis's failure (asynq
+				// passes Redis's errors on as text, not as types).
+				return out, outage.Mark(ctx, outage.Redis, fmt.Errorf("enqueue %s: %w", tasks.EventInsightsCompleted, err))
 			}
 			out.Duplicate = true // sent by an earlier attempt
 		}

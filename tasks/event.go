@@ -102,7 +102,7 @@ func (d *EventData) Filter(prefix string) error {
 	if d.SystemID != "" && !ValidID(d.SystemID) {
 		return fieldErr(prefix+"systemId", "must match [A-Za-z0-9._:-]{1,128}")
 	}
-	return nil
+	return CheckSnapshot(prefix+"analysisData", d.AnalysisData) // what a store can hold: snapshot.go
 }
 
 // HasRequest reports whether the event carries its own request (rather than

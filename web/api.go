@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/bmsview/insights/internal/ops"
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -41,7 +42,7 @@ func (s *Server) postEnvelope(w http.ResponseWriter, r *http.Request, checkAtRun
 	send.CheckAtRun = checkAtRun
 	res, err := s.send(r, send)
 	if err != nil {
-		s.writeSendFailure(w, err)
+		s.writeSendFailure(w, r, err)
 		return
 	}
 	code := http.StatusAccepted
@@ -88,13 +89,12 @@ func (s *Server) send(r *http.Request, send *tasks.Send) (*tasks.SendResult, err
 
 // writeSendFailure answers a send the client refused (422) or could not
 // record (503: nothing was accepted).
-func (s *Server) writeSendFailure(w http.ResponseWriter, err error) {
+func (s *Server) writeSendFailure(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, tasks.ErrInvalidEvent) {
 		writeSendError(w, err)
 		return
 	}
-	s.log.Warn("send failed", "err", err)
-	writeError(w, http.StatusServiceUnavailable, "the event could not be recorded and was not accepted: "+err.Error(), "")
+	s.unavailable(w, r, "the event could not be recorded and was not accepted", err)
 }
 
 func writeSendError(w http.ResponseWriter, err error) {
@@ -145,6 +145,13 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("job view without its follow-up", "jobId", id, "err", err)
 		}
 	}
+	runs, err := s.cfg.Store.PreviousRuns(r.Context(), job, jobViewRuns)
+	if err != nil {
+		s.log.Warn("job view without its ended runs", "jobId", id, "err", err)
+	}
+	for _, run := range runs {
+		view.Runs = append(view.Runs, s.ops.RunView(run))
+	}
 	writeJSON(w, http.StatusOK, view)
 }
 
@@ -156,7 +163,15 @@ type JobView struct {
 	// knows it; left out for a job without a run, or when Redis is not
 	// configured or did not answer.
 	FollowUpTask *ops.FollowUpStatus `json:"followUpTask,omitempty"`
+	// Runs are the job's ended runs, newest first (at most jobViewRuns),
+	// each with its finalInsights (decrypted): a new send or a re-run of
+	// the job replaces the job's result, never loses it. Left out when
+	// there are none or MongoDB did not answer.
+	Runs []*store.RunRecord `json:"runs,omitempty"`
 }
+
+// jobViewRuns is how many ended runs the job view carries.
+const jobViewRuns = 20
 
 // JobList is the answer of GET /api/jobs.
 type JobList struct {
@@ -296,7 +311,7 @@ func (s *Server) breaker(w http.ResponseWriter, r *http.Request) {
 	}
 	st, err := s.cfg.Breaker.State(r.Context())
 	if err != nil {
-		s.writeErr(w, r, fmt.Errorf("Redis: %w", err))
+		s.writeErr(w, r, outage.Wrap(outage.Redis, err))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
@@ -315,7 +330,7 @@ func (s *Server) breakerReset(w http.ResponseWriter, r *http.Request) {
 		detail = fmt.Sprintf("was %s, %d failures", st.State, st.Failures)
 	}
 	if err := s.cfg.Breaker.Reset(r.Context()); err != nil {
-		s.writeErr(w, r, fmt.Errorf("Redis: %w", err))
+		s.writeErr(w, r, outage.Wrap(outage.Redis, err))
 		return
 	}
 	s.audit(r, store.AuditEntry{Action: "breaker-reset", Target: "breaker", Detail: detail})

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"time"
 
 	"github.com/bmsview/insights/internal/ops"
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 )
 
@@ -79,7 +82,7 @@ func errorf(code int, format string, args ...any) *httpError {
 // writeErr answers err, the one place an error becomes a status code: an
 // httpError's own code, 404 and 409 for ops' not found and conflict, 503
 // for a store or Redis not configured, and 503 for anything else (a store
-// or Redis failure, logged).
+// or Redis failure: the answer names the store, the log has the detail).
 func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	var he *httpError
 	switch {
@@ -94,11 +97,60 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, ops.ErrNoStore), errors.Is(err, ops.ErrNoRedis), errors.Is(err, ops.ErrNoClient):
 		writeError(w, http.StatusServiceUnavailable, err.Error(), "")
 	default:
-		s.log.Warn("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeError(w, http.StatusServiceUnavailable, "service unavailable: "+err.Error(), "")
+		s.unavailable(w, r, "service unavailable", err)
 	}
 }
 
-// storeErr wraps a failure of web's own MongoDB reads (jobs, failures) as
-// ops wraps its own, so that messages tell the stores apart.
-func storeErr(err error) error { return fmt.Errorf("MongoDB: %w", err) }
+// storeErr marks a failure of web's own MongoDB reads (jobs, failures) as
+// ops marks its own: MongoDB's outage.
+func storeErr(err error) error { return outage.Wrap(outage.MongoDB, err) }
+
+// unavailable answers 503 for err, a failure of a store, with what it
+// means for the caller (what) and the store that is down, never err's
+// text (addresses, driver and SQL messages), which goes to the log.
+func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, what string, err error) {
+	writeError(w, http.StatusServiceUnavailable, s.unavailableMsg(r, what, err), "")
+}
+
+// unavailableMsg is unavailable's message; it logs err.
+func (s *Server) unavailableMsg(r *http.Request, what string, err error) string {
+	s.log.Warn("request failed: store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+	down, ok := outage.Of(err)
+	if !ok {
+		down = s.downStores(r.Context())
+	}
+	verb := " is"
+	if strings.Contains(down, " and ") {
+		verb = " are"
+	}
+	return what + ": " + down + verb + " unavailable; try again later"
+}
+
+// downStores names the stores the readiness check finds down, for an
+// error that does not say which store failed; "a store" when it finds
+// none down (the failure has passed).
+func (s *Server) downStores(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	check := s.cfg.Ready
+	if check == nil {
+		check = s.defaultReady
+	}
+	err := check(ctx)
+	if err == nil {
+		return "a store"
+	}
+	var names []string
+	for _, line := range strings.Split(readyReason(err), "\n") {
+		switch name, _, _ := strings.Cut(line, ": "); name {
+		case "redis":
+			names = append(names, outage.Redis)
+		case "mongodb":
+			names = append(names, outage.MongoDB)
+		}
+	}
+	if len(names) == 0 {
+		return "a store"
+	}
+	return strings.Join(names, " and ")
+}

@@ -587,7 +587,7 @@ func (s *Server) buildJobPage(r *http.Request, d *ops.JobDetail) *jobPage {
 	data.Runs = []runRow{currentRun(job)}
 	if prev, err := s.cfg.Store.PreviousRuns(r.Context(), job, 10); err == nil {
 		for _, p := range prev {
-			data.Runs = append(data.Runs, endedRun(p))
+			data.Runs = append(data.Runs, endedRun(s.ops.RunView(p)))
 		}
 	}
 	markEdits(data.Runs)
@@ -709,7 +709,11 @@ type runRow struct {
 	Error   string
 	EndedAt time.Time
 	Steps   []runStep
-	Request tasks.Request
+	// Insights is an ended run's report and HealthScore its score, when
+	// the run had a result.
+	Insights    template.HTML
+	HealthScore *float64
+	Request     tasks.Request
 	// Edits are the request fields this run changed from the run before
 	// it ("customPrompt “…”"), shown beside a re-run.
 	Edits []string
@@ -783,6 +787,13 @@ func endedRun(p *store.RunRecord) runRow {
 	r := runRow{EventID: p.EventID, Status: p.Status, RerunOf: p.RerunOf, EndedAt: p.EndedAt, Steps: runSteps(p.Steps), Request: p.Request}
 	if p.Error != nil && p.Status != tasks.StatusCompleted {
 		r.Error = *p.Error
+	}
+	if p.FinalInsights != nil {
+		f := finalOf(p.FinalInsights)
+		r.HealthScore = &f.HealthScore
+		if f.RawText != "" {
+			r.Insights = renderMarkdown(f.RawText)
+		}
 	}
 	return r
 }

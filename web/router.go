@@ -119,8 +119,7 @@ func (s *Server) routeOne(r *http.Request, ev *tasks.RouterEvent, i int, now tim
 		if errors.Is(err, tasks.ErrInvalidEvent) {
 			return refuse(http.StatusUnprocessableEntity, err)
 		}
-		s.log.Warn("send failed", "eventId", ev.EventID, "err", err)
-		return refuse(http.StatusServiceUnavailable, errors.New("the event could not be recorded and was not accepted: "+err.Error()))
+		return refuse(http.StatusServiceUnavailable, errors.New(s.unavailableMsg(r, "the event could not be recorded and was not accepted", err)))
 	}
 	out.EventID, out.SendStatus, out.JobID, out.Queue, out.State = res.EventID, res.SendStatus, res.JobID, res.Queue, res.State
 	return out, http.StatusAccepted
@@ -138,8 +137,8 @@ func (s *Server) routeInternal(r *http.Request, ev *tasks.RouterEvent, i int, ou
 		case errors.As(err, &he):
 			code = he.code
 		case !errors.Is(err, tasks.ErrInvalidEvent) && !errors.Is(err, tasks.ErrMalformed):
-			s.log.Warn("internal event failed", "eventName", ev.EventName, "err", err)
 			code = http.StatusServiceUnavailable
+			err = errors.New(s.unavailableMsg(r, ev.EventName+" failed", err)) // the store's text only logged
 		}
 		out.SendStatus, out.Error, out.Field = "refused", err.Error(), tasks.FieldOf(err)
 		return out, code

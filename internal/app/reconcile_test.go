@@ -13,6 +13,7 @@ import (
 	"github.com/bmsview/insights/handlers"
 	"github.com/bmsview/insights/internal/app"
 	"github.com/bmsview/insights/internal/bms"
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/internal/testenv"
 	"github.com/bmsview/insights/tasks"
@@ -167,4 +168,32 @@ func reconcileApp(t *testing.T) (*app.App, asynq.RedisClientOpt) {
 		"REDIS_URL": fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
 	}, testenv.Logger())
 	return a, opt
+}
+
+// TestReconcileStopsAtRedisOutage: while Redis answers LOADING (restarted,
+// its data not yet loaded), nothing is known of the tasks: the reconciler
+// re-enqueues nothing, stops at the first job with an error that names
+// Redis's outage, and the next pass, Redis back, finds the task present.
+func TestReconcileStopsAtRedisOutage(t *testing.T) {
+	opt := testenv.RedisFor(t, "reconcile")
+	proxy := testenv.NewRedisProxy(t, opt.Addr)
+	a, _ := testenv.App(t, map[string]string{
+		"REDIS_URL": fmt.Sprintf("redis://%s/%d", proxy.Addr, opt.DB), "BACKOFF_SCHEDULE": "1s",
+	}, testenv.Logger())
+	ctx := context.Background()
+	snap := &tasks.AnalysisData{StateOfCharge: bms.F(70), Current: bms.F(-5)}
+	for _, id := range []string{"loading-1", "loading-2"} {
+		if _, err := a.Client.TriggerInsights(ctx, tasks.EventData{JobID: id, SystemID: "s1", AnalysisData: snap}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proxy.SetLoading(true)
+	n, err := a.Reconcile(ctx, 0)
+	if name, ok := outage.Of(err); n != 0 || !ok || name != outage.Redis {
+		t.Fatalf("reconcile while Redis loads: %d re-enqueued, err %v; want none and Redis's outage", n, err)
+	}
+	proxy.SetLoading(false)
+	if n, err := a.Reconcile(ctx, 0); n != 0 || err != nil {
+		t.Fatalf("reconcile once Redis is back: %d %v, want 0 (the tasks are there)", n, err)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/outage"
 )
 
 // Breaker states.
@@ -115,7 +116,7 @@ func (b *Breaker) Allow(ctx context.Context) (bool, time.Duration, error) {
 	}
 	res, err := allowScript.Run(ctx, b.rdb, []string{b.key}, b.cfg.Cooldown.Milliseconds()).Slice()
 	if err != nil {
-		return false, 0, fmt.Errorf("breaker %s: %w", b.cfg.Name, err)
+		return false, 0, outage.Mark(ctx, outage.Redis, fmt.Errorf("breaker %s: %w", b.cfg.Name, err))
 	}
 	allowed, _ := res[0].(int64)
 	wait, _ := res[2].(int64)
@@ -153,7 +154,7 @@ func (b *Breaker) Reset(ctx context.Context) error { return b.rdb.Del(ctx, b.key
 func (b *Breaker) State(ctx context.Context) (*BreakerState, error) {
 	h, err := b.rdb.HGetAll(ctx, b.key).Result()
 	if err != nil {
-		return nil, fmt.Errorf("breaker %s: %w", b.cfg.Name, err)
+		return nil, outage.Mark(ctx, outage.Redis, fmt.Errorf("breaker %s: %w", b.cfg.Name, err))
 	}
 	st := &BreakerState{State: Closed}
 	st.Failures, _ = strconv.Atoi(h["failures"])
@@ -219,7 +220,7 @@ func (g *guarded) Generate(ctx context.Context, req insights.Request) (*insights
 	if run, ok := ctx.Value(runKey{}).(runInfo); ok && g.c.Slots != nil && g.c.Slots.cfg.Limit > 0 && req.SystemID != "" {
 		got, poll, err := g.c.Slots.Acquire(ctx, req.SystemID, run.eventID, run.priority)
 		if err != nil {
-			return nil, err // Redis down: a transient failure like any other
+			return nil, err // Redis down: an outage (outage.Of), retried without budget
 		}
 		if !got {
 			return nil, &WaitError{Reason: "another run of system " + req.SystemID + " is being analysed (SYSTEM_CONCURRENCY)",
@@ -253,18 +254,18 @@ func (g *guarded) Generate(ctx context.Context, req insights.Request) (*insights
 		// A trial that had to wait (the rate limit) proved nothing: let
 		// the next run try.
 		_ = b.endTrial(context.WithoutCancel(ctx))
-	case outage(err):
-		if ferr := b.Failure(context.WithoutCancel(ctx)); ferr != nil {
-			return nil, errors.Join(err, ferr)
-		}
+	case providerOutage(err):
+		// The model's failure stands even if Redis fails to count it: a
+		// Redis error joined to it would make it look like Redis's outage.
+		_ = b.Failure(context.WithoutCancel(ctx))
 	}
 	return res, err
 }
 
-// outage reports a failure of the provider itself (rate limit, 5xx,
+// providerOutage reports a failure of the provider itself (rate limit, 5xx,
 // timeout, lost connection), as its errors say of themselves; a refused
 // request or a store outage does not count.
-func outage(err error) bool {
+func providerOutage(err error) bool {
 	var pe *insights.ProviderError
 	if errors.As(err, &pe) {
 		_, limited := pe.RateLimited()

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/outage"
 )
 
 // RateLimitConfig configures a RateLimiter (GEMINI_RPM, GEMINI_TPM).
@@ -103,7 +104,7 @@ func (l *RateLimiter) Before(ctx context.Context, turn int) error {
 		wait, err := reserveScript.Run(ctx, l.rdb, []string{l.key + ":calls", l.key + ":tokens", l.key + ":pause"},
 			window.Milliseconds(), l.cfg.RPM, l.cfg.TPM, uuid.NewString()).Int64()
 		if err != nil {
-			return fmt.Errorf("rate limit %s: %w", l.cfg.Name, err)
+			return outage.Mark(ctx, outage.Redis, fmt.Errorf("rate limit %s: %w", l.cfg.Name, err))
 		}
 		if wait == 0 {
 			return nil

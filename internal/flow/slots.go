@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/bmsview/insights/internal/outage"
 )
 
 // SlotsConfig configures Slots (SYSTEM_CONCURRENCY).
@@ -99,7 +101,8 @@ func (s *Slots) Acquire(ctx context.Context, systemID, holder string, priority i
 	got, err := acquireScript.Run(ctx, s.rdb, s.keys(systemID), s.cfg.Lease.Milliseconds(),
 		s.cfg.Limit, holder, order, staleAfter.Milliseconds()).Int()
 	if err != nil {
-		return false, 0, fmt.Errorf("system slots of %s: %w", systemID, err)
+		// Redis down or loading its data: the service's outage, not the run's.
+		return false, 0, outage.Mark(ctx, outage.Redis, fmt.Errorf("system slots of %s: %w", systemID, err))
 	}
 	return got == 1, s.cfg.Poll, nil
 }

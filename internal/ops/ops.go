@@ -17,6 +17,7 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/internal/store"
 	"github.com/bmsview/insights/tasks"
 )
@@ -56,11 +57,12 @@ func conflictf(format string, args ...any) error {
 	return &opError{kind: ErrConflict, msg: fmt.Sprintf(format, args...)}
 }
 
-// storeErr wraps a MongoDB failure so it is told apart in messages.
-func storeErr(err error) error { return fmt.Errorf("MongoDB: %w", err) }
+// storeErr marks a MongoDB failure as its outage (outage.Of names it; its
+// message starts "MongoDB: ").
+func storeErr(err error) error { return outage.Wrap(outage.MongoDB, err) }
 
-// redisErr wraps a Redis failure.
-func redisErr(err error) error { return fmt.Errorf("Redis: %w", err) }
+// redisErr marks a Redis failure as its outage.
+func redisErr(err error) error { return outage.Wrap(outage.Redis, err) }
 
 // Config holds an Operator's dependencies. Each field says what happens
 // when it is left unset.

@@ -31,6 +31,19 @@ func (o *Operator) View(job *store.Job) *store.Job {
 	return &v
 }
 
+// RunView returns a copy of an ended run as the API and the job page show
+// it: its finalInsights decrypted. nil: nil.
+func (o *Operator) RunView(run *store.RunRecord) *store.RunRecord {
+	if run == nil {
+		return nil
+	}
+	v := *run
+	if o.cfg.Decrypt != nil {
+		v.FinalInsights = o.open(run.JobID, "insights-runs "+run.EventID+" finalInsights", run.FinalInsights)
+	}
+	return &v
+}
+
 // open decrypts stored when it is an encrypted envelope; on failure it is
 // left as stored (and logged), so a wrong key hides no job.
 func (o *Operator) open(jobID, what string, stored any) any {

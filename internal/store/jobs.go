@@ -12,6 +12,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/bmsview/insights/internal/insights"
+	"github.com/bmsview/insights/internal/outage"
 	"github.com/bmsview/insights/tasks"
 )
 
@@ -179,7 +180,15 @@ type Failure struct {
 	Message string    `json:"message" bson:"message"`
 	Step    string    `json:"step,omitempty" bson:"step,omitempty"`
 	At      time.Time `json:"at" bson:"at"`
+	// Outage names the store ("Redis", "MongoDB") whose outage this was:
+	// the service's fault, retried without using the job's budget. "":
+	// the run's own failure.
+	Outage string `json:"outage,omitempty" bson:"outage,omitempty"`
 }
+
+// OwnFailure reports whether the job's last failure is its run's own, not
+// an outage of a store (which uses none of its budget).
+func (j *Job) OwnFailure() bool { return j.Failure != nil && j.Failure.Outage == "" }
 
 // Failure kinds (the job's failure.kind).
 const (
@@ -312,7 +321,11 @@ func (s *Store) updateJob(ctx context.Context, docID any, update bson.D, cond ..
 //
 // The run's eventId is recorded first (events.go): an eventId sent before
 // is a duplicate of the run it started, whatever its job did since.
-func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (*tasks.Existing, error) {
+func (s *Store) ClaimRun(ctx context.Context, run tasks.Run) (_ *tasks.Existing, err error) {
+	if err := s.checkStorable(run); err != nil {
+		return nil, err
+	}
+	defer func() { err = outage.Wrap(outage.MongoDB, err) }() // the sender's answer names the store
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	if existing, err := s.recordEvent(ctx, run); existing != nil || err != nil {
@@ -515,6 +528,9 @@ func (s *Store) AbandonRun(ctx context.Context, jobID, eventID string) error {
 // status. It returns ErrCancelled or ErrStaleEvent when this task must not
 // run. Previous is the status before this attempt.
 func (s *Store) StartAttempt(ctx context.Context, run tasks.Run) (job *Job, previous string, err error) {
+	if err := s.checkStorable(run); err != nil {
+		return nil, "", err
+	}
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	held, err := s.lockJob(ctx, run.JobID)

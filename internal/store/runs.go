@@ -21,7 +21,8 @@ import (
 const RunsCollection = "insights-runs"
 
 // RunRecord is an ended run of a job as it stood when the next run was
-// claimed: its outcome and its steps' checkpoints without their outputs.
+// claimed: its outcome, its result and its steps' checkpoints without
+// their outputs.
 type RunRecord struct {
 	EventID  string               `json:"eventId" bson:"_id"`
 	JobID    string               `json:"jobId" bson:"jobId"`
@@ -35,9 +36,13 @@ type RunRecord struct {
 	Steps    map[string]StepState `json:"steps" bson:"steps"`
 	RerunOf  *RerunOf             `json:"rerunOf,omitempty" bson:"rerunOf,omitempty"`
 	// Request is the request the run worked on (a re-run may edit it).
-	Request     tasks.Request `json:"request" bson:"request"`
-	CompletedAt *time.Time    `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
-	EndedAt     time.Time     `json:"endedAt" bson:"endedAt"` // its job's last change in this run
+	Request tasks.Request `json:"request" bson:"request"`
+	// FinalInsights is the run's result as the job held it (sealed when
+	// DATA_ENCRYPTION_KEY is set, as the job's is), so that a new send or
+	// a re-run of the job never loses it; nil when the run had none.
+	FinalInsights any        `json:"finalInsights,omitempty" bson:"finalInsights,omitempty"`
+	CompletedAt   *time.Time `json:"completedAt,omitempty" bson:"completedAt,omitempty"`
+	EndedAt       time.Time  `json:"endedAt" bson:"endedAt"` // its job's last change in this run
 }
 
 // RerunOf marks a run an operator started from a step of an earlier run
@@ -62,7 +67,7 @@ func (s *Store) archiveRun(ctx context.Context, cur *Job) error {
 	}
 	rec := RunRecord{EventID: cur.EventID, JobID: cur.ID, Status: cur.Status, Queue: cur.Queue, Priority: cur.Priority,
 		Attempts: cur.Attempts, Failures: cur.Failures, Failure: cur.Failure, Error: cur.Error, Steps: steps,
-		RerunOf: cur.RerunOf, Request: cur.Request, CompletedAt: cur.CompletedAt, EndedAt: cur.UpdatedAt}
+		RerunOf: cur.RerunOf, Request: cur.Request, FinalInsights: cur.FinalInsights, CompletedAt: cur.CompletedAt, EndedAt: cur.UpdatedAt}
 	rec.Request.AnalysisData = nil // the snapshot stays on the job; a re-run never edits it
 	err := s.write(ctx, func(ctx context.Context) error { _, err := s.runs.InsertOne(ctx, rec); return err })
 	if mongo.IsDuplicateKeyError(err) {
