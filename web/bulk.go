@@ -25,6 +25,8 @@ type bulkBody struct {
 	Action string      `json:"action"`
 	Filter filterInput `json:"filter"`
 	DryRun bool        `json:"dryRun"`
+	// All must be true for an empty filter (every job).
+	All bool `json:"all"`
 }
 
 // dryRunAnswer is a dry run's answer: the count alone.
@@ -79,6 +81,11 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, r, err)
 		return
 	}
+	if f.Empty() && !body.All {
+		// A dry run too: its count must be of the action that would run.
+		s.writeErr(w, r, ops.ErrEmptyFilter)
+		return
+	}
 	if body.DryRun {
 		n, err := s.ops.CountBulk(r.Context(), f)
 		if err != nil {
@@ -88,7 +95,7 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, dryRunAnswer{Matched: n})
 		return
 	}
-	op, done, err := s.startBulk(r, body.Action, f)
+	op, done, err := s.startBulk(r, body.Action, f, body.All)
 	if err != nil {
 		s.writeErr(w, r, err)
 		return
@@ -117,8 +124,8 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request) {
 
 // startBulk starts a bulk action for the request's user and records it in
 // the audit trail with its filter and how many jobs it matched.
-func (s *Server) startBulk(r *http.Request, action string, f store.JobFilter) (*store.BulkOp, <-chan struct{}, error) {
-	op, done, err := s.ops.StartBulk(r.Context(), ops.BulkRequest{Action: action, Filter: f, User: userOf(r)})
+func (s *Server) startBulk(r *http.Request, action string, f store.JobFilter, all bool) (*store.BulkOp, <-chan struct{}, error) {
+	op, done, err := s.ops.StartBulk(r.Context(), ops.BulkRequest{Action: action, Filter: f, User: userOf(r), All: all})
 	if err != nil {
 		return nil, nil, err
 	}

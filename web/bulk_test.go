@@ -125,6 +125,11 @@ func TestBulkRefusesBadInput(t *testing.T) {
 		{`{"action":"retry","filter":{"systemId":"a b"}}`, 422, "filter.systemId"},
 		{`{"action":"retry","filter":{"from":"yesterday"}}`, 422, "filter.from"},
 		{`{"action":"retry","filter":{"from":"2026-12-02T00:00:00Z","to":"2026-12-01T00:00:00Z"}}`, 422, "filter.to"},
+		{`{"action":"delete","filter":{}}`, 422, "filter"},
+		{`{"action":"delete"}`, 422, "filter"},
+		{`{"action":"delete","filter":{},"dryRun":true}`, 422, "filter"},
+		{`{"action":"delete","filter":{},"all":false}`, 422, "filter"},
+		{`{"action":"delete","filter":{"status":"completed","failureKind":"business"}}`, 422, "filter.status"},
 		{`{"action":"retry","filter":{"colour":"red"}}`, 400, ""},
 		{`{"action":"retry"} {}`, 400, ""},
 		{`not json`, 400, ""},
@@ -138,8 +143,13 @@ func TestBulkRefusesBadInput(t *testing.T) {
 			t.Errorf("%s: field %q, want %q", c.body, got, c.field)
 		}
 	}
+	// Every job, said in so many words.
+	r := e.do("POST", "/api/jobs/bulk", `{"action":"delete","filter":{},"all":true,"dryRun":true}`, authBearer)
+	if r.code != http.StatusOK {
+		t.Errorf("dry run with all: %d %s", r.code, r.body)
+	}
 	// A time range selects by the job's last change.
-	r := e.do("POST", "/api/jobs/bulk", `{"action":"delete","filter":{"from":"2026-12-01T00:00:00Z","to":"2026-12-02T00:00:00.5Z"},"dryRun":true}`, authBearer)
+	r = e.do("POST", "/api/jobs/bulk", `{"action":"delete","filter":{"from":"2026-12-01T00:00:00Z","to":"2026-12-02T00:00:00.5Z"},"dryRun":true}`, authBearer)
 	e.expect(r, http.StatusOK)
 }
 

@@ -111,10 +111,12 @@ type bulkPage struct {
 	Kinds     []string
 	StepNames []string
 	Error     string
-	Counted   bool
-	Matched   int
-	CanAct    bool
-	CSRF      string
+	// All: the form's "every job" box, which an empty filter needs.
+	All     bool
+	Counted bool
+	Matched int
+	CanAct  bool
+	CSRF    string
 	// Hidden are the filter's fields for the confirm form.
 	Hidden map[string]string
 	Recent []*store.BulkOp
@@ -136,7 +138,7 @@ func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	data := bulkPage{Title: "Bulk actions", Action: q.Get("action"), Filter: filterFromQuery(q), Actions: ops.BulkActions,
+	data := bulkPage{Title: "Bulk actions", Action: q.Get("action"), Filter: filterFromQuery(q), All: q.Get("all") != "", Actions: ops.BulkActions,
 		Statuses: jobStatuses, Kinds: failureKinds, StepNames: tasks.Steps, CanAct: mayAct(r), Hidden: map[string]string{}}
 	if data.Action == "" {
 		data.Action = ops.BulkRetry
@@ -149,6 +151,8 @@ func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
 			data.Error, code = err.Error(), http.StatusUnprocessableEntity
 		case !slices.Contains(ops.BulkActions, data.Action):
 			data.Error, code = "action must be one of "+strings.Join(ops.BulkActions, ", "), http.StatusUnprocessableEntity
+		case f.Empty() && !data.All:
+			data.Error, code = "No filter: choose at least one, or tick “every job” to act on all of them.", http.StatusUnprocessableEntity
 		default:
 			n, err := s.ops.CountBulk(r.Context(), f)
 			if err != nil {
@@ -177,6 +181,9 @@ func (s *Server) bulkPage(w http.ResponseWriter, r *http.Request) {
 			for k, v := range data.Filter.values() {
 				data.Hidden[k] = v[0]
 			}
+			if data.All {
+				data.Hidden["all"] = "1"
+			}
 			data.CSRF = s.csrfToken(r, "bulk")
 		}
 	}
@@ -196,7 +203,11 @@ func (s *Server) bulkPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in := filterFromQuery(r.PostForm)
+	all := r.PostFormValue("all") != ""
 	back := "/bulk?" + in.values().Encode() + "&action=" + url.QueryEscape(r.PostFormValue("action")) + "&dryRun=1"
+	if all {
+		back += "&all=1"
+	}
 	f, err := in.filter("")
 	if err != nil {
 		http.Redirect(w, r, back, http.StatusSeeOther)
@@ -207,7 +218,11 @@ func (s *Server) bulkPost(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, back, http.StatusSeeOther)
 		return
 	}
-	op, _, err := s.startBulk(r, action, f)
+	if f.Empty() && !all {
+		http.Redirect(w, r, back, http.StatusSeeOther)
+		return
+	}
+	op, _, err := s.startBulk(r, action, f, all)
 	if err != nil {
 		s.pageError(w, r, http.StatusServiceUnavailable, "Bulk action not started", err.Error())
 		return

@@ -96,6 +96,17 @@ func TestFailuresAndBulkPages(t *testing.T) {
 	}
 	e.expect(e.do("GET", "/bulk?dryRun=1&status=lost", nil, authBasic), http.StatusUnprocessableEntity)
 	e.expect(e.do("GET", "/failures?step=dance", nil, authBasic), http.StatusUnprocessableEntity)
+	// No filter: counted (and offered) only with "every job" ticked.
+	r = e.do("GET", "/bulk?dryRun=1&action=delete", nil, authBasic)
+	e.expect(r, http.StatusUnprocessableEntity)
+	if strings.Contains(string(r.body), `id="bulk-confirm"`) {
+		t.Errorf("an empty filter is offered for confirmation:\n%s", r.body)
+	}
+	r = e.do("GET", "/bulk?dryRun=1&action=delete&all=1", nil, authBasic)
+	e.expect(r, http.StatusOK)
+	if !strings.Contains(string(r.body), `name="all" value="1"`) {
+		t.Errorf("the confirm form of every job does not carry all:\n%s", r.body)
+	}
 }
 
 func TestRerunFromTheJobPage(t *testing.T) {

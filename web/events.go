@@ -92,6 +92,8 @@ func (s *Server) writeErr(w http.ResponseWriter, r *http.Request, err error) {
 		writeError(w, http.StatusNotFound, err.Error(), "")
 	case errors.Is(err, ops.ErrConflict):
 		writeError(w, http.StatusConflict, err.Error(), "")
+	case errors.Is(err, ops.ErrEmptyFilter):
+		writeError(w, http.StatusUnprocessableEntity, "filter: "+err.Error(), "filter")
 	case errors.Is(err, ops.ErrNoStore), errors.Is(err, ops.ErrNoRedis), errors.Is(err, ops.ErrNoClient):
 		writeError(w, http.StatusServiceUnavailable, err.Error(), "")
 	default:

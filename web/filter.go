@@ -56,6 +56,9 @@ func (in filterInput) filter(prefix string) (store.JobFilter, error) {
 	if f.FailureKind != "" && !slices.Contains(failureKinds, f.FailureKind) {
 		return f, bad("failureKind", "must be one of %s, got %q", strings.Join(failureKinds, ", "), f.FailureKind)
 	}
+	if (f.FailureKind != "" || f.Step != "" || f.Message != "" || f.Fingerprint != "") && f.Status != "" && f.Status != tasks.StatusFailed {
+		return f, bad("status", "must be %s or empty with a failure kind, step or message (they select failed jobs only), got %q", tasks.StatusFailed, f.Status)
+	}
 	if f.Step != "" && !slices.Contains(tasks.Steps, f.Step) {
 		return f, bad("step", "must be one of %s, got %q", strings.Join(tasks.Steps, ", "), f.Step)
 	}

@@ -82,7 +82,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, erro
 			return nil, err
 		}
 		a.closers = append(a.closers, m.Close)
-		scfg.URI, scfg.Prepare, scfg.Sync, scfg.Checkpoint, scfg.HistoryWindow = m.URI, m.Prepare, m.Sync, m.Checkpoint, m.HistoryWindow
+		scfg.URI, scfg.Prepare, scfg.Sync, scfg.Checkpoint, scfg.HistoryWindow, scfg.SQLite = m.URI, m.Prepare, m.Sync, m.Checkpoint, m.HistoryWindow, m.SQLite
 		log.Warn("MONGODB_URI is not set: using the embedded FerretDB (SQLite) under " + dir + ". Set MONGODB_URI for production.")
 	}
 	st, err := store.Open(ctx, scfg)

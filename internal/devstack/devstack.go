@@ -318,6 +318,15 @@ func (m *Mongo) HistoryWindow(ctx context.Context, database, systemID string, fr
 	return rows.Err()
 }
 
+// SQLite is a handle on database's SQLite file beside FerretDB's own, shared
+// by every caller (the store reads the jobs through its own expression
+// indexes there: FerretDB v1 would decode the whole collection for any
+// filter but an _id equality).
+func (m *Mongo) SQLite(ctx context.Context, database string) (*sql.DB, error) {
+	db, _, err := m.reader(ctx, database)
+	return db, err
+}
+
 // reader is the read handle of database's file and its history table,
 // opened once: reads run beside FerretDB's own handles.
 func (m *Mongo) reader(ctx context.Context, database string) (*sql.DB, string, error) {

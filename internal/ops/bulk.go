@@ -40,7 +40,14 @@ type BulkRequest struct {
 	Filter store.JobFilter
 	// User is who asked (the audit and the action's record).
 	User string
+	// All must be set for an empty filter: an action on every job is
+	// never taken by omission.
+	All bool
 }
+
+// ErrEmptyFilter: a bulk action's filter selects every job and the request
+// did not say all.
+var ErrEmptyFilter = errors.New("the filter is empty: it selects every job; name at least one field, or send all: true to act on every job")
 
 // CountBulk is the dry run of a bulk action: how many jobs the filter
 // selects now.
@@ -71,6 +78,9 @@ func (o *Operator) StartBulk(ctx context.Context, req BulkRequest) (op *store.Bu
 	case BulkRetry, BulkCancel, BulkDelete:
 	default:
 		return nil, nil, fmt.Errorf("unknown bulk action %q", req.Action)
+	}
+	if req.Filter.Empty() && !req.All {
+		return nil, nil, ErrEmptyFilter
 	}
 	now := time.Now().UTC()
 	op = &store.BulkOp{ID: uuid.NewString(), Action: req.Action, Filter: req.Filter, User: req.User,
@@ -260,7 +270,7 @@ func (o *Operator) workChunk(ctx context.Context, op *store.BulkOp, before store
 	for range bulkWorkers {
 		wg.Go(func() {
 			for i := range jobs {
-				results <- result{i, o.actOn(ctx, op.Action, c.Jobs[i])}
+				results <- result{i, o.actOn(ctx, op.Action, op.Filter, c.Jobs[i])}
 			}
 		})
 	}
@@ -297,9 +307,11 @@ func (o *Operator) workChunk(ctx context.Context, op *store.BulkOp, before store
 }
 
 // actOn does action to one job's run and says how it went: skipped when
-// the job is in no state for it (or moved on to another run since it was
-// matched), failed when a store failed.
-func (o *Operator) actOn(ctx context.Context, action string, ref store.JobRef) store.BulkOutcome {
+// the job is in no state for it, moved on to another run since it was
+// matched or no longer matches filter (a failed job retried and completed
+// meanwhile is never deleted by a filter of failures), failed when a store
+// failed.
+func (o *Operator) actOn(ctx context.Context, action string, filter store.JobFilter, ref store.JobRef) store.BulkOutcome {
 	out := store.BulkOutcome{JobID: ref.JobID, EventID: ref.EventID}
 	skip := func(format string, args ...any) store.BulkOutcome {
 		out.Outcome, out.Detail = store.OutcomeSkipped, fmt.Sprintf(format, args...)
@@ -321,6 +333,9 @@ func (o *Operator) actOn(ctx context.Context, action string, ref store.JobRef) s
 	}
 	if job.EventID != ref.EventID {
 		return skip("job %s moved on to another run", ref.JobID)
+	}
+	if !filter.Matches(job) {
+		return skip("job %s no longer matches the filter (it is %s)", ref.JobID, job.Status)
 	}
 	if job.EventID == "" && action != BulkDelete {
 		return skip("job %s was never sent: send it to start its run", ref.JobID)

@@ -2,6 +2,7 @@ package ops_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -140,8 +141,12 @@ func TestBulkCancelAndDelete(t *testing.T) {
 	f.failLost(t, "gone-1")
 	archEv := f.failArchived(t, "gone-2")
 
+	// An empty filter is refused unless the request says all.
+	if _, _, err := o.StartBulk(ctx, ops.BulkRequest{Action: ops.BulkDelete}); !errors.Is(err, ops.ErrEmptyFilter) {
+		t.Fatalf("bulk delete with an empty filter: %v, want ErrEmptyFilter", err)
+	}
 	// Delete never touches a live job.
-	op, _ := bulkOp(t, o, ops.BulkRequest{Action: ops.BulkDelete})
+	op, _ := bulkOp(t, o, ops.BulkRequest{Action: ops.BulkDelete, All: true})
 	if op.Matched != 5 || op.Done != 2 || op.Skipped != 3 {
 		t.Fatalf("bulk delete of everything: %+v, want 2 deleted, 3 live skipped", op)
 	}
@@ -220,5 +225,77 @@ func TestBulkResumesFromItsNextChunk(t *testing.T) {
 	// A second resume finds nothing to take over.
 	if n, err := o.ResumeBulk(ctx); err != nil || n != 0 {
 		t.Errorf("second ResumeBulk: %d, %v; want 0", n, err)
+	}
+}
+
+// A bulk action acts only on jobs its filter still selects when it reaches
+// them: a failed job completed meanwhile is not deleted by a filter of
+// failures, a live job is never cancelled by failureKind=unknown, and
+// neither is selected in the first place.
+func TestBulkActsOnlyOnJobsThatStillMatch(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	o := f.operator(nil)
+	t.Cleanup(o.Close)
+	bizEv := f.failLost(t, "biz")
+	doneEv := f.failLost(t, "done")
+	liveEv := f.send(t, "live").EventID
+	// "done" was retried and completed since: as a run completed before
+	// failures were cleared left it, its failure still there.
+	if _, err := f.store.Database().Collection("insights-jobs").UpdateOne(ctx, bson.D{{Key: "_id", Value: "done"}},
+		bson.D{{Key: "$set", Value: bson.D{{Key: "status", Value: tasks.StatusCompleted}}}}); err != nil {
+		t.Fatal(err)
+	}
+	business := store.JobFilter{FailureKind: store.KindBusiness}
+	unknown := store.JobFilter{FailureKind: store.KindUnknown}
+	if n, err := o.CountBulk(ctx, business); err != nil || n != 1 {
+		t.Errorf("dry run of business failures: %d (%v), want 1", n, err)
+	}
+	if n, err := o.CountBulk(ctx, unknown); err != nil || n != 0 {
+		t.Errorf("dry run of unknown failures: %d (%v), want 0", n, err)
+	}
+
+	// Actions matched before the jobs changed (their processes died after
+	// selecting): taken over, they skip what no longer matches.
+	old := time.Now().Add(-2 * time.Minute).UTC()
+	for _, c := range []struct {
+		id     string
+		action string
+		filter store.JobFilter
+		refs   []store.JobRef
+	}{
+		{"bulk-delete", ops.BulkDelete, business, []store.JobRef{{JobID: "biz", EventID: bizEv}, {JobID: "done", EventID: doneEv}}},
+		{"bulk-cancel", ops.BulkCancel, unknown, []store.JobRef{{JobID: "live", EventID: liveEv}}},
+	} {
+		op := &store.BulkOp{ID: c.id, Action: c.action, Filter: c.filter, Status: store.BulkRunning, Matched: len(c.refs), Chunks: 1,
+			CreatedAt: old, UpdatedAt: old}
+		if err := f.store.CreateBulkOp(ctx, op); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.store.AddBulkChunk(ctx, op.ID, 0, c.refs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := o.ResumeBulk(ctx); err != nil || n != 2 {
+		t.Fatalf("ResumeBulk: %d, %v; want 2", n, err)
+	}
+	for _, id := range []string{"bulk-delete", "bulk-cancel"} {
+		testenv.WaitFor(t, 30*time.Second, id+" done", func() (bool, error) {
+			op, _, err := o.GetBulk(ctx, id, 0)
+			return err == nil && op.Status == store.BulkDone, err
+		})
+	}
+	if _, err := f.store.GetJob(ctx, "biz"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the failed business job: %v, want deleted", err)
+	}
+	if j := testenv.Job(t, f.store, "done"); j.Status != tasks.StatusCompleted {
+		t.Errorf("the completed job: %s", j.Status)
+	}
+	if j := testenv.Job(t, f.store, "live"); j.Status != tasks.StatusQueued {
+		t.Errorf("the live job: %s, want queued (not cancelled by failureKind=unknown)", j.Status)
+	}
+	_, outcomes, err := o.GetBulk(ctx, "bulk-cancel", -1)
+	if err != nil || len(outcomes) != 1 || outcomes[0].Outcome != store.OutcomeSkipped {
+		t.Errorf("cancel outcomes: %+v, %v; want the live job skipped", outcomes, err)
 	}
 }

@@ -2,11 +2,14 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/bmsview/insights/tasks"
 )
 
 // KindUnknown is the failure kind of a failed job that records none (the
@@ -40,11 +43,88 @@ type JobFilter struct {
 	Offset int `json:"-" bson:"-"`
 }
 
+// failure reports whether f names a failure (its kind, step, message or
+// fingerprint): such a filter selects failed jobs only.
+func (f JobFilter) failure() bool {
+	return f.FailureKind != "" || f.Step != "" || f.Message != "" || f.Fingerprint != ""
+}
+
+// Empty reports whether f selects every job (its Limit and Offset aside).
+func (f JobFilter) Empty() bool {
+	return f.Status == "" && f.SystemID == "" && !f.failure() && f.From == nil && f.To == nil
+}
+
+// status is the status f selects: its Status, and failed for a failure
+// filter. none: f names a failure and another status, so it selects
+// nothing.
+func (f JobFilter) status() (status string, none bool) {
+	if !f.failure() {
+		return f.Status, false
+	}
+	if f.Status != "" && f.Status != tasks.StatusFailed {
+		return "", true
+	}
+	return tasks.StatusFailed, false
+}
+
+// Matches reports whether f selects j, as its query does: a bulk action
+// acts on a job only while it still matches.
+func (f JobFilter) Matches(j *Job) bool {
+	st, none := f.status()
+	switch {
+	case none, st != "" && j.Status != st, f.SystemID != "" && j.SystemID != f.SystemID:
+		return false
+	}
+	fl := j.Failure
+	switch f.FailureKind {
+	case "":
+	case KindUnknown:
+		if fl != nil {
+			return false
+		}
+	default:
+		if fl == nil || fl.Kind != f.FailureKind {
+			return false
+		}
+	}
+	if f.Step != "" && (fl == nil || fl.Step != f.Step) {
+		return false
+	}
+	if f.Message != "" {
+		byFailure := fl != nil && fl.Message == f.Message
+		byError := fl == nil && j.Error != nil && *j.Error == f.Message
+		if !byFailure && !byError {
+			return false
+		}
+	}
+	if f.Fingerprint != "" {
+		if _, fp := FailureGroupOf(j); fp != f.Fingerprint {
+			return false
+		}
+	}
+	if f.From != nil && j.UpdatedAt.Before(*f.From) {
+		return false
+	}
+	if f.To != nil && !j.UpdatedAt.Before(*f.To) {
+		return false
+	}
+	return true
+}
+
+// fnError carries the error of a caller's function through a scan.
+type fnError struct{ err error }
+
+func (e fnError) Error() string { return e.err.Error() }
+
 // query is the MongoDB filter of f.
 func (f JobFilter) query() bson.D {
+	st, none := f.status()
+	if none {
+		return bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: bson.A{}}}}}
+	}
 	q := bson.D{}
-	if f.Status != "" {
-		q = append(q, bson.E{Key: "status", Value: f.Status})
+	if st != "" {
+		q = append(q, bson.E{Key: "status", Value: st})
 	}
 	if f.SystemID != "" {
 		q = append(q, bson.E{Key: "systemId", Value: f.SystemID})
@@ -90,6 +170,13 @@ func (s *Store) ListJobs(ctx context.Context, f JobFilter) ([]*Job, error) {
 	if f.Fingerprint != "" {
 		return s.listByFingerprint(ctx, f)
 	}
+	if s.idx != nil {
+		out, err := s.listJobsIndexed(ctx, f)
+		if err != nil {
+			return nil, fmt.Errorf("list jobs: %w", unavailable(ctx, err))
+		}
+		return out, nil
+	}
 	opts := options.Find().SetSort(bson.D{{Key: "createdAt", Value: -1}}).SetLimit(int64(f.Limit))
 	if f.Offset > 0 {
 		opts.SetSkip(int64(f.Offset))
@@ -112,6 +199,13 @@ func (s *Store) CountJobs(ctx context.Context, f JobFilter) (int64, error) {
 	if f.Fingerprint != "" {
 		return s.countByFingerprint(ctx, f)
 	}
+	if s.idx != nil {
+		n, err := s.countJobsIndexed(ctx, f)
+		if err != nil {
+			return 0, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
+		}
+		return n, nil
+	}
 	n, err := s.jobs.CountDocuments(ctx, f.query())
 	if err != nil {
 		return 0, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
@@ -132,6 +226,17 @@ type JobRef struct {
 func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) error) error {
 	if f.Fingerprint != "" {
 		return s.eachRefByFingerprint(ctx, f, fn)
+	}
+	if s.idx != nil {
+		err := s.eachJobRefIndexed(ctx, f, fn)
+		var fnErr fnError
+		if errors.As(err, &fnErr) {
+			return fnErr.err
+		}
+		if err != nil {
+			return fmt.Errorf("select jobs: %w", unavailable(ctx, err))
+		}
+		return nil
 	}
 	fctx, cancel := s.scanCtx(ctx)
 	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).
@@ -179,11 +284,21 @@ type FailureGroup struct {
 // streamed, their failure fields alone, and grouped here: FerretDB v1's
 // $group has no $max, $min, $first or $ifNull, and no fingerprint.
 func (s *Store) FailureGroups(ctx context.Context, f JobFilter) ([]FailureGroup, error) {
+	if _, none := f.status(); none {
+		return []FailureGroup{}, nil
+	}
 	f.Status = "failed"
 	out := []FailureGroup{}
 	type key struct{ kind, step, fp string }
 	idx := map[key]int{}
-	err := s.eachFailure(ctx, f.query(), f.Fingerprint, nil, func(j *failureFields, pattern string) error {
+	each := func(fn func(*failureFields, string) error) error {
+		return s.eachFailure(ctx, f.query(), f.Fingerprint, nil, fn)
+	}
+	if s.idx != nil {
+		// The failed jobs' rows alone (the embedded store's index).
+		each = func(fn func(*failureFields, string) error) error { return s.eachFailureIndexed(ctx, f, fn) }
+	}
+	err := each(func(j *failureFields, pattern string) error {
 		kind, step, msg, _ := j.group()
 		k := key{kind, step, Fingerprint(pattern)}
 		i, ok := idx[k]

@@ -239,6 +239,9 @@ func newJobDoc(run tasks.Run, status string, now time.Time) *Job {
 // creates; the one lookup FerretDB serves from an index), else by the
 // app's `id` field (its own jobs, with an ObjectId `_id`).
 func (s *Store) findJob(ctx context.Context, jobID string) (*Job, error) {
+	if s.idx != nil {
+		return s.findJobIndexed(ctx, jobID)
+	}
 	var j Job
 	err := findByID(ctx, s.jobs, jobID, &j)
 	if errors.Is(err, mongo.ErrNoDocuments) {
@@ -665,6 +668,14 @@ func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 		}
 		job.seen = held.seen()
 	}
+	if job.Failure != nil && completes(c.Set) {
+		// A run that completes has no failure: a filter of failures must
+		// never select it. Its run record keeps the failure it got over.
+		if err := s.keepFailure(ctx, job); err != nil {
+			return fmt.Errorf("save checkpoint %s: %w", c.Step, err)
+		}
+		c.Set = append(slices.Clone(c.Set), bson.E{Key: "failure", Value: nil})
+	}
 	matched, err := s.updateJob(ctx, job.docID(), checkpointUpdate(c),
 		bson.E{Key: "eventId", Value: job.EventID}, bson.E{Key: "status", Value: bson.D{{Key: "$ne", Value: tasks.StatusCancelled}}})
 	if err != nil {
@@ -676,7 +687,20 @@ func (s *Store) SaveCheckpoint(ctx context.Context, c Checkpoint) error {
 		}
 		return ErrCancelled // the filter's other condition: it was cancelled meanwhile
 	}
+	if completes(c.Set) {
+		job.Failure = nil
+	}
 	return nil
+}
+
+// completes reports whether set makes the job completed.
+func completes(set bson.D) bool {
+	for _, e := range set {
+		if e.Key == "status" && e.Value == tasks.StatusCompleted {
+			return true
+		}
+	}
+	return false
 }
 
 func checkpointUpdate(c Checkpoint) bson.D {
@@ -753,6 +777,9 @@ func (s *Store) GetJobByEvent(ctx context.Context, eventID string) (*Job, error)
 	case !errors.Is(err, ErrNotFound):
 		return nil, err
 	}
+	if s.idx != nil {
+		return s.jobByEventIndexed(ctx, eventID)
+	}
 	var j Job
 	if err := s.jobs.FindOne(ctx, bson.D{{Key: "eventId", Value: eventID}}).Decode(&j); err != nil {
 		if errors.Is(err, mongo.ErrNoDocuments) {
@@ -807,6 +834,34 @@ func (s *Store) FailEvent(ctx context.Context, eventID, kind, msg string) error 
 func (s *Store) CountByStatus(ctx context.Context) (map[string]int64, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if s.idx != nil {
+		out, err := s.countByStatusIndexed(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
+		}
+		return out, nil
+	}
+	if s.ferret {
+		// FerretDB over PostgreSQL: one pass, not one per status.
+		return s.countByStatusGroup(ctx)
+	}
+	// One count per status: each is served by the {status, createdAt}
+	// index, where a $group would read every document.
+	out := map[string]int64{}
+	for _, st := range []string{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying,
+		tasks.StatusCompleted, tasks.StatusFailed, tasks.StatusCancelled} {
+		n, err := s.jobs.CountDocuments(ctx, bson.D{{Key: "status", Value: st}})
+		if err != nil {
+			return nil, fmt.Errorf("count jobs: %w", unavailable(ctx, err))
+		}
+		if n > 0 {
+			out[st] = n
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) countByStatusGroup(ctx context.Context) (map[string]int64, error) {
 	cur, err := s.jobs.Aggregate(ctx, mongo.Pipeline{
 		{{Key: "$group", Value: bson.D{{Key: "_id", Value: "$status"}, {Key: "n", Value: bson.D{{Key: "$sum", Value: 1}}}}}},
 	})
@@ -861,6 +916,17 @@ func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error 
 // job, however many, not the first page. An error of fn stops the stream
 // and is returned.
 func (s *Store) EachStale(ctx context.Context, before time.Time, fn func(*Job) error) error {
+	if s.idx != nil {
+		err := s.eachStaleIndexed(ctx, before, fn)
+		var fnErr fnError
+		if errors.As(err, &fnErr) {
+			return fnErr.err
+		}
+		if err != nil {
+			return fmt.Errorf("stale jobs: %w", unavailable(ctx, err))
+		}
+		return nil
+	}
 	q := bson.D{
 		{Key: "$or", Value: bson.A{
 			bson.D{{Key: "status", Value: bson.D{{Key: "$in", Value: bson.A{tasks.StatusQueued, tasks.StatusScheduled, tasks.StatusProcessing, tasks.StatusRetrying}}}}},

@@ -70,8 +70,36 @@ func (s *Store) archiveRun(ctx context.Context, cur *Job) error {
 		RerunOf: cur.RerunOf, Request: cur.Request, FinalInsights: cur.FinalInsights, CompletedAt: cur.CompletedAt, EndedAt: cur.UpdatedAt}
 	rec.Request.AnalysisData = nil // the snapshot stays on the job; a re-run never edits it
 	err := s.write(ctx, func(ctx context.Context) error { _, err := s.runs.InsertOne(ctx, rec); return err })
-	if err != nil && !mongo.IsDuplicateKeyError(err) {
+	if mongo.IsDuplicateKeyError(err) {
+		// Recorded already: by a claim tried again (the same), or, with its
+		// failure alone, when the run completed (keepFailure). The rest is
+		// written now; a failure recorded there stays.
+		set := bson.D{}
+		raw, merr := bson.Marshal(rec)
+		if merr == nil {
+			merr = bson.Unmarshal(raw, &set)
+		}
+		if merr != nil {
+			return fmt.Errorf("record the ended run %s: %w", cur.EventID, merr)
+		}
+		set = slices.DeleteFunc(set, func(e bson.E) bool { return e.Key == "_id" || (e.Key == "failure" && rec.Failure == nil) })
+		_, err = s.update(ctx, s.runs, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: rec.EventID}}).
+			SetUpdate(bson.D{{Key: "$set", Value: set}}))
+	}
+	if err != nil {
 		return fmt.Errorf("record the ended run %s: %w", cur.EventID, unavailable(ctx, err))
+	}
+	return nil
+}
+
+// keepFailure records, in job's run record, the failure its run got over
+// before it completed (the job's own failure is cleared then).
+func (s *Store) keepFailure(ctx context.Context, job *Job) error {
+	_, err := s.update(ctx, s.runs, mongo.NewUpdateOneModel().SetFilter(bson.D{{Key: "_id", Value: job.EventID}}).
+		SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "jobId", Value: job.ID}, {Key: "failure", Value: job.Failure}}}}).
+		SetUpsert(true))
+	if err != nil {
+		return fmt.Errorf("record the failure of run %s: %w", job.EventID, unavailable(ctx, err))
 	}
 	return nil
 }

@@ -33,6 +33,10 @@ const (
 // an unreachable MongoDB surfaces as an error, never a hang.
 const DefaultOpTimeout = 10 * time.Second
 
+// indexBuildTimeout bounds the creation of the jobs' SQLite indexes on an
+// embedded store that has jobs from before them.
+const indexBuildTimeout = 30 * time.Minute
+
 // Store is the MongoDB store. It is safe for concurrent use.
 type Store struct {
 	client  *mongo.Client
@@ -65,6 +69,9 @@ type Store struct {
 	locks *runLocks
 	// historyWindow reads history windows beside FerretDB (Config).
 	historyWindow HistoryWindowFunc
+	// idx answers the jobs' queries from SQLite's indexes on the embedded
+	// store (jobindex.go); nil elsewhere.
+	idx *jobIndex
 }
 
 // Config configures Open.
@@ -99,6 +106,11 @@ type Config struct {
 	// a find: the embedded FerretDB, which would scan the whole collection
 	// (devstack.Mongo.HistoryWindow reads SQLite's index). Nil: a find.
 	HistoryWindow HistoryWindowFunc
+	// SQLite, when set, gives the embedded FerretDB's SQLite file: the
+	// store indexes the jobs there and answers every query of them but an
+	// _id lookup from those indexes (jobindex.go), which FerretDB v1 would
+	// answer by decoding the whole collection. Nil: finds.
+	SQLite SQLiteFunc
 }
 
 // Open connects to MongoDB, checks it answers and creates the indexes.
@@ -154,6 +166,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if s.ferret {
 		s.locks = newRunLocks()
+		if cfg.SQLite != nil {
+			s.idx = &jobIndex{open: cfg.SQLite, database: cfg.Database}
+		}
 	}
 	if cfg.Sync != nil && !s.ferret {
 		// Sync-based group commit leaves each write's durability to Sync,
@@ -283,6 +298,17 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		return fmt.Errorf("store: create the unique index on %s.id: %w", s.jobs.Name(), err)
 	}
 	if s.ferret {
+		if s.idx != nil {
+			// Not bounded by the per-call deadline: a store of 100,000
+			// jobs written before these indexes is indexed on this start,
+			// which reads every job once (minutes on a slow disk).
+			ictx, icancel := context.WithTimeout(context.WithoutCancel(ctx), indexBuildTimeout)
+			err := s.idx.create(ictx)
+			icancel()
+			if err != nil {
+				return fmt.Errorf("store: index the jobs in SQLite: %w", err)
+			}
+		}
 		return nil
 	}
 	// Indexes only where a query uses them: the job list (status, system,
@@ -294,6 +320,11 @@ func (s *Store) ensureIndexes(ctx context.Context, prepare func(ctx context.Cont
 		{s.systems, mongo.IndexModel{Keys: bson.D{{Key: "id", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "eventId", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "updatedAt", Value: 1}}}},
+		// The job list by status (and a failure filter's, which is of
+		// failed jobs), newest first; counts by status.
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "createdAt", Value: -1}}}},
+		// The reconciler's completed jobs without a follow-up.
+		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "status", Value: 1}, {Key: "followUp", Value: 1}, {Key: "updatedAt", Value: 1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "createdAt", Value: -1}}}},
 		{s.jobs, mongo.IndexModel{Keys: bson.D{{Key: "createdAt", Value: -1}}}},
 		{s.history, mongo.IndexModel{Keys: bson.D{{Key: "systemId", Value: 1}, {Key: "timestamp", Value: 1}}}},

@@ -71,7 +71,7 @@ func StoreConfig(t testing.TB) store.Config {
 	t.Helper()
 	cfg := store.Config{URI: MongoURI(t), Database: DBName(t)}
 	if os.Getenv("MONGODB_URI") == "" {
-		cfg.Prepare, cfg.Sync, cfg.Checkpoint, cfg.HistoryWindow = mongoDev.Prepare, mongoDev.Sync, mongoDev.Checkpoint, mongoDev.HistoryWindow
+		cfg.Prepare, cfg.Sync, cfg.Checkpoint, cfg.HistoryWindow, cfg.SQLite = mongoDev.Prepare, mongoDev.Sync, mongoDev.Checkpoint, mongoDev.HistoryWindow, mongoDev.SQLite
 	}
 	return cfg
 }

@@ -121,7 +121,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			return res, err
 		}
 		defer m.Close()
-		scfg = store.Config{URI: m.URI, Prepare: m.Prepare, Sync: m.Sync, Checkpoint: m.Checkpoint, HistoryWindow: m.HistoryWindow}
+		scfg = store.Config{URI: m.URI, Prepare: m.Prepare, Sync: m.Sync, Checkpoint: m.Checkpoint, HistoryWindow: m.HistoryWindow, SQLite: m.SQLite}
 	case StorePostgres:
 		f, prepare, err := startPostgres(ctx, o.PostgresURL, quiet)
 		if err != nil {
