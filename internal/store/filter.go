@@ -116,6 +116,19 @@ type fnError struct{ err error }
 
 func (e fnError) Error() string { return e.err.Error() }
 
+// streamErr is the error of an indexed stream: the callback's own as it
+// returned it, the store's wrapped with what was streamed.
+func streamErr(ctx context.Context, what string, err error) error {
+	var fnErr fnError
+	if errors.As(err, &fnErr) {
+		return fnErr.err
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, unavailable(ctx, err))
+	}
+	return nil
+}
+
 // query is the MongoDB filter of f.
 func (f JobFilter) query() bson.D {
 	st, none := f.status()
@@ -228,15 +241,7 @@ func (s *Store) EachJobRef(ctx context.Context, f JobFilter, fn func(JobRef) err
 		return s.eachRefByFingerprint(ctx, f, fn)
 	}
 	if s.idx != nil {
-		err := s.eachJobRefIndexed(ctx, f, fn)
-		var fnErr fnError
-		if errors.As(err, &fnErr) {
-			return fnErr.err
-		}
-		if err != nil {
-			return fmt.Errorf("select jobs: %w", unavailable(ctx, err))
-		}
-		return nil
+		return streamErr(ctx, "select jobs", s.eachJobRefIndexed(ctx, f, fn))
 	}
 	fctx, cancel := s.scanCtx(ctx)
 	cur, err := s.jobs.Find(fctx, f.query(), options.Find().SetBatchSize(1000).

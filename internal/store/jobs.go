@@ -917,15 +917,7 @@ func (s *Store) MarkCancelled(ctx context.Context, jobID, eventID string) error 
 // and is returned.
 func (s *Store) EachStale(ctx context.Context, before time.Time, fn func(*Job) error) error {
 	if s.idx != nil {
-		err := s.eachStaleIndexed(ctx, before, fn)
-		var fnErr fnError
-		if errors.As(err, &fnErr) {
-			return fnErr.err
-		}
-		if err != nil {
-			return fmt.Errorf("stale jobs: %w", unavailable(ctx, err))
-		}
-		return nil
+		return streamErr(ctx, "stale jobs", s.eachStaleIndexed(ctx, before, fn))
 	}
 	q := bson.D{
 		{Key: "$or", Value: bson.A{
