@@ -203,3 +203,28 @@ func TestStatusRouteFourStatuses(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusedSendChangesNothing: a send is checked whole, the size of its
+// encoded task included, before anything is written: a refusal leaves a
+// completed job and its insights as they were (issue 22, item 1).
+func TestRefusedSendChangesNothing(t *testing.T) {
+	e := newEnv(t, envOptions{worker: true})
+	e.expect(e.do("POST", "/api/events", eventBody("job-kept"), authBearer), http.StatusAccepted)
+	before := e.waitDone("job-kept")
+	if before.FinalInsights == nil {
+		t.Fatal("no insights to keep")
+	}
+	// 90 KB of '<' is 540 KB once the task is encoded (each escaped to
+	// \u003c): over the limit, though the body is not.
+	body := `{"eventName":"generate-insights","eventData":{"jobId":"job-kept","systemId":"sys-1",` +
+		`"analysisData":{"stateOfCharge":50,"summary":"` + strings.Repeat("<", 90_000) + `"}}}`
+	for _, path := range []string{"/api/events", netlifyBase + "/send"} {
+		e.expectError(e.do("POST", path, body, authBearer), http.StatusUnprocessableEntity, "eventData.analysisData")
+	}
+	after := e.job("job-kept")
+	if after.Status != tasks.StatusCompleted || after.EventID != before.EventID || after.FinalInsights == nil ||
+		after.AnalysisData == nil || after.AnalysisData.Summary != before.AnalysisData.Summary || len(after.PreviousEventIDs) != 0 {
+		t.Fatalf("the refused send changed the job: status %s eventId %s (was %s) insights %v previous %v",
+			after.Status, after.EventID, before.EventID, after.FinalInsights != nil, after.PreviousEventIDs)
+	}
+}
