@@ -231,7 +231,9 @@ func (c *Client) enqueuePayload(ctx context.Context, run Run, b []byte) (*asynq.
 		asynq.Timeout(c.cfg.Timeout), asynq.Retention(c.cfg.Retention),
 	}
 	if run.Scheduled(time.Now()) {
-		opts = append(opts, asynq.ProcessAt(run.ProcessAt))
+		// asynq keeps a due time in whole seconds, cut down: rounded up
+		// here, so a run never starts before its delayUntil.
+		opts = append(opts, asynq.ProcessAt(ceilSecond(run.ProcessAt)))
 	}
 	return c.asynq.EnqueueContext(ctx, asynq.NewTask(EventGenerateInsights, b), opts...)
 }
@@ -246,4 +248,12 @@ func (c *Client) state(queue, eventID string) string {
 		return ""
 	}
 	return info.State.String()
+}
+
+// ceilSecond is t rounded up to a whole second.
+func ceilSecond(t time.Time) time.Time {
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		return r.Add(time.Second)
+	}
+	return t
 }
