@@ -99,14 +99,10 @@ func (s *Server) writeSendFailure(w http.ResponseWriter, r *http.Request, err er
 
 func writeSendError(w http.ResponseWriter, err error) {
 	field := tasks.FieldOf(err)
-	switch {
-	case errors.Is(err, tasks.ErrMalformed):
-		writeError(w, http.StatusBadRequest, err.Error(), field)
-	case errors.Is(err, tasks.ErrUnknownEvent):
-		writeError(w, http.StatusBadRequest, err.Error(), "eventName")
-	default:
-		writeError(w, http.StatusUnprocessableEntity, err.Error(), field)
+	if errors.Is(err, tasks.ErrUnknownEvent) {
+		field = "eventName"
 	}
+	writeError(w, sendErrorCode(err), err.Error(), field)
 }
 
 // apiJob reads the route's job for an API answer, or answers the error

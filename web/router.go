@@ -94,13 +94,7 @@ func eventNames(evs []tasks.RouterEvent) []string {
 // went, with the status code its refusal calls for (202 when accepted).
 func (s *Server) routeOne(r *http.Request, ev *tasks.RouterEvent, i int, now time.Time) (RouterOutcome, int) {
 	out := RouterOutcome{EventID: ev.EventID, EventName: ev.EventName}
-	refuse := func(code int, err error) (RouterOutcome, int) {
-		out.SendStatus, out.Error, out.Field = "refused", err.Error(), tasks.FieldOf(err)
-		if code == http.StatusServiceUnavailable {
-			out.SendStatus = "failed"
-		}
-		return out, code
-	}
+	refuse := func(code int, err error) (RouterOutcome, int) { return out.refused(code, err) }
 	if err := ev.CheckChain(i); err != nil {
 		out.Field = fmt.Sprintf("[%d].eventChain", i)
 		out.SendStatus, out.Error = "refused", err.Error()
@@ -140,8 +134,7 @@ func (s *Server) routeInternal(r *http.Request, ev *tasks.RouterEvent, i int, ou
 			code = http.StatusServiceUnavailable
 			err = errors.New(s.unavailableMsg(r, ev.EventName+" failed", err)) // the store's text only logged
 		}
-		out.SendStatus, out.Error, out.Field = "refused", err.Error(), tasks.FieldOf(err)
-		return out, code
+		return out.refused(code, err)
 	}
 	if !mayAct(r) {
 		return refuse(errorf(http.StatusForbidden, "%s changes events: the viewer may only read", ev.EventName))
@@ -175,6 +168,16 @@ func (s *Server) routeInternal(r *http.Request, ev *tasks.RouterEvent, i int, ou
 		Detail: internalDetail(res)})
 	out.SendStatus, out.Result = "succeeded", res
 	return out, http.StatusAccepted
+}
+
+// refused is o refused with err, answered with code: "failed" when a
+// store failed (503; sending again may work), else "refused".
+func (o RouterOutcome) refused(code int, err error) (RouterOutcome, int) {
+	o.SendStatus, o.Error, o.Field = "refused", err.Error(), tasks.FieldOf(err)
+	if code == http.StatusServiceUnavailable {
+		o.SendStatus = "failed"
+	}
+	return o, code
 }
 
 // internalDetail says what an internal event did, for the audit trail.
